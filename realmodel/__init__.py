@@ -1,0 +1,1 @@
+"""realmodel package."""
