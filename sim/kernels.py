@@ -1,0 +1,295 @@
+"""Numba kernels of the DS simulator: trajectory sampling and per-trajectory gradient terms.
+
+A trajectory (DESIGN.md §1) is encoded in three integers:
+  mask  bit k-1 set  <=> attempt k's candidate was correct (bits 0..K-1, K <= 60)
+  n     number of attempts made (1..K)
+  trunc 1 if the agent chose RESAMPLE at attempt K under `final_sampled` (no answer, R = 0)
+Decisions are implied: RESAMPLE after attempts 1..n-1, STOP (or forced stop) after attempt n.
+
+Everything here works on the three logits (theta_s, theta_1, theta_2) of one task; the
+orchestration (ladders, objectives, populations) lives in plain Python elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from sim.rng import next_uniform
+
+MAX_ATTEMPTS = 60
+
+# kl estimators (DESIGN §2)
+K1, K2, K3 = 1, 2, 3
+ESTIMATORS = {"k1": K1, "k2": K2, "k3": K3}
+
+# per-trajectory gradient terms, each a 3-vector over (theta_s, theta_1, theta_2)
+T_SCORE = 0  # grad log pi(tau), answer-level (no length factor): the surrogate's score
+T_LIKELIHOOD = 1  # grad [w(L) log pi_s + log pi_d]: SFT / NSR / PSR on this trajectory
+T_DFT = 2  # the same, each term weighted by its stop-gradient probability (DFT)
+T_KL_REWARD = 3  # sum_t Q_t grad log pi(a_t), r_t = -w_t k(x_t): KL "in reward" (no beta)
+T_KL_LOSS = 4  # -sum_t w_t k'(x_t) grad log pi(a_t): KL "in loss" (pathwise, no beta)
+N_TERMS = 5
+
+PARAM_S, PARAM_1, PARAM_2 = 0, 1, 2
+
+
+@njit(cache=True, inline="always")
+def sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, inline="always")
+def log_sigmoid(z: float) -> float:
+    # log(1/(1+e^-z)), stable for large |z|
+    if z >= 0:
+        return -np.log1p(np.exp(-z))
+    return z - np.log1p(np.exp(z))
+
+
+@njit(cache=True)
+def sample_trajectory(state, p, q1, q2, max_attempts, final_sampled):
+    """Sample one trajectory; returns (mask, n, trunc, new_state). Two uniforms per attempt."""
+    mask = np.int64(0)
+    for k in range(max_attempts):
+        u, state = next_uniform(state)
+        correct = u < p
+        if correct:
+            mask |= np.int64(1) << k
+        if k == max_attempts - 1 and not final_sampled:
+            return mask, k + 1, 0, state  # forced stop: no decision token
+        u, state = next_uniform(state)
+        stop = (u < q1) if correct else (u >= q2)
+        if stop:
+            return mask, k + 1, 0, state
+    return mask, max_attempts, 1, state  # RESAMPLE chosen at K: truncated
+
+
+@njit(cache=True, parallel=True)
+def sample_population(states, logits, max_attempts, final_sampled, n_per_agent):
+    """Sample `n_per_agent` trajectories for each agent (row of `logits`), in parallel.
+
+    `states` (uint64, one per agent) is advanced in place, so successive calls continue the
+    streams. Each agent's draws depend only on its own state: reproducible across threads.
+    """
+    n_agents = logits.shape[0]
+    masks = np.empty((n_agents, n_per_agent), dtype=np.int64)
+    ns = np.empty((n_agents, n_per_agent), dtype=np.int8)
+    truncs = np.empty((n_agents, n_per_agent), dtype=np.int8)
+    for a in prange(n_agents):
+        p = sigmoid(logits[a, 0])
+        q1 = sigmoid(logits[a, 1])
+        q2 = sigmoid(logits[a, 2])
+        st = states[a]
+        for i in range(n_per_agent):
+            m, n, t, st = sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
+            masks[a, i] = m
+            ns[a, i] = n
+            truncs[a, i] = t
+        states[a] = st
+    return masks, ns, truncs
+
+
+@njit(cache=True)
+def trajectory_log_prob(mask, n, trunc, max_attempts, final_sampled, logits):
+    """log pi(tau) under the three logits (answer-level, DESIGN §2)."""
+    lp = 0.0
+    for k in range(n):
+        correct = (mask >> k) & 1
+        lp += log_sigmoid(logits[0]) if correct else log_sigmoid(-logits[0])
+        last = k == n - 1
+        if last and k == max_attempts - 1 and not final_sampled:
+            break
+        resample = (not last) or trunc == 1
+        if correct:
+            lp += log_sigmoid(-logits[1]) if resample else log_sigmoid(logits[1])
+        else:
+            lp += log_sigmoid(logits[2]) if resample else log_sigmoid(-logits[2])
+    return lp
+
+
+@njit(cache=True)
+def walk_steps(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, w_correct,
+               w_wrong, param, glogp, prob, xdev, weight, attempt):
+    """Fill per-step buffers along a trajectory; returns the number of steps.
+
+    Per step: the parameter its action belongs to, d log pi(action) / d logit, pi(action),
+    x = log pi(action) - log pi_ref(action), its token weight w (w(L) for a sampling action,
+    1 for a decision) and its attempt index. DESIGN §1 gradients, §2 weights.
+    """
+    p = sigmoid(logits[0])
+    q1 = sigmoid(logits[1])
+    q2 = sigmoid(logits[2])
+    s = 0
+    for k in range(n):
+        correct = (mask >> k) & 1
+        # sampling action
+        param[s] = PARAM_S
+        attempt[s] = k
+        if correct:
+            glogp[s] = 1.0 - p
+            prob[s] = p
+            xdev[s] = log_sigmoid(logits[0]) - log_sigmoid(ref_logits[0])
+            weight[s] = w_correct
+        else:
+            glogp[s] = -p
+            prob[s] = 1.0 - p
+            xdev[s] = log_sigmoid(-logits[0]) - log_sigmoid(-ref_logits[0])
+            weight[s] = w_wrong
+        s += 1
+        last = k == n - 1
+        if last and k == max_attempts - 1 and not final_sampled:
+            break  # forced stop, not counted
+        resample = (not last) or trunc == 1
+        attempt[s] = k
+        weight[s] = 1.0
+        if correct:
+            param[s] = PARAM_1
+            if resample:
+                glogp[s] = -q1
+                prob[s] = 1.0 - q1
+                xdev[s] = log_sigmoid(-logits[1]) - log_sigmoid(-ref_logits[1])
+            else:
+                glogp[s] = 1.0 - q1
+                prob[s] = q1
+                xdev[s] = log_sigmoid(logits[1]) - log_sigmoid(ref_logits[1])
+        else:
+            param[s] = PARAM_2
+            if resample:
+                glogp[s] = 1.0 - q2
+                prob[s] = q2
+                xdev[s] = log_sigmoid(logits[2]) - log_sigmoid(ref_logits[2])
+            else:
+                glogp[s] = -q2
+                prob[s] = 1.0 - q2
+                xdev[s] = log_sigmoid(-logits[2]) - log_sigmoid(-ref_logits[2])
+        s += 1
+    return s
+
+
+@njit(cache=True, inline="always")
+def kl_estimate(x, estimator, clamp):
+    """Per-token KL estimator k(x) and its derivative k'(x) (DESIGN §2); clamp 0 = off."""
+    if estimator == K1:
+        k, dk = x, 1.0
+    elif estimator == K2:
+        k, dk = 0.5 * x * x, x
+    else:
+        e = np.exp(-x)
+        k, dk = e - 1.0 + x, 1.0 - e
+    if clamp > 0.0 and (k > clamp or k < -clamp):
+        return max(-clamp, min(clamp, k)), 0.0
+    return k, dk
+
+
+@njit(cache=True)
+def steps_penalties_and_q(nsteps, xdev, weight, attempt, estimator, clamp, gamma, r_out, q_out,
+                          dk_out):
+    """Immediate penalties r_t = -w_t k(x_t) and backward returns Q_t (DESIGN §3).
+
+    The discount gamma applies between attempts: Q_t = r_t + gamma^[next step starts a new
+    attempt] Q_{t+1}. Returns the total penalty sum_t w_t k(x_t).
+    """
+    total = 0.0
+    for t in range(nsteps):
+        k, dk = kl_estimate(xdev[t], estimator, clamp)
+        r_out[t] = -weight[t] * k
+        dk_out[t] = dk
+        total += weight[t] * k
+    q = 0.0
+    for t in range(nsteps - 1, -1, -1):
+        if t < nsteps - 1 and attempt[t + 1] != attempt[t]:
+            q *= gamma
+        q = r_out[t] + q
+        q_out[t] = q
+    return total
+
+
+@njit(cache=True)
+def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, w_correct,
+                     w_wrong, estimator, clamp, gamma, out, bufs, ibufs):
+    """All gradient terms of one trajectory into out[N_TERMS, 3]; returns (R, penalty).
+
+    bufs: float64[7, 2K] scratch, ibufs: int64[2, 2K] scratch (no allocation in hot loops).
+    """
+    param = ibufs[0]
+    attempt = ibufs[1]
+    glogp, prob, xdev, weight, r, q, dk = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], \
+        bufs[6]
+    nsteps = walk_steps(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits,
+                        w_correct, w_wrong, param, glogp, prob, xdev, weight, attempt)
+    penalty = steps_penalties_and_q(nsteps, xdev, weight, attempt, estimator, clamp, gamma, r, q,
+                                    dk)
+    out[:, :] = 0.0
+    for t in range(nsteps):
+        j = param[t]
+        g = glogp[t]
+        out[T_SCORE, j] += g
+        out[T_LIKELIHOOD, j] += weight[t] * g
+        out[T_DFT, j] += weight[t] * prob[t] * g
+        out[T_KL_REWARD, j] += q[t] * g
+        out[T_KL_LOSS, j] -= weight[t] * dk[t] * g
+    reward = 0.0
+    if trunc == 0 and (mask >> (n - 1)) & 1:
+        reward = gamma ** (n - 1)
+    return reward, penalty
+
+
+def scratch(max_attempts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scratch buffers for `trajectory_terms` (2 steps per attempt)."""
+    return np.empty((7, 2 * max_attempts)), np.empty((2, 2 * max_attempts), dtype=np.int64)
+
+
+@njit(cache=True, parallel=True)
+def batch_terms(masks, ns, truncs, max_attempts, final_sampled, logits, ref_logits, w_correct,
+                w_wrong, estimator, clamp, gamma):
+    """`trajectory_terms` over a flat batch of trajectories sharing one set of logits.
+
+    Returns terms[N, N_TERMS, 3], rewards[N], penalties[N].
+    """
+    n = masks.shape[0]
+    terms = np.empty((n, N_TERMS, 3))
+    rewards = np.empty(n)
+    penalties = np.empty(n)
+    for i in prange(n):
+        bufs = np.empty((7, 2 * max_attempts))
+        ibufs = np.empty((2, 2 * max_attempts), dtype=np.int64)
+        rewards[i], penalties[i] = trajectory_terms(
+            masks[i], ns[i], truncs[i], max_attempts, final_sampled, logits, ref_logits,
+            w_correct, w_wrong, estimator, clamp, gamma, terms[i], bufs, ibufs)
+    return terms, rewards, penalties
+
+
+@njit(cache=True)
+def batch_log_probs(masks, ns, truncs, max_attempts, final_sampled, logits):
+    out = np.empty(masks.shape[0])
+    for i in range(masks.shape[0]):
+        out[i] = trajectory_log_prob(masks[i], ns[i], truncs[i], max_attempts, final_sampled,
+                                     logits)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def batch_clipped_scores(masks, ns, truncs, max_attempts, final_sampled, logits, old_logits,
+                         advantages, clip_epsilon):
+    """Gradient of the PPO-clipped surrogate per trajectory, ratio per action (DESIGN §2).
+
+    d/dtheta min(rho A, clip(rho, 1-eps, 1+eps) A) = rho A grad log pi where unclipped, else 0.
+    """
+    n = masks.shape[0]
+    out = np.zeros((n, 3))
+    for i in prange(n):
+        bufs = np.empty((4, 2 * max_attempts))
+        ibufs = np.empty((2, 2 * max_attempts), dtype=np.int64)
+        nsteps = walk_steps(masks[i], ns[i], truncs[i], max_attempts, final_sampled, logits,
+                            old_logits, 1.0, 1.0, ibufs[0], bufs[0], bufs[1], bufs[2], bufs[3],
+                            ibufs[1])
+        a = advantages[i]
+        for t in range(nsteps):
+            rho = np.exp(bufs[2, t])
+            if (a >= 0 and rho <= 1.0 + clip_epsilon) or (a < 0 and rho >= 1.0 - clip_epsilon):
+                out[i, ibufs[0, t]] += rho * a * bufs[0, t]
+    return out
