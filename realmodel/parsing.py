@@ -1,0 +1,253 @@
+"""Parse a model's response into attempts, candidates and decisions (DESIGN.md §4, §5).
+
+Rules (each documented here is a deliberate choice, tested in tests/test_realmodel_parsing.py):
+
+Numbers. Digits, optionally grouped in threes by ",", "{,}", "\\," or a (thin) space
+("1,234", "1 234"), optionally followed by ".0…". A decimal ("12.5") is not a number here.
+
+Candidate answers. A candidate is a number the response *claims as the result of a * b*:
+
+1. the content of `\\boxed{N}` (or `\\boxed{... = N}`);
+2. a value after an answer phrase: "answer" (with "the", "final", "my", "to <the problem>"),
+   "final result", "final product", "####", then optionally "is", ":", "=", "equals",
+   "would/will/should be" and formatting (`**`, `$`, `\\(`); the value must be bare ("my
+   answer: 1035 / 45 = 23" claims nothing);
+3. the value of an equation whose left side is the full product expression of the two
+   operands, in either order ("a * b", "a × b", "a x b", "a \\times b", "a · b", "a times b",
+   "a multiplied by b", "the product of a and b"), linked by "=", "is", "equals",
+   "is equal to", "gives", "makes" or "yields". The equation may chain through arithmetic
+   ("23 * 45 = 20 * 45 + 3 * 45 = 900 + 135 = 1035", also across lines that start with
+   "=" or "&="); its candidate is the last right-hand side that is a bare number;
+4. a bold number standing alone (`**1035**`), unless it is the right side of an "=" (then
+   rule 3 decides: "23 * 5 = **115**" is a partial product, not a candidate).
+
+Everything else is working: partial products ("3 x 4 = 12" inside 23 x 45, "120 + 15 = 135"),
+sums, numbers in trailing prose. A candidate followed by an operator ("the answer is 20 + 15")
+is not a bare number, so it is not a candidate.
+
+Attempts. The response is cut at every revision marker (data: `markers.txt`, case-insensitive
+literals that start at a word boundary; extendable with `load_markers(path)`): the text
+before the first marker is segment 1, and so on. A segment's candidate is its *last* candidate
+(the value it commits to; a restated final answer — the same value again with no marker in
+between — therefore never creates an attempt, and an unmarked change of mind within a
+segment counts as one attempt that ends on the later value). A segment without a candidate
+(e.g. "Wait, I made a mistake." followed by a marker, or a verification "Let me verify:
+1035 / 45 = 23" that restates nothing) made no new sample: it is merged into the attempt
+before it (a leading one into the next). A response with no candidate at all is one
+answerless attempt: answer None, correct False, decision None.
+
+Decisions. RESAMPLE after every attempt that a later attempt follows, STOP after the last.
+A truncated response (generation hit its token limit) is wrong, has no final answer and
+carries no decisions at all (DESIGN §4: truncations are excluded from the decision counts).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+STOP = "STOP"
+RESAMPLE = "RESAMPLE"
+Decision = Literal["STOP", "RESAMPLE"]
+
+# ---- numbers -------------------------------------------------------------------------------
+_GROUP_SEP = r"(?:,|\{,\}|\\,|[ \u2009\u202f])"
+NUM = rf"(?<![\d.,])(?:\d{{1,3}}(?:{_GROUP_SEP}\d{{3}})+|\d+)(?:\.0+)?(?!\d|[.,]\d)"
+_NUM_RE = re.compile(NUM)
+
+
+def to_int(text: str) -> int:
+    """'1,234' / '1 234' / '1{,}234' / '1234.00' -> 1234."""
+    text = re.sub(r"\.0+$", "", text.strip())
+    return int(re.sub(r"\D", "", text))
+
+
+# ---- candidate patterns --------------------------------------------------------------------
+_DECOR = r"(?:\*\*|\$|\\boxed\{|\\\(|\\\[|\\text\{|\\mathbf\{|[ \t])*"
+_TIMES = (
+    r"(?:\*(?!\*)|×|✕|✖|·|⋅|\\times|\\cdot|(?<![A-Za-z])[xX](?![A-Za-z])"
+    r"|times|multiplied\s+by)"
+)
+_EXPR_RE = re.compile(
+    rf"(?P<l>{NUM})[ \t$)]*{_TIMES}[ \t$(]*(?P<r>{NUM})"
+    rf"|product\s+of\s+(?P<l2>{NUM})\s+and\s+(?P<r2>{NUM})",
+    re.IGNORECASE,
+)
+_REL = r"(?:=|\bis\s+equal\s+to\b|\bequals\b|\bis\b|\bgives\b|\bmakes\b|\byields\b)"
+_REL_VALUE_RE = re.compile(rf"{_REL}[ \t]*{_DECOR}(?P<n>{NUM})", re.IGNORECASE)
+# The arithmetic run that may follow a product expression or an answer phrase.
+_ARITH_TOKEN = (
+    r"\d|[ \t]|\n(?=[ \t]*&?[ \t]*=)|[+\-−*×✕·⋅/÷^()\[\]{}=&$]|\\times|\\cdot|\\left|\\right"
+    r"|\\,|\\!|\\\[|\\\]|\\\(|\\\)|\\boxed|\\text|\\mathbf|(?<=[\d\s])[xX](?=[\s\d])"
+    r"|[.,](?=\d)|\bis\s+equal\s+to\b|\bequals\b|\bis\b|\bgives\b|\bmakes\b|\byields\b"
+)
+_ARITH_RUN_RE = re.compile(rf"(?:{_ARITH_TOKEN})*", re.IGNORECASE)
+# What may follow a bare value: anything but an operator or a digit.
+_OPERATOR_AFTER_RE = re.compile(
+    r"(?:\*\*|\}|\$|[ \t])*(?:[+\-−×✕·⋅/÷^]|\*(?!\*)|\\times|\\cdot|[xX][ \t]*\d|\d)"
+)
+_ANSWER_RE = re.compile(
+    r"(?:\b(?:final\s+)?answer\b(?:[ \t]+to[ \t]+[^.\n=:]{0,60}?)?"
+    r"|\bfinal\s+(?:result|product)\b|####)"
+    r"[ \t]*(?:\*\*)?[ \t]*(?:is\s+equal\s+to|is|:|=|equals|would\s+be|will\s+be|should\s+be)?"
+    r"[ \t]*:?[ \t]*(?:therefore|thus|then)?",
+    re.IGNORECASE,
+)
+_ANSWER_VALUE_RE = re.compile(rf"[ \t]*{_DECOR}(?P<n>{NUM})")
+_BOXED_RE = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_BOLD_RE = re.compile(rf"\*\*[ \t]*(?P<n>{NUM})[ \t]*\*\*")
+_BOLD_RHS_RE = re.compile(rf"(?:{_REL})[ \t$]*$", re.IGNORECASE)
+
+
+def _bare(text: str, end: int) -> bool:
+    """True if the number ending at `end` is a whole value (no operator follows it)."""
+    return _OPERATOR_AFTER_RE.match(text, end) is None
+
+
+def _chain_value(text: str, pos: int) -> tuple[int, int] | None:
+    """Last bare right-hand side of a relation ("=", "is", ...) in the arithmetic run that
+    starts at `pos` (just after a product expression): (position, value), or None."""
+    run = _ARITH_RUN_RE.match(text, pos)
+    segment = text[pos : run.end() if run else pos]
+    found = None
+    for m in _REL_VALUE_RE.finditer(segment):
+        if _bare(text, pos + m.end("n")):
+            found = (pos + m.start("n"), to_int(m.group("n")))
+    return found
+
+
+def find_candidates(text: str, a: int, b: int) -> list[tuple[int, int]]:
+    """All candidate answers (position, value) in order of position (rules 1-4 above)."""
+    found: dict[int, int] = {}
+    operands = sorted((int(a), int(b)))
+    for m in _EXPR_RE.finditer(text):
+        left, right = (m.group("l"), m.group("r")) if m.group("l") else (m.group("l2"),
+                                                                          m.group("r2"))
+        if sorted((to_int(left), to_int(right))) != operands:
+            continue
+        hit = _chain_value(text, m.end())
+        if hit:
+            found.setdefault(*hit)
+    for m in _ANSWER_RE.finditer(text):
+        value = _ANSWER_VALUE_RE.match(text, m.end())
+        if value and _bare(text, value.end("n")):
+            found.setdefault(value.start("n"), to_int(value.group("n")))
+    for m in _BOXED_RE.finditer(text):
+        content = m.group(1)
+        inner = re.fullmatch(rf"[\s$]*(?:\\text\{{|\\mathbf\{{)?({NUM})\}}?[\s$.]*", content)
+        if inner is None:
+            inner = re.search(rf"=\s*({NUM})[\s$]*$", content)
+        if inner:
+            found.setdefault(m.start(1) + inner.start(1), to_int(inner.group(1)))
+    for m in _BOLD_RE.finditer(text):
+        before = text[max(0, m.start() - 40) : m.start()]
+        if _BOLD_RHS_RE.search(before) is None and _bare(text, m.end()):
+            found.setdefault(m.start("n"), to_int(m.group("n")))
+    return sorted(found.items())
+
+
+# ---- markers -------------------------------------------------------------------------------
+def _read_marker_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()
+            and not line.lstrip().startswith("#")]
+
+
+def load_markers(path: str | Path | None = None, extend: bool = True) -> list[str]:
+    """The default marker list (package data `markers.txt`), plus the markers in `path`.
+
+    `extend=False` replaces the defaults by the file's markers. The file format is one
+    marker a line, '#' comments (DESIGN §5: the marker list is data).
+    """
+    default = _read_marker_lines(
+        resources.files("realmodel").joinpath("markers.txt").read_text(encoding="utf-8")
+    )
+    if path is None:
+        return default
+    extra = _read_marker_lines(Path(path).read_text(encoding="utf-8"))
+    merged = (default if extend else []) + extra
+    return list(dict.fromkeys(merged))
+
+
+@functools.lru_cache(maxsize=16)
+def _marker_re(markers: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not markers:
+        return None
+    alternatives = sorted((re.escape(m) for m in markers), key=len, reverse=True)
+    return re.compile(rf"(?<![A-Za-z])(?:{'|'.join(alternatives)})", re.IGNORECASE)
+
+
+def marker_positions(text: str, markers: Sequence[str] | None = None) -> list[int]:
+    """Start offsets of the revision markers in `text`."""
+    pattern = _marker_re(tuple(load_markers() if markers is None else markers))
+    return [] if pattern is None else [m.start() for m in pattern.finditer(text)]
+
+
+# ---- the parse -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Attempt:
+    answer: int | None
+    correct: bool
+    decision: Decision | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "correct": self.correct, "decision": self.decision}
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    attempts: tuple[Attempt, ...]
+    final_answer: int | None
+    correct: bool
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI contract: {"attempts": [...], "final_answer": ..., "correct": ...}."""
+        return {
+            "attempts": [a.to_dict() for a in self.attempts],
+            "final_answer": self.final_answer,
+            "correct": self.correct,
+        }
+
+    def as_calibration_attempts(self) -> list[tuple[bool | None, str | None]]:
+        """(candidate correct, or None if answerless; decision) for
+        `analysis.calibration.TrajectoryCounts.from_attempts` (DESIGN §4)."""
+        return [(a.correct if a.answer is not None else None, a.decision) for a in self.attempts]
+
+
+def parse_response(
+    text: str,
+    a: int,
+    b: int,
+    markers: Sequence[str] | None = None,
+    truncated: bool = False,
+) -> ParsedResponse:
+    """Attempts, decisions and the final answer of a response to `a * b` (rules above)."""
+    target = int(a) * int(b)
+    candidates = find_candidates(text, a, b)
+    bounds = marker_positions(text, markers)
+    segments: dict[int, int] = {}  # segment index -> its last candidate value
+    for pos, value in candidates:
+        seg = sum(1 for m in bounds if m <= pos)
+        segments[seg] = value
+    answers = [segments[k] for k in sorted(segments)]
+    if not answers:
+        return ParsedResponse((Attempt(None, False, None),), None, False, truncated)
+    attempts = []
+    for k, value in enumerate(answers):
+        if truncated:
+            decision = None
+        else:
+            decision = STOP if k == len(answers) - 1 else RESAMPLE
+        attempts.append(Attempt(value, value == target, decision))
+    final = None if truncated else answers[-1]
+    return ParsedResponse(tuple(attempts), final, final == target, truncated)
+
+
+def reward_correct(text: str, a: int, b: int) -> float:
+    """1.0 if the response's final answer is a * b, else 0.0 (the GRPO reward, DESIGN §5)."""
+    return 1.0 if parse_response(text, a, b).correct else 0.0
