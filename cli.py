@@ -13,7 +13,12 @@ import importlib
 import click
 
 # (module, attribute) pairs; a module that is not written yet is simply skipped.
-_COMMAND_MODULES = ("sim.commands", "analysis.commands", "realmodel.commands")
+_COMMAND_MODULES = (
+    "sim.commands",
+    "sim.population_commands",
+    "analysis.commands",
+    "realmodel.commands",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
