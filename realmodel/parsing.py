@@ -82,7 +82,8 @@ _REL = r"(?:=|\bis\s+equal\s+to\b|\bequals\b|\bis\b|\bgives\b|\bmakes\b|\byields
 _REL_VALUE_RE = re.compile(rf"{_REL}[ \t]*{_DECOR}(?P<n>{NUM})", re.IGNORECASE)
 # The arithmetic run that may follow a product expression or an answer phrase.
 _ARITH_TOKEN = (
-    r"\d|[ \t]|\n(?=[ \t]*&?[ \t]*=)|[+\-−*×✕·⋅/÷^()\[\]{}=&$]|\\times|\\cdot|\\left|\\right"
+    r"\d|[ \t]|\n(?=[ \t]*&?[ \t]*=)|\\\\(?=\s*&?[ \t]*=)|[+\-−*×✕·⋅/÷^()\[\]{}=&$]"
+    r"|\\times|\\cdot|\\left|\\right"
     r"|\\,|\\!|\\\[|\\\]|\\\(|\\\)|\\boxed|\\text|\\mathbf|(?<=[\d\s])[xX](?=[\s\d])"
     r"|[.,](?=\d)|\bis\s+equal\s+to\b|\bequals\b|\bis\b|\bgives\b|\bmakes\b|\byields\b"
 )
