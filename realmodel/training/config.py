@@ -1,0 +1,287 @@
+"""Run configurations for real-model training (issue 6), separate from the trainers.
+
+As in TRL (``SFTConfig`` vs ``SFTTrainer``), a run is fully described by a frozen dataclass that
+validates itself on construction; the trainer modules translate it into TRL's own config. Three
+presets per method (``PRESETS``):
+
+``paper``
+    Qwen2.5-7B-Instruct with the paper's hyperparameters (DESIGN.md §5) on one 80 GB H100.
+    Learning rates are not given by the paper; the values here are common LoRA defaults and
+    are named, visible parameters. How it fits one H100: see ``PAPER_MEMORY_NOTE``.
+``smol``
+    SmolLM2-135M-Instruct on one GPU in minutes (full fine-tuning, bf16).
+``cpu-smoke``
+    A few steps of SmolLM2-135M on the CPU, short generations, small slices.
+
+``dataclasses.replace(cfg, **overrides)`` re-runs the validation, so the CLI builds a run as
+"preset, then the options the user gave".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from realmodel.tasks import DEFAULT_ID, parse_ladder
+
+SMALL_LADDER = "1x1,1x2,2x2,2x3"  # the issue's GPU-validation ladder: ID 1x1,1x2; OOD 2x2,2x3
+PAPER_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+SMOL_MODEL = "smollm2-135m"
+DATA_KINDS = ("reflection", "no-reflection")
+VLLM_CHOICES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+# TRL GRPO loss aggregations (trl.GRPOConfig.loss_type); "grpo" is the paper's/verl's per-sequence
+# mean, "dr_grpo" drops the length normalisation, "dapo" is TRL's default.
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+PAPER_MEMORY_NOTE = """\
+The paper preset fits one 80 GB H100 with LoRA (rank 64 on all attention and MLP projections),
+bf16 weights, gradient checkpointing and per-device micro-batches with gradient accumulation.
+Full fine-tuning does not fit: 7.6e9 parameters need 15 GB of bf16 weights + 15 GB of bf16
+gradients + 61 GB of fp32 Adam moments (+ 30 GB fp32 master weights under mixed precision),
+i.e. ~90-120 GB before any activation. GRPO adds a frozen reference model for the KL term
+(beta = 0.001 > 0: another 15 GB) and, with vLLM colocated, a second copy of the weights plus
+its KV cache. With LoRA the base stays frozen in bf16 (15 GB), the ~160M adapter parameters
+and their Adam state take ~3 GB, TRL's reference policy is the same base with the adapter
+disabled (no copy), and vLLM gets the rest (gpu_memory_utilization 0.3 = 24 GB: weights + KV
+cache for the 8,192-token responses). Full fine-tuning remains possible for SFT with an 8-bit
+optimizer (bf16 weights + grads + 8-bit Adam ~ 46 GB), selectable with --no-lora --optim."""
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """Settings shared by SFT and GRPO runs. Subclasses add the method's own fields."""
+
+    preset: str = "custom"
+    model: str = SMOL_MODEL
+    run_name: str = ""  # "" -> "<method>-<preset>[-<data>]"
+    output_root: str = "outputs/real"
+    ladder: str = SMALL_LADDER
+    id_tasks: str = DEFAULT_ID
+    n_train: int = 20000  # training problems, balanced over the ID tasks (DESIGN §5)
+    n_test: int = 100  # held-out problems per ladder task (periodic calibration draws from them)
+    seed: int = 0
+    device: str = "auto"
+    # optimisation
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides the epochs
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    optim: str = "adamw_torch"
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    # LoRA (peft); off = full fine-tuning
+    use_lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = LORA_TARGETS
+    # checkpoints and logs
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    # periodic calibration of p, q1, q2 on a held-out slice of each ladder task
+    calib_every: int = 0  # steps; 0 = only before and after training
+    calib_n: int = 32  # problems per task, taken from the test split
+    calib_max_new_tokens: int = 512
+    calib_temperature: float = 1.0
+    calib_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        tasks = {t.name for t in _parse("ladder", self.ladder)}
+        ids = [t.name for t in _parse("id_tasks", self.id_tasks)]
+        missing = [t for t in ids if t not in tasks]
+        if missing:
+            raise ValueError(f"id_tasks {missing} are not on the ladder {self.ladder!r}")
+        _check_choice("device", self.device, DEVICES)
+        for name in ("n_train", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "save_steps", "save_total_limit", "logging_steps", "calib_n",
+                     "calib_max_new_tokens", "calib_batch_size", "lora_r", "lora_alpha"):
+            _check_positive(name, getattr(self, name))
+        for name in ("n_test", "calib_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.calib_n > self.n_test:
+            raise ValueError(f"calib_n ({self.calib_n}) exceeds n_test ({self.n_test})")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        for name in ("lora_dropout", "warmup_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.calib_temperature < 0:
+            raise ValueError("weight_decay and calib_temperature must be >= 0")
+        if self.use_lora and not self.lora_target_modules:
+            raise ValueError("use_lora needs at least one lora_target_module")
+        if not self.model:
+            raise ValueError("model must be a name or a path")
+
+    METHOD: ClassVar[str] = ""
+
+    def name(self) -> str:
+        """The run's folder name under ``output_root``."""
+        return self.run_name or f"{self.METHOD}-{self.preset}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["lora_target_modules"] = list(self.lora_target_modules)
+        return out
+
+
+@dataclass(frozen=True)
+class SFTRunConfig(TrainRunConfig):
+    """SFT on synthesized trajectories (DESIGN §2 "SFT-like"), loss on the completion only."""
+
+    data: str = "reflection"  # realmodel.synthesis kind
+    ft_share: float = 0.5  # share of F->T correction chains in the reflection set
+    n_reflections: int = 1  # wrong attempts before the correct one ("cut-at-k")
+    max_length: int = 1024  # prompt + completion tokens; longer examples are truncated
+    METHOD: ClassVar[str] = "sft"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("data", self.data, DATA_KINDS)
+        if not 0 <= self.ft_share <= 1:
+            raise ValueError(f"ft_share must be in [0, 1], got {self.ft_share}")
+        if self.n_reflections < 0:
+            raise ValueError(f"n_reflections must be >= 0, got {self.n_reflections}")
+        _check_positive("max_length", self.max_length)
+
+    def name(self) -> str:
+        return self.run_name or f"sft-{self.preset}-{self.data}"
+
+
+@dataclass(frozen=True)
+class GRPORunConfig(TrainRunConfig):
+    """GRPO with a correctness reward (DESIGN §2 "Surrogate" + token-level KL in the loss).
+
+    ``per_device_train_batch_size`` counts completions, not prompts (TRL's convention): prompts
+    per optimizer step = per_device_train_batch_size * gradient_accumulation_steps /
+    num_generations.
+    """
+
+    num_generations: int = 8  # rollouts per prompt (paper: 8)
+    beta: float = 0.001  # KL coefficient; TRL's default is 0.0, the paper's is 0.001
+    temperature: float = 1.0
+    max_completion_length: int = 8192
+    steps_per_generation: int = 0  # 0 -> TRL default (= gradient_accumulation_steps)
+    num_iterations: int = 1  # policy updates per generation batch (verl's ppo_epochs)
+    epsilon: float = 0.2  # PPO clip range
+    loss_type: str = "grpo"
+    scale_rewards: bool = True  # False = Dr.GRPO (no std scaling of the advantage)
+    use_vllm: str = "auto"  # auto: colocated vLLM when it is installed and a GPU is present
+    vllm_gpu_memory_utilization: float = 0.3
+    METHOD: ClassVar[str] = "grpo"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_generations", "max_completion_length", "num_iterations"):
+            _check_positive(name, getattr(self, name))
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2 (group-relative advantages)")
+        if self.beta < 0 or self.temperature <= 0 or self.epsilon <= 0:
+            raise ValueError("need beta >= 0, temperature > 0 and epsilon > 0")
+        if self.steps_per_generation < 0:
+            raise ValueError("steps_per_generation must be >= 0")
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("use_vllm", self.use_vllm, VLLM_CHOICES)
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1)")
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
+                f"multiple of num_generations ({self.num_generations})"
+            )
+
+
+# -- presets --------------------------------------------------------------------------------
+
+_PAPER_COMMON: dict[str, Any] = dict(
+    model=PAPER_MODEL, ladder="1x1,1x2,2x2,2x3,3x3,3x4,4x4", n_train=20000, n_test=100,
+    bf16=True, gradient_checkpointing=True, use_lora=True, lora_r=64, lora_alpha=128,
+    lora_dropout=0.05, save_steps=50, logging_steps=1, calib_every=20, calib_n=32,
+    calib_max_new_tokens=2048, calib_batch_size=32,
+)
+_SMOL_COMMON: dict[str, Any] = dict(
+    model=SMOL_MODEL, ladder=SMALL_LADDER, n_train=2000, n_test=100, bf16=True,
+    save_steps=50, logging_steps=5, calib_every=25, calib_n=64, calib_max_new_tokens=256,
+    calib_batch_size=64,
+)
+_CPU_COMMON: dict[str, Any] = dict(
+    model=SMOL_MODEL, ladder=SMALL_LADDER, n_train=64, n_test=8, device="cpu", bf16=False,
+    max_steps=4, save_steps=2, save_total_limit=1, logging_steps=1, calib_every=2, calib_n=8,
+    calib_max_new_tokens=48, calib_batch_size=16,
+)
+
+SFT_PRESETS: dict[str, dict[str, Any]] = {
+    # paper: Adam, batch 128 (4 x 32 accumulation), 4 epochs (DESIGN §5)
+    "paper": dict(_PAPER_COMMON, learning_rate=1e-4, num_train_epochs=4.0,
+                  per_device_train_batch_size=4, gradient_accumulation_steps=32,
+                  max_length=4096, warmup_ratio=0.03),
+    "smol": dict(_SMOL_COMMON, learning_rate=5e-5, num_train_epochs=2.0,
+                 per_device_train_batch_size=32, gradient_accumulation_steps=1,
+                 max_length=512),
+    "cpu-smoke": dict(_CPU_COMMON, learning_rate=5e-5, per_device_train_batch_size=4,
+                      max_length=256),
+}
+GRPO_PRESETS: dict[str, dict[str, Any]] = {
+    # paper: 512 prompts per generation round = 4 optimizer steps of 128 prompts (mini-batch),
+    # 8 rollouts, KL 0.001 (low_var_kl = TRL's k3), response 8,192 tokens, 2 epochs (the
+    # paper's 1,024-token prompt limit never binds: TRL 1.16 has no prompt truncation and the
+    # prompts are ~40 tokens).
+    # Micro-batches of 2 completions keep the 8,192 x 152k-vocabulary logits near 5 GB.
+    "paper": dict(_PAPER_COMMON, learning_rate=1e-5, num_train_epochs=2.0,
+                  per_device_train_batch_size=2, gradient_accumulation_steps=512,
+                  steps_per_generation=2048, num_generations=8, beta=0.001,
+                  max_completion_length=8192, use_vllm="auto"),
+    # the measured H200 setting (DESIGN §5): 8 prompts x 8 generations, 48 new tokens, lr 3e-5
+    "smol": dict(_SMOL_COMMON, learning_rate=3e-5, max_steps=150,
+                 per_device_train_batch_size=64, gradient_accumulation_steps=1,
+                 num_generations=8, max_completion_length=48,
+                 calib_max_new_tokens=256),
+    "cpu-smoke": dict(_CPU_COMMON, learning_rate=3e-5, per_device_train_batch_size=8,
+                      gradient_accumulation_steps=1, num_generations=4,
+                      max_completion_length=32),
+}
+PRESET_NAMES = ("paper", "smol", "cpu-smoke")
+
+
+def sft_preset(name: str, **overrides: Any) -> SFTRunConfig:
+    """The named SFT preset with `overrides` applied (validated)."""
+    return SFTRunConfig(preset=name, **_preset(SFT_PRESETS, name, overrides))
+
+
+def grpo_preset(name: str, **overrides: Any) -> GRPORunConfig:
+    """The named GRPO preset with `overrides` applied (validated)."""
+    return GRPORunConfig(preset=name, **_preset(GRPO_PRESETS, name, overrides))
+
+
+def _preset(table: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any]) -> dict:
+    _check_choice("preset", name, tuple(table))
+    return {**table[name], **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def _parse(name: str, spec: str) -> list:
+    try:
+        return parse_ladder(spec)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
