@@ -135,6 +135,9 @@ def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, ou
             max_attempts=max_attempts, split_seed=split_seed, progress=not quiet,
             log=lambda m: click.echo(m, err=True),
         )
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"{exc.name} is not installed: pip install 'ds-study[real]'") from None
     except (ValueError, ModelResolutionError, GenerationError, EvaluationError, OSError) as exc:
         raise _fail(exc) from None
     click.echo(format_table(result.table))

@@ -151,8 +151,9 @@ def calibrate_responses(
             e = est[stat]
             out.update({stat: e.estimate, f"{stat}_ci_low": e.ci_low,
                         f"{stat}_ci_high": e.ci_high})
-        out["answerless_rate"] = sum(r["parse"]["final_answer"] is None
-                                     and not r.get("truncated") for r in members) / len(members)
+        out["answerless_rate"] = sum(  # no candidate at all (truncated or not)
+            all(a["answer"] is None for a in r["parse"]["attempts"]) for r in members
+        ) / len(members)
         out["truncated_rate"] = sum(bool(r.get("truncated")) for r in members) / len(members)
         out["mean_attempts"] = sum(sum(a["answer"] is not None for a in r["parse"]["attempts"])
                                    for r in members) / len(members)

@@ -149,10 +149,10 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """(model in eval mode on `device`, tokenizer with left padding). dtype: float32 on the
     CPU, bfloat16 on a GPU unless given (a torch dtype or its name)."""
+    path = resolve_model(name_or_path)  # a missing model fails before the heavy imports
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(name_or_path)
     device = pick_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
