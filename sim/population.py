@@ -1,0 +1,397 @@
+"""A Mesa model of a population of DS learners (DESIGN.md §1-§3).
+
+Each Mesa agent is one DS learner with its own seed, objective (terms, beta, token model,
+SFT data), answer lengths L_C / L_W, transfer weights and optimiser. The model keeps their
+state as structure-of-arrays and `PopulationModel.step` makes one batched Numba call
+(`sim.population_kernels.population_step`) for everyone; the Mesa agents are thin views on
+their rows, so `model.agents` can still be inspected, filtered and grouped the Mesa way.
+
+What is shared by all agents of one model (it shapes the kernel's loops): the number of tasks
+and the ID set, K and the final-decision rule, G, queries per step, advantage scaling, KL
+estimator / placement / clamp, and the parameter layout (AgentSpec.parameter_names()).
+
+Recording: a columnar recorder stores per recorded step and agent p, q1, q2 on every task,
+the parameters, and the per-term logit gradients g_s, g_1, g_2 and attribution ratio (DESIGN
+§3) -- numpy blocks, not one Python dict per agent, so recording every step stays cheap.
+A Mesa DataCollector records model-level summaries (mean reward, mean total ratio) per step.
+Running means of the gradients over training are always kept (the sweep's columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import mesa
+import numba
+import numpy as np
+import pandas as pd
+
+from sim import population_kernels as pk
+from sim.kernels import ESTIMATORS
+from sim.model import AgentSpec
+from sim.objectives import OBJECTIVE_KINDS, ObjectiveConfig, token_weights
+from sim.optim import OptimiserConfig
+from sim.rng import agent_state
+
+COMPS = ("s", "1", "2")
+PROBS = ("p", "q1", "q2")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """One DS learner: everything but its parameter values (DESIGN §1-§2)."""
+
+    spec: AgentSpec = field(default_factory=AgentSpec)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    theta0: tuple[float, float, float] = (0.0, 0.0, 0.0)  # initial w_x (u_x start at 0)
+
+
+@dataclass(frozen=True)
+class PopulationConfig:
+    """Population-level training settings (DESIGN §2)."""
+
+    n_queries: int = 4  # queries per agent and step, round-robin over the ID tasks
+    ref_update_every: int | None = None  # pi_ref <- pi every so many steps (None: never)
+    seed: int = 0
+    record_every: int | None = 1  # None: keep only running means (sweeps)
+    # Threads over agents: None = only when the population is large enough to pay for a
+    # parallel region (measured: below ~64 agents its start-up costs more than the work).
+    parallel: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_queries < 1:
+            raise ValueError(f"n_queries must be >= 1, got {self.n_queries}")
+        if self.ref_update_every is not None and self.ref_update_every < 1:
+            raise ValueError("ref_update_every must be >= 1 (or None: never)")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.record_every is not None and self.record_every < 1:
+            raise ValueError("record_every must be >= 1 (or None)")
+
+
+class DSLearner(mesa.Agent):
+    """A Mesa agent that views row `index` of its model's structure-of-arrays state."""
+
+    def __init__(self, model: PopulationModel, config: LearnerConfig, index: int) -> None:
+        super().__init__(model)
+        self.config = config
+        self.index = index
+
+    @property
+    def phi(self) -> np.ndarray:
+        return self.model.phi[self.index]
+
+    def probabilities(self) -> np.ndarray:
+        """(T, 3) array of p, q1, q2 per task of the ladder."""
+        return 1.0 / (1.0 + np.exp(-self.config.spec.task_logits(self.phi)))
+
+
+def _ratio(g: np.ndarray) -> np.ndarray:
+    """R_attr = |g_s| / mean(|g_1|, |g_2|) over the last axis (sim.dynamics.attribution_ratio)."""
+    g = np.abs(g)
+    num, den = g[..., 0], 0.5 * (g[..., 1] + g[..., 2])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(
+            den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, np.nan)
+        )
+
+
+class PopulationModel(mesa.Model):
+    """Population of DS learners trained with sampled (Monte-Carlo) gradients."""
+
+    def __init__(
+        self,
+        learners: Sequence[LearnerConfig],
+        config: PopulationConfig | None = None,
+        collect_model_vars: bool = True,
+    ) -> None:
+        config = config or PopulationConfig()
+        super().__init__(seed=config.seed)
+        if not learners:
+            raise ValueError("a population needs at least one learner")
+        self.config = config
+        self.learners = tuple(learners)
+        self._check_shared()
+        first = self.learners[0]
+        self.spec0 = first.spec
+        self.obj0 = first.objective
+        self.param_names = first.spec.parameter_names()
+        self.task_names = first.spec.ladder.names
+        # the union of the terms present, in the canonical order
+        present = {k for lc in self.learners for k in lc.objective.kinds}
+        self.kinds = tuple(k for k in OBJECTIVE_KINDS if k in present)
+        n = len(self.learners)
+        self.n_agents = n
+        self.parallel = (
+            (n >= 64 and numba.get_num_threads() > 1)
+            if config.parallel is None
+            else config.parallel
+        )
+        self.phi = np.stack([lc.spec.initial_params(lc.theta0) for lc in self.learners])
+        self.ref_phi = self.phi.copy()
+        self.adam_m = np.zeros_like(self.phi)
+        self.adam_v = np.zeros_like(self.phi)
+        # explicit per-agent streams: agent i of seed s is reproducible whatever the threads
+        self.states = np.array([agent_state(config.seed, i) for i in range(n)], dtype=np.uint64)
+        self.jac = np.ascontiguousarray(np.stack([lc.spec.jacobians() for lc in self.learners]))
+        self.offsets = np.ascontiguousarray(np.stack([lc.spec.offsets() for lc in self.learners]))
+        self.id_tasks = first.spec.ladder.id_indices.astype(np.int64)
+        self.active = np.zeros((n, pk.N_KINDS), dtype=np.bool_)
+        self.term_w = np.zeros((n, pk.N_KINDS))
+        self.w_c = np.empty(n)
+        self.w_w = np.empty(n)
+        self.gamma = np.empty(n)
+        self.data_masks = np.zeros((n, 2), dtype=np.int64)
+        self.data_ns = np.ones((n, 2), dtype=np.int64)
+        self.data_w = np.zeros((n, 2))
+        self.opt_kind = np.empty(n, dtype=np.int64)
+        self.lr = np.empty(n)
+        self.beta1 = np.empty(n)
+        self.beta2 = np.empty(n)
+        self.eps = np.empty(n)
+        for i, lc in enumerate(self.learners):
+            for kind, w in lc.objective.weights:
+                j = OBJECTIVE_KINDS.index(kind)
+                self.active[i, j] = True
+                self.term_w[i, j] = w
+            self.w_c[i], self.w_w[i] = token_weights(lc.spec, lc.objective)
+            self.gamma[i] = lc.spec.gamma
+            if any(k in ("sft", "dft") for k in lc.objective.kinds):
+                dm, dn, _, dw = lc.objective.sft_data.trajectories(lc.spec.max_attempts)
+                self.data_masks[i, : len(dm)] = dm
+                self.data_ns[i, : len(dn)] = dn
+                self.data_w[i, : len(dw)] = dw / dw.sum()
+            opt = lc.optimiser
+            self.opt_kind[i] = pk.OPT_SGD if opt.name == "sgd" else pk.OPT_ADAM
+            self.lr[i], self.beta1[i], self.beta2[i], self.eps[i] = (
+                opt.lr,
+                opt.beta1,
+                opt.beta2,
+                opt.eps,
+            )
+        self.grads = np.zeros((n, pk.N_KINDS, 3))
+        self.rewards = np.zeros(n)
+        self.step_count = 0
+        self.ref_reset = False
+        # running sums over training (signed and absolute) of per-term and total gradients
+        self.grad_sum = np.zeros((n, pk.N_KINDS + 1, 3))
+        self.abs_grad_sum = np.zeros((n, pk.N_KINDS + 1, 3))
+        self._blocks: list[dict[str, np.ndarray]] = []
+        for i, lc in enumerate(self.learners):
+            DSLearner(self, lc, i)
+        self.datacollector = None
+        if collect_model_vars:
+            self.datacollector = mesa.DataCollector(
+                model_reporters={
+                    "step": lambda m: m.step_count,
+                    "mean_reward": lambda m: float(m.rewards.mean()),
+                    "median_ratio_total": lambda m: (
+                        float(np.nanmedian(_ratio(m.total_grad())))
+                        if m.step_count
+                        else float("nan")
+                    ),
+                }
+            )
+        if config.record_every is not None:
+            self._record()
+
+    # ------------------------------------------------------------------ validation
+    def _check_shared(self) -> None:
+        first = self.learners[0]
+        s0, o0 = first.spec, first.objective
+        for lc in self.learners[1:]:
+            s, o = lc.spec, lc.objective
+            if s.ladder.n_tasks != s0.ladder.n_tasks or not np.array_equal(
+                s.ladder.id_indices, s0.ladder.id_indices
+            ):
+                raise ValueError("all learners of a population need the same tasks and ID set")
+            if (s.max_attempts, s.final_decision) != (s0.max_attempts, s0.final_decision):
+                raise ValueError("all learners of a population need the same K and final rule")
+            if s.parameter_names() != s0.parameter_names():
+                raise ValueError("all learners of a population need the same parameter layout")
+            shared = (
+                "group_size",
+                "std_scaling",
+                "std_ddof",
+                "adv_eps",
+                "kl_estimator",
+                "kl_placement",
+                "kl_clamp",
+            )
+            if any(getattr(o, f) != getattr(o0, f) for f in shared):
+                raise ValueError(f"all learners of a population need the same {shared}")
+
+    # ------------------------------------------------------------------ dynamics
+    def total_grad(self) -> np.ndarray:
+        """(A, 3) weighted total of the last step's per-term logit gradients."""
+        return np.einsum("ak,akx->ax", self.term_w * self.active, self.grads)
+
+    def step(self) -> None:
+        """One batched training step of every agent (DESIGN §2), then record."""
+        cfg = self.config
+        self.ref_reset = bool(
+            cfg.ref_update_every
+            and self.step_count > 0
+            and self.step_count % cfg.ref_update_every == 0
+        )
+        if self.ref_reset:
+            self.ref_phi[:] = self.phi
+        s0, o0 = self.spec0, self.obj0
+        self.step_count += 1
+        kernel = pk.population_step if self.parallel else pk.population_step_serial
+        kernel(
+            self.phi,
+            self.ref_phi,
+            self.adam_m,
+            self.adam_v,
+            self.step_count,
+            self.states,
+            self.jac,
+            self.offsets,
+            self.id_tasks,
+            self.active,
+            self.term_w,
+            self.w_c,
+            self.w_w,
+            self.gamma,
+            s0.max_attempts,
+            s0.final_sampled,
+            o0.group_size,
+            cfg.n_queries,
+            o0.std_scaling,
+            o0.std_ddof,
+            o0.adv_eps,
+            ESTIMATORS[o0.kl_estimator],
+            o0.kl_placement == "in-reward",
+            o0.kl_clamp,
+            self.data_masks,
+            self.data_ns,
+            self.data_w,
+            self.opt_kind,
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.grads,
+            self.rewards,
+        )
+        total = self.total_grad()
+        self.grad_sum[:, : pk.N_KINDS] += self.grads
+        self.grad_sum[:, pk.N_KINDS] += total
+        self.abs_grad_sum[:, : pk.N_KINDS] += np.abs(self.grads)
+        self.abs_grad_sum[:, pk.N_KINDS] += np.abs(total)
+        if self.datacollector is not None:
+            self.datacollector.collect(self)
+        rec = cfg.record_every
+        if rec is not None and (self.step_count % rec == 0 or self.ref_reset):
+            self._record()
+
+    def run(self, steps: int, progress: bool = False) -> None:
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        iterator = range(steps)
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc="train", unit="step")
+        for _ in iterator:
+            self.step()
+        rec = self.config.record_every
+        if rec is not None and steps and self._blocks[-1]["step"][0] != self.step_count:
+            self._record()
+
+    # ------------------------------------------------------------------ recording
+    def probabilities(self) -> np.ndarray:
+        """(A, T, 3): p, q1, q2 of every agent on every task."""
+        out = np.empty(self.offsets.shape)
+        pk.population_probs(self.phi, self.jac, self.offsets, out)
+        return out
+
+    def _term_columns(
+        self,
+        grads: np.ndarray,
+        total: np.ndarray,
+        abs_means: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        cols: dict[str, np.ndarray] = {}
+        pairs = [(k, grads[:, OBJECTIVE_KINDS.index(k)]) for k in self.kinds]
+        pairs.append(("total", total))
+        for name, g in pairs:
+            for x, c in enumerate(COMPS):
+                cols[f"g_{c}[{name}]"] = g[:, x].copy()  # copies: grads is reused
+            cols[f"ratio[{name}]"] = _ratio(g)
+        if abs_means is not None:  # sweep summaries: ratio of mean magnitudes instead
+            a_terms, a_total = abs_means
+            for name, a in [(k, a_terms[:, OBJECTIVE_KINDS.index(k)]) for k in self.kinds] + [
+                ("total", a_total)
+            ]:
+                for x, c in enumerate(COMPS):
+                    cols[f"abs_g_{c}[{name}]"] = a[:, x]
+                cols[f"ratio[{name}]"] = _ratio(a)
+        for c in COMPS:
+            cols[f"g_{c}"] = cols[f"g_{c}[total]"]
+        cols["ratio"] = cols["ratio[total]"]
+        return cols
+
+    def _record(self) -> None:
+        n = self.n_agents
+        block: dict[str, np.ndarray] = {
+            "step": np.full(n, self.step_count, dtype=np.int64),
+            "agent": np.arange(n, dtype=np.int64),
+        }
+        for j, name in enumerate(self.param_names):
+            block[name] = self.phi[:, j].copy()
+        probs = self.probabilities()
+        for t, task in enumerate(self.task_names):
+            for x, c in enumerate(PROBS):
+                block[f"{c}[{task}]"] = probs[:, t, x]
+        if self.step_count == 0:  # no gradient yet
+            cols = self._term_columns(np.full_like(self.grads, np.nan), np.full((n, 3), np.nan))
+        else:
+            cols = self._term_columns(self.grads, self.total_grad())
+        block.update(cols)
+        block["mean_reward"] = self.rewards.copy() if self.step_count else np.full(n, np.nan)
+        block["ref_reset"] = np.full(n, self.ref_reset)
+        self._blocks.append(block)
+
+    def history(self) -> pd.DataFrame:
+        """One row per (recorded step, agent), columns as sim.dynamics._record plus agent."""
+        if not self._blocks:
+            return pd.DataFrame()
+        keys = self._blocks[0].keys()
+        return pd.DataFrame({k: np.concatenate([b[k] for b in self._blocks]) for k in keys})
+
+    def summary(self) -> pd.DataFrame:
+        """One row per agent: final p, q1, q2 per task and gradient means over training.
+
+        g_x[term] is the mean over steps of the (signed) ID-mean logit gradient;
+        abs_g_x[term] the mean of its magnitude, and ratio[term] = abs_g_s / mean(abs_g_1,
+        abs_g_2) -- a ratio of mean magnitudes, stable where signed means cancel (KL at the
+        reference) and where one step's decision gradient is ~0.
+        """
+        n, steps = self.n_agents, max(self.step_count, 1)
+        out: dict[str, np.ndarray] = {"agent": np.arange(n, dtype=np.int64)}
+        probs = self.probabilities()
+        for t, task in enumerate(self.task_names):
+            for x, c in enumerate(PROBS):
+                out[f"{c}[{task}]"] = probs[:, t, x]
+        mean = self.grad_sum / steps
+        abs_mean = self.abs_grad_sum / steps
+        out.update(
+            self._term_columns(
+                mean[:, : pk.N_KINDS],
+                mean[:, pk.N_KINDS],
+                (abs_mean[:, : pk.N_KINDS], abs_mean[:, pk.N_KINDS]),
+            )
+        )
+        out["mean_reward_last"] = self.rewards.copy()
+        return pd.DataFrame(out)
+
+
+def homogeneous(learner: LearnerConfig, n_agents: int) -> list[LearnerConfig]:
+    """`n_agents` copies of one configuration (they differ by their RNG streams)."""
+    if n_agents < 1:
+        raise ValueError(f"n_agents must be >= 1, got {n_agents}")
+    return [learner] * n_agents

@@ -1,0 +1,165 @@
+"""Click commands `train` and `sweep` (DESIGN.md §2-§4): parse, validate, call, report.
+
+All the work is in sim.training_run and sim.sweep; bad input becomes a one-line
+click.ClickException before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import click
+
+from sim.lengths import parse_lengths
+
+
+def _csv(value: str | None, cast=str) -> tuple | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.ClickException(f"empty list: {value!r}")
+    try:
+        return tuple(cast(v) for v in items)
+    except ValueError:
+        raise click.ClickException(f"cannot read {value!r} as a comma-separated list") from None
+
+
+def _fmt(x) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
+@click.command("train")
+@click.option("--name", default="fig1", show_default=True, help="outputs/train/<name>/")
+@click.option("--objective", default="surrogate+kl", show_default=True,
+              help="terms, e.g. 'surrogate+kl', 'sft', 'surrogate+0.5*nsr'")
+@click.option("--beta", type=float, default=0.01, show_default=True, help="KL weight")
+@click.option("--length", "length", type=float, default=100.0, show_default=True, help="L_C")
+@click.option("--wrong-length", type=float, default=None, help="L_W (default: L_C)")
+@click.option("--token-model", type=click.Choice(["per-token", "sequence"]), default="per-token",
+              show_default=True)
+@click.option("--kl-estimator", type=click.Choice(["k1", "k2", "k3"]), default="k1",
+              show_default=True)
+@click.option("--kl-placement", type=click.Choice(["in-reward", "in-loss"]), default="in-reward",
+              show_default=True)
+@click.option("-K", "--max-attempts", type=int, default=8, show_default=True)
+@click.option("--optimiser", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--ref-every", type=int, default=50, show_default=True,
+              help="reset pi_ref <- pi every N steps (0: never)")
+@click.option("--agents", type=int, default=4, show_default=True)
+@click.option("--queries", type=int, default=16, show_default=True, help="queries per step")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ladder", type=click.Choice(["single", "default"]), default="single",
+              show_default=True, help="3-logit agent, or the sweep's 7-task ladder")
+@click.option("--out", default="outputs/train", show_default=True)
+def train(name, objective, beta, length, wrong_length, token_model, kl_estimator, kl_placement,
+          max_attempts, optimiser, lr, steps, ref_every, agents, queries, seed, ladder,
+          out) -> None:
+    """Train one configuration; default: the paper's Figure 1 (3-logit GRPO, reference resets)."""
+    from sim.training_run import TrainConfig, train_and_write
+
+    if ref_every < 0:
+        raise click.ClickException(f"--ref-every must be >= 0, got {ref_every}")
+    try:
+        cfg = TrainConfig(
+            objective=objective, beta=beta, length=length, wrong_length=wrong_length,
+            token_model=token_model, kl_estimator=kl_estimator, kl_placement=kl_placement,
+            max_attempts=max_attempts, n_queries=queries, optimiser=optimiser, lr=lr,
+            steps=steps, ref_update_every=ref_every or None, n_agents=agents, seed=seed,
+            ladder=ladder,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    out_dir, meas = train_and_write(cfg, name, out)
+    click.echo(f"wrote {out_dir}/history.parquet and manifest.json")
+    click.echo("mean |gradient| over training (agents x steps), per parameter:")
+    click.echo(f"  {'term':<12}{'theta_s':>10}{'theta_1':>10}{'theta_2':>10}")
+    for term, g in meas["mean_abs_gradient"].items():
+        click.echo(f"  {term:<12}{_fmt(g['s']):>10}{_fmt(g['1']):>10}{_fmt(g['2']):>10}")
+    for key, r in meas.items():
+        if key.startswith("ratio["):
+            click.echo(
+                f"{key}: per agent-step min {_fmt(r['agent_steps_min'])}, median "
+                f"{_fmt(r['agent_steps_median'])}, max {_fmt(r['agent_steps_max'])}, share > 2 "
+                f"{_fmt(r['agent_steps_share_above_2'])}; population-mean min "
+                f"{_fmt(r['population_mean_min'])} max {_fmt(r['population_mean_max'])}; "
+                f"undefined (0/0) {r['undefined_steps']}"
+            )
+
+
+@click.command("sweep")
+@click.option("--lengths", default=None, help="A..B (log-spaced) or A..B:STEP [default 10..1000]")
+@click.option("--points", type=int, default=None, help="points of a log-spaced range [16]")
+@click.option("--objectives", default=None,
+              help="comma-separated: surrogate, surrogate+kl, kl, sft-no-reflection, "
+                   "sft-reflection, dft, nsr, psr or any term spec")
+@click.option("--betas", default=None, help="comma-separated KL weights [0.001]")
+@click.option("--token-models", default=None, help="per-token,sequence [per-token]")
+@click.option("--optimisers", default=None, help="sgd,adam [sgd]")
+@click.option("--grid", "grid_file", default=None, help="TOML or YAML grid file")
+@click.option("--name", default=None, help="outputs/sweeps/<name>/ [from the grid's hash]")
+@click.option("--seed", type=int, default=None)
+@click.option("--steps", type=int, default=None)
+@click.option("--agents", "n_agents", type=int, default=None, help="agents per cell")
+@click.option("--queries", "n_queries", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("-K", "--max-attempts", type=int, default=None)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True)
+@click.option("--address", default=None, help="Ray cluster address (e.g. 10.0.0.1:6379, auto)")
+@click.option("--workers", type=int, default=None, help="local processes [all cores]")
+@click.option("--out", default="outputs/sweeps", show_default=True)
+@click.option("--overwrite", is_flag=True, help="discard an existing sweep of this name")
+@click.option("--no-progress", is_flag=True)
+def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_file, name, seed,
+          steps, n_agents, n_queries, lr, max_attempts, executor, address, workers, out,
+          overwrite, no_progress) -> None:
+    """Run (or resume) a grid of population trainings and write results.parquet."""
+    from sim.sweep import build_grid, default_name, load_grid_file, run_sweep
+
+    try:
+        if lengths is not None:
+            parse_lengths(lengths, points if points is not None else 16)
+        if points is not None and points < 1:
+            raise ValueError(f"--points must be >= 1, got {points}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        file_data = load_grid_file(grid_file) if grid_file else None
+        given_name, grid = build_grid(
+            file_data, name=name, lengths=lengths, points=points,
+            objectives=_csv(objectives), betas=_csv(betas, float),
+            token_models=_csv(token_models), optimisers=_csv(optimisers), seed=seed,
+            steps=steps, n_agents=n_agents, n_queries=n_queries, lr=lr,
+            max_attempts=max_attempts,
+        )
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    name = given_name or default_name(grid)
+    n_cells = len(grid.cells())
+    click.echo(f"sweep {name}: {n_cells} cells x {grid.training.n_agents} agents, "
+               f"executor {executor}")
+    try:
+        result = run_sweep(grid, name, out, executor=executor, workers=workers,
+                           address=address, overwrite=overwrite, progress=not no_progress)
+    except ValueError as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    except RuntimeError as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; finished cells are kept in {out}/{name}/cells -- rerun the "
+                   "same command to resume", err=True)
+        sys.exit(130)
+    click.echo(
+        f"done in {result.wall_s:.1f} s: {len(result.computed)} cells computed, "
+        f"{len(result.skipped)} resumed -> {result.out_dir}/results.parquet"
+    )
+    summary = {"name": name, "wall_s": round(result.wall_s, 2), "computed": len(result.computed),
+               "resumed": len(result.skipped)}
+    click.echo(json.dumps(summary))
+
+
+COMMANDS = [train, sweep]

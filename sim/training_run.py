@@ -1,0 +1,155 @@
+"""The `train` job: one configuration, a small population, full per-step history (DESIGN §2-§3).
+
+The default is the paper's Figure 1 setting: the bare 3-logit agent (one task, no offsets,
+theta = 0) under GRPO = surrogate + beta * token-level KL (k1, "in reward", per-token model,
+L_C = L_W = 100, beta = 0.01 so that beta * L = 1), plain SGD, with the reference reset to
+the current policy every 50 steps -- the resets make the cycles of Figure 1. Gradients are
+Monte-Carlo estimates from sampled groups (G = 8, 16 queries per step and agent).
+
+Outputs under outputs/train/<name>/: history.parquet (one row per recorded step and agent:
+step, agent, parameters, p/q1/q2 per task, g_s/g_1/g_2/ratio per term and total, ref_reset)
+and manifest.json (configuration, versions, git commit, wall time, headline measurements).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.model import AgentSpec, TaskLadder
+from sim.objectives import ObjectiveConfig
+from sim.optim import OptimiserConfig
+from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
+from sim.sweep import LadderConfig, git_commit, package_versions, write_atomic_json
+from sim.sweep import write_atomic_parquet as _write_parquet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training configuration (defaults: the paper's Figure 1 setting)."""
+
+    objective: str = "surrogate+kl"
+    beta: float = 0.01
+    length: float = 100.0  # L_C
+    wrong_length: float | None = None  # L_W; None = L_C
+    token_model: str = "per-token"
+    kl_estimator: str = "k1"
+    kl_placement: str = "in-reward"
+    max_attempts: int = 8
+    group_size: int = 8
+    n_queries: int = 16
+    optimiser: str = "sgd"
+    lr: float = 0.1
+    steps: int = 300
+    ref_update_every: int | None = 50
+    n_agents: int = 4
+    seed: int = 0
+    theta0: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    ladder: str = "single"  # "single": the 3-logit agent; "default": the sweep's 7-task ladder
+    record_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
+        if self.steps < 1 or self.n_agents < 1 or self.record_every < 1:
+            raise ValueError("steps, n_agents and record_every must be >= 1")
+        if self.ladder not in ("single", "default"):
+            raise ValueError(f"ladder must be 'single' or 'default', got {self.ladder!r}")
+        self.learner()  # the objects' own validation
+        PopulationConfig(self.n_queries, self.ref_update_every, self.seed, self.record_every)
+
+    def learner(self) -> LearnerConfig:
+        if self.ladder == "single":
+            ladder, transfer = TaskLadder.single(), None
+        else:
+            lad = LadderConfig()
+            ladder, transfer = lad.ladder(), lad.transfer()
+        spec = AgentSpec(
+            ladder=ladder,
+            **({"transfer": transfer} if transfer is not None else {}),
+            max_attempts=self.max_attempts,
+            len_correct=float(self.length),
+            len_wrong=float(self.wrong_length if self.wrong_length is not None else self.length),
+        )
+        obj = ObjectiveConfig.parse(
+            self.objective,
+            beta=self.beta,
+            group_size=self.group_size,
+            kl_estimator=self.kl_estimator,
+            kl_placement=self.kl_placement,
+            token_model=self.token_model,
+        )
+        return LearnerConfig(spec, obj, OptimiserConfig(self.optimiser, self.lr), self.theta0)
+
+
+def measurements(history: pd.DataFrame, kinds: tuple[str, ...]) -> dict:
+    """Headline numbers of a run: mean |gradient| per term and component over steps > 0, and
+    the KL attribution ratio's range over steps whose KL gradient is defined (right after a
+    reference reset pi = pi_ref and the KL gradient is exactly 0: ratio 0/0, excluded)."""
+    h = history[history["step"] > 0]
+    out: dict = {"mean_abs_gradient": {}}
+    for k in (*kinds, "total"):
+        out["mean_abs_gradient"][k] = {
+            c: float(np.abs(h[f"g_{c}[{k}]"]).mean()) for c in ("s", "1", "2")
+        }
+        r = h[f"ratio[{k}]"].replace([np.inf, -np.inf], np.nan).dropna()
+        # population-mean gradient per step: the curve Figure 1 shows
+        per_step = h.groupby("step")[[f"g_s[{k}]", f"g_1[{k}]", f"g_2[{k}]"]].mean().to_numpy()
+        den = 0.5 * (np.abs(per_step[:, 1]) + np.abs(per_step[:, 2]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pr = np.abs(per_step[:, 0]) / den
+        pr = pr[np.isfinite(pr)]
+        out[f"ratio[{k}]"] = {
+            "agent_steps_min": float(r.min()) if len(r) else None,
+            "agent_steps_median": float(r.median()) if len(r) else None,
+            "agent_steps_max": float(r.max()) if len(r) else None,
+            "agent_steps_share_above_2": float((r > 2).mean()) if len(r) else None,
+            "population_mean_min": float(pr.min()) if len(pr) else None,
+            "population_mean_max": float(pr.max()) if len(pr) else None,
+            "undefined_steps": int(h[f"ratio[{k}]"].isna().sum()),
+        }
+    return out
+
+
+def run_training(cfg: TrainConfig, progress: bool = False) -> tuple[PopulationModel, pd.DataFrame]:
+    model = PopulationModel(
+        homogeneous(cfg.learner(), cfg.n_agents),
+        PopulationConfig(cfg.n_queries, cfg.ref_update_every, cfg.seed, cfg.record_every),
+    )
+    model.run(cfg.steps, progress=progress)
+    return model, model.history()
+
+
+def train_and_write(
+    cfg: TrainConfig, name: str, out_root: str | Path = "outputs/train", progress: bool = True
+) -> tuple[Path, dict]:
+    """Run `cfg` and write history.parquet and manifest.json; returns (folder, measurements)."""
+    start = time.perf_counter()
+    model, history = run_training(cfg, progress=progress)
+    wall = time.perf_counter() - start
+    out_dir = Path(out_root) / name
+    _write_parquet(history, out_dir / "history.parquet")
+    meas = measurements(history, model.kinds)
+    write_atomic_json(
+        {
+            "name": name,
+            "config": asdict(cfg),
+            "parameter_names": model.param_names,
+            "tasks": list(model.task_names),
+            "terms": list(model.kinds),
+            "measurements": meas,
+            "model_vars": model.datacollector.get_model_vars_dataframe().to_dict("list")
+            if model.datacollector is not None
+            else None,
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "wall_time_s": round(wall, 3),
+        },
+        out_dir / "manifest.json",
+    )
+    return out_dir, meas
