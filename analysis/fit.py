@@ -1,0 +1,380 @@
+"""Fit the simulator to observed OOD curves (issue 4: "mapping simulation onto observation").
+
+Model (DESIGN.md §1, §2, §4):
+
+1. Base offsets. Each task t of the observed ladder gets b(t) = (b_s(t), b_1, b_2). Accuracy
+   alone does not identify (p, q1, q2) — one number per task cannot fix three — so q1 and q2 of
+   the base model are *documented parameters* (`FitConfig.q1_base`, `q2_base`, the same on every
+   task) and b_s(t) is solved so that the forced-stop accuracy Acc_K(p, q1_base, q2_base) of
+   §4 equals the Base row exactly (observed 0% / 100% are clipped to `acc_floor`).
+2. Trained regimes. Each trained row is reproduced by training the agent from phi = 0 with the
+   matching objective on the ID tasks, deterministically on exact expected gradients
+   (`sim.dynamics.train_expected`): SFT (no reflection) = sft on SFTData("no-reflection"),
+   SFT (reflection) = sft on SFTData("reflection", ft_share), RL = surrogate + beta * kl.
+   Transfer to OOD tasks goes only through the kernel of §1 (shared w_x frozen), with one
+   length scale for sampling (ell_s) and one for both decisions (ell_d = ell_1 = ell_2),
+   shared by all regimes: the network is the same, the objectives differ.
+3. Least squares (scipy.optimize.least_squares, bounded, in log space) of the two-stage
+   accuracy Acc_K (§4) against the observed accuracy over all (trained regime, task) cells.
+   Free: ell_s, ell_d and a learning rate per trained regime (the "amount of training" at a
+   fixed number of steps); optionally beta. Uncertainty: cov = s^2 (J^T J)^+ in log space
+   (J at the optimum, s^2 = SSR / (n - k)), reported as a standard error by the delta method
+   and a 95% interval exp(log x ± 1.96 se); a parameter at its bound has no standard error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq, least_squares
+
+from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
+from analysis.twostage import accuracy_forced_stop
+
+Z95 = 1.959963984540054
+TRANSFER_MODES = ("shared", "per-regime")
+TRAINED_REGIMES = (SFT_NO_REFLECTION, SFT_REFLECTION, RL)
+BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
+          "lr": (1e-6, 50.0), "beta": (1e-5, 10.0)}
+START = {"ell_s": 0.5, "ell_d": 3.0, "beta": 0.001, f"ell[{SFT_NO_REFLECTION}]": 2.0,
+         f"ell[{SFT_REFLECTION}]": 1.0, f"ell[{RL}]": 3.0,
+         f"lr[{SFT_NO_REFLECTION}]": 1e-3, f"lr[{SFT_REFLECTION}]": 1e-3, f"lr[{RL}]": 0.3}
+
+
+class FitError(ValueError):
+    """A fit that cannot be set up (one-line message, for the CLI)."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Documented, fixed choices of the fit (everything not in `free`)."""
+
+    max_attempts: int = 8  # K of the forced-stop accuracy (DESIGN §4; Appendix C uses K = 8)
+    q1_base: float = 0.9  # base model's STOP-after-correct probability (not identified)
+    q2_base: float = 0.1  # base model's RESAMPLE-after-wrong probability (not identified)
+    length: float = 100.0  # L_C = L_W, tokens per candidate answer (per-token weighting, §2)
+    steps: int = 40  # training steps per regime (the learning rate is the free "amount")
+    optimiser: str = "sgd"
+    beta: float = 0.001  # KL coefficient of RL (paper's value) unless fit_beta
+    fit_beta: bool = False
+    ft_share: float = 0.5  # share of F->T chains in the reflection SFT data (DESIGN §2)
+    acc_floor: float = 0.005  # observed accuracies clipped to [floor, 1 - floor] for b_s
+    transfer: str = "shared"  # "shared": ell_s, ell_d for all regimes; "per-regime": ell[r]
+    max_nfev: int = 40
+    quick: bool = False  # tests: few steps and evaluations
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 12:
+            raise ValueError("max_attempts must be in 1..12 (exact enumeration is 2^(K+1))")
+        for name in ("q1_base", "q2_base"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in (0, 1)")
+        if not self.length > 0 or self.steps < 1 or self.max_nfev < 1:
+            raise ValueError("length must be > 0, steps and max_nfev >= 1")
+        if self.transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer must be one of {TRANSFER_MODES}")
+        if self.optimiser not in ("sgd", "adam"):
+            raise ValueError("optimiser must be sgd or adam")
+        if not (self.beta > 0 and 0 <= self.ft_share <= 1 and 0 < self.acc_floor < 0.5):
+            raise ValueError("need beta > 0, ft_share in [0, 1], acc_floor in (0, 0.5)")
+
+    @property
+    def effective_steps(self) -> int:
+        return min(self.steps, 10) if self.quick else self.steps
+
+    @property
+    def effective_nfev(self) -> int:
+        return min(self.max_nfev, 6) if self.quick else self.max_nfev
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The observed task ladder: names in order, difficulty = position, ID flags."""
+
+    names: tuple[str, ...]
+    in_distribution: tuple[bool, ...]
+
+
+@dataclass
+class FitResult:
+    """Fitted values, per-task curves and residuals; JSON round-trip for the report's cache."""
+
+    params: pd.DataFrame  # name, value, stderr, ci_low, ci_high, at_bound, free
+    curves: pd.DataFrame  # regime, task, task_index, in_distribution, p, q1, q2, accuracy,
+    #                       observed, ci_low, ci_high, residual
+    rmse: float  # over the trained regimes' cells (what the free parameters fit)
+    rmse_all: float  # including the Base row (fitted exactly up to the clipping)
+    n_free: int
+    n_params: int  # free + the per-task base offsets b_s(t)
+    n_obs: int
+    config: dict
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    observed_source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"params": self.params.to_dict(orient="records"),
+                "curves": self.curves.to_dict(orient="records"), "rmse": self.rmse,
+                "rmse_all": self.rmse_all, "n_free": self.n_free, "n_params": self.n_params,
+                "n_obs": self.n_obs, "config": self.config, "notes": self.notes,
+                "wall_s": self.wall_s, "observed_source": self.observed_source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitResult:
+        return cls(pd.DataFrame(d["params"]), pd.DataFrame(d["curves"]), d["rmse"],
+                   d["rmse_all"], d["n_free"], d["n_params"], d["n_obs"], d["config"],
+                   list(d.get("notes", [])), d.get("wall_s", 0.0), d.get("observed_source", ""))
+
+    def summary(self) -> str:
+        """Plain-text report: parameters with uncertainty, residuals, RMSE, parameter count."""
+        lines = [f"fit of the simulator to {self.observed_source or 'the observed table'} "
+                 f"({self.n_obs} cells, {self.wall_s:.1f} s)", "parameters (95% interval):"]
+        for r in self.params.itertuples():
+            if not r.free:
+                lines.append(f"  {r.name:<26} {r.value:.4g} (fixed)")
+                continue
+            unc = ("at bound, no standard error" if r.at_bound or not np.isfinite(r.stderr)
+                   else f"± {r.stderr:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]")
+            lines.append(f"  {r.name:<26} {r.value:.4g} {unc}")
+        lines.append("per-task residuals, observed - fitted (percentage points):")
+        piv = self.curves.pivot_table(index="regime", columns="task", values="residual",
+                                      sort=False) * 100
+        piv = piv[sorted(piv.columns, key=lambda t: self._task_index(t))]
+        lines.extend("  " + ln for ln in piv.round(1).to_string().splitlines())
+        lines.append(f"RMSE (trained regimes) = {self.rmse * 100:.2f} pp; RMSE (all rows) = "
+                     f"{self.rmse_all * 100:.2f} pp; parameters: {self.n_free} free + "
+                     f"{self.n_params - self.n_free} base offsets = {self.n_params} for "
+                     f"{self.n_obs} observed cells")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def _task_index(self, task: str) -> int:
+        sub = self.curves.loc[self.curves["task"] == task, "task_index"]
+        return int(sub.iloc[0]) if len(sub) else 0
+
+
+# ------------------------------------------------------------------------------- model
+
+
+def ladder_of(observed: pd.DataFrame) -> Ladder:
+    """Tasks by task_index; ID = the table's in_distribution flags (default: the first two)."""
+    tasks = (observed.drop_duplicates("task").sort_values("task_index")[["task",
+             "in_distribution"]])
+    flags = tasks["in_distribution"]
+    if flags.isna().any():
+        ids = tuple(i < 2 for i in range(len(tasks)))
+    else:
+        ids = tuple(bool(v) for v in flags)
+    if not any(ids):
+        raise FitError("the observed table marks no in-distribution task")
+    return Ladder(tuple(tasks["task"]), ids)
+
+
+def _logit(x: float) -> float:
+    return math.log(x / (1 - x))
+
+
+def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
+    """b_s(t) with Acc_K(sigmoid(b_s), q1_base, q2_base) = clip(observed base accuracy)."""
+    out = []
+    k = cfg.max_attempts
+    lo_acc = float(accuracy_forced_stop(1e-9, cfg.q1_base, cfg.q2_base, k))
+    hi_acc = float(accuracy_forced_stop(1 - 1e-9, cfg.q1_base, cfg.q2_base, k))
+    for a in np.clip(np.asarray(base_acc, float), cfg.acc_floor, 1 - cfg.acc_floor):
+        a = float(np.clip(a, lo_acc + 1e-9, hi_acc - 1e-9))
+        f = lambda z, a=a: float(accuracy_forced_stop(1 / (1 + math.exp(-z)), cfg.q1_base,  # noqa: E731
+                                                      cfg.q2_base, k)) - a
+        out.append(brentq(f, -25.0, 25.0, xtol=1e-10))
+    return np.array(out)
+
+
+def regime_objective(regime: str, cfg: FitConfig, beta: float):
+    """The simulator objective reproducing a trained regime (see the module docstring)."""
+    from sim.objectives import ObjectiveConfig, SFTData
+
+    if regime == SFT_NO_REFLECTION:
+        return ObjectiveConfig(weights=(("sft", 1.0),), sft_data=SFTData("no-reflection"))
+    if regime == SFT_REFLECTION:
+        return ObjectiveConfig(weights=(("sft", 1.0),),
+                               sft_data=SFTData("reflection", ft_share=cfg.ft_share))
+    if regime == RL:
+        return ObjectiveConfig.parse("surrogate+kl", beta=beta)
+    raise FitError(f"no simulator objective for regime {regime!r}")
+
+
+@lru_cache(maxsize=4096)
+def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig,
+                     ell_s: float, ell_d: float, lr: float, beta: float) -> np.ndarray:
+    from sim.dynamics import train_expected
+    from sim.model import AgentSpec, TaskLadder, TransferConfig
+    from sim.optim import OptimiserConfig
+
+    b1, b2 = _logit(cfg.q1_base), _logit(cfg.q2_base)
+    lad = TaskLadder(ladder.names, tuple(float(i + 1) for i in range(len(ladder.names))),
+                     ladder.in_distribution, tuple((b, b1, b2) for b in b_s))
+    spec = AgentSpec(ladder=lad, transfer=TransferConfig((ell_s, ell_d, ell_d),
+                                                          (False, False, False)),
+                     max_attempts=cfg.max_attempts, len_correct=cfg.length,
+                     len_wrong=cfg.length)
+    phi0 = spec.initial_params()
+    steps = cfg.effective_steps
+    with np.errstate(over="ignore"):
+        phi, _ = train_expected(spec, regime_objective(regime, cfg, beta), phi0, steps,
+                                OptimiserConfig(name=cfg.optimiser, lr=lr), record_every=steps)
+    probs = 1 / (1 + np.exp(-np.clip(spec.task_logits(phi), -50, 50)))
+    acc = accuracy_forced_stop(probs[:, 0], probs[:, 1], probs[:, 2], cfg.max_attempts)
+    out = np.column_stack([probs, acc])
+    out.setflags(write=False)
+    return out
+
+
+def simulate_regime(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
+                    values: dict[str, float]) -> np.ndarray:
+    """(T, 4) array of p, q1, q2, Acc_K per task after training `regime` with `values`."""
+    if regime == BASE:
+        b1, b2 = _logit(cfg.q1_base), _logit(cfg.q2_base)
+        p = 1 / (1 + np.exp(-np.asarray(b_s)))
+        q1, q2 = np.full_like(p, 1 / (1 + math.exp(-b1))), np.full_like(p, 1 / (1 + math.exp(-b2)))
+        return np.column_stack([p, q1, q2, accuracy_forced_stop(p, q1, q2, cfg.max_attempts)])
+    if cfg.transfer == "per-regime":
+        ell_s = ell_d = values[f"ell[{regime}]"]
+    else:
+        ell_s, ell_d = values["ell_s"], values["ell_d"]
+    return _simulate_cached(regime, ladder, tuple(round(float(b), 12) for b in b_s), cfg,
+                            _r(ell_s), _r(ell_d),
+                            _r(values[f"lr[{regime}]"]), _r(values.get("beta", cfg.beta)))
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.12g}")  # stable cache keys
+
+
+def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
+    if cfg.transfer == "per-regime":
+        names = [n for r in regimes for n in (f"ell[{r}]", f"lr[{r}]")]
+    else:
+        names = ["ell_s", "ell_d"] + [f"lr[{r}]" for r in regimes]
+    if cfg.fit_beta and RL in regimes:
+        names.append("beta")
+    return names
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    return BOUNDS[name.split("[")[0]]
+
+
+def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
+                 start: dict[str, float] | None = None) -> FitResult:
+    """Fit base offsets and the free regime parameters to an observed accuracy table.
+
+    `observed`: the tidy layout of analysis.observed (regime, task, task_index,
+    in_distribution, accuracy, ci_low, ci_high). Needs a Base row; trained rows whose regime
+    has no simulator objective are left out (with a note).
+    """
+    import numba
+
+    cfg = cfg or FitConfig()
+    t0 = time.time()
+    ladder = ladder_of(observed)
+    obs = observed.set_index(["regime", "task"])
+    if BASE not in observed["regime"].unique():
+        raise FitError("the observed table has no Base row: the base offsets need one")
+    notes = [f"identifiability: accuracy alone does not identify (p, q1, q2) per task; the "
+             f"base model's q1 = {cfg.q1_base} and q2 = {cfg.q2_base} are fixed, documented "
+             "parameters and b_s(t) is solved from the Base row"]
+    base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
+    b_s = base_sampling_logits(base_acc, cfg)
+    regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
+    skipped = sorted(set(observed["regime"]) - set(regimes) - {BASE})
+    if skipped:
+        notes.append(f"no simulator objective for {skipped}: left out of the fit")
+    if not regimes:
+        raise FitError("the observed table has no trained regime (SFT or RL rows) to fit")
+    names = free_parameter_names(regimes, cfg)
+    start = {**START, **(start or {})}
+    x0 = np.log([np.clip(start[n], *_bounds(n)) for n in names])
+    lo = np.log([_bounds(n)[0] for n in names])
+    hi = np.log([_bounds(n)[1] for n in names])
+    y = {r: np.array([obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
+                      for t in ladder.names], float) for r in regimes}
+
+    def values_of(x: np.ndarray) -> dict[str, float]:
+        return {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        vals = values_of(x)
+        res = [simulate_regime(r, ladder, b_s, cfg, vals)[:, 3] - y[r] for r in regimes]
+        out = np.concatenate(res)
+        return np.nan_to_num(out[np.isfinite(np.concatenate([y[r] for r in regimes]))], nan=1.0)
+
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # the batches are small: threads cost more than they save
+    try:
+        sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", diff_step=1e-3,
+                            max_nfev=cfg.effective_nfev, x_scale=1.0)
+    finally:
+        numba.set_num_threads(threads)
+    n_obs_trained = sol.fun.size
+    k = len(names)
+    dof = max(n_obs_trained - k, 1)
+    s2 = float(sol.fun @ sol.fun) / dof
+    cov = s2 * np.linalg.pinv(sol.jac.T @ sol.jac)
+    se_log = np.sqrt(np.clip(np.diag(cov), 0, None))
+    at_bound = (sol.active_mask != 0) | np.isclose(sol.x, lo, atol=1e-6) | \
+        np.isclose(sol.x, hi, atol=1e-6)
+    vals = values_of(sol.x)
+    rows = []
+    for i, n in enumerate(names):
+        v = vals[n]
+        se = float("nan") if at_bound[i] else v * se_log[i]
+        rows.append({"name": n, "value": v, "stderr": se,
+                     "ci_low": float("nan") if at_bound[i] else v * _exp(-Z95 * se_log[i]),
+                     "ci_high": float("nan") if at_bound[i] else v * _exp(Z95 * se_log[i]),
+                     "at_bound": bool(at_bound[i]), "free": True})
+    fixed = {"K": cfg.max_attempts, "q1_base": cfg.q1_base, "q2_base": cfg.q2_base,
+             "L (tokens)": cfg.length, "steps": cfg.effective_steps}
+    if not cfg.fit_beta:
+        fixed["beta"] = cfg.beta
+    rows.extend({"name": n, "value": float(v), "stderr": float("nan"), "ci_low": float("nan"),
+                 "ci_high": float("nan"), "at_bound": False, "free": False}
+                for n, v in fixed.items())
+    params = pd.DataFrame(rows)
+    if at_bound.any():
+        notes.append("at a bound (not identified by these data): "
+                     + ", ".join(n for n, b in zip(names, at_bound, strict=True) if b))
+    curves = []
+    for r in [BASE, *regimes]:
+        sim = simulate_regime(r, ladder, b_s, cfg, vals)
+        for i, t in enumerate(ladder.names):
+            o = obs.loc[(r, t)] if (r, t) in obs.index else None
+            curves.append({"regime": r, "task": t, "task_index": i + 1,
+                           "in_distribution": ladder.in_distribution[i],
+                           "p": sim[i, 0], "q1": sim[i, 1], "q2": sim[i, 2],
+                           "accuracy": sim[i, 3],
+                           "observed": np.nan if o is None else float(o["accuracy"]),
+                           "ci_low": np.nan if o is None else float(o["ci_low"]),
+                           "ci_high": np.nan if o is None else float(o["ci_high"])})
+    curves = pd.DataFrame(curves)
+    curves["residual"] = curves["observed"] - curves["accuracy"]
+    trained = curves[curves["regime"] != BASE]["residual"].dropna()
+    allres = curves["residual"].dropna()
+    if not sol.success:
+        notes.append(f"optimiser stopped: {sol.message}")
+    if cfg.quick:
+        notes.append("quick mode: few steps and evaluations; not a converged fit")
+    return FitResult(params=params, curves=curves,
+                     rmse=float(np.sqrt(np.mean(trained**2))),
+                     rmse_all=float(np.sqrt(np.mean(allres**2))), n_free=k,
+                     n_params=k + len(ladder.names), n_obs=int(len(allres)),
+                     config=asdict(cfg), notes=notes, wall_s=time.time() - t0,
+                     observed_source=str(observed["source"].iloc[0])
+                     if "source" in observed.columns else "")

@@ -1,0 +1,260 @@
+"""Loaders for observed data: the paper's reference tables and real-model calibrations.
+
+DESIGN.md §6 (reference data) and §4/§5 (calibration tables written by realmodel.evaluation).
+Every loader returns a *tidy* DataFrame with fractions (0..1), not percentages:
+
+accuracy tables (`load_paper_table1`, `load_accuracy_table`): one row per (regime, task) with
+  regime, task, task_index, in_distribution, accuracy, ci_low, ci_high, n, source
+calibration tables (`load_calibrations`): one row per (regime, task) with the columns of
+  `realmodel.evaluation.calibrate_responses` (observed_accuracy, p_hat, q1_hat, q2_hat,
+  predicted_accuracy, echo_p_ft, each with _ci_low/_ci_high), plus regime, task_index, source.
+
+The loaders are tolerant: a missing CI becomes NaN, percentages are detected and divided by
+100, and the regime is taken from a `regime`/`model` column, else the run's manifest.json, else
+the directory name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REFERENCE_ENV = "DS_STUDY_REFERENCE"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+BASE = "Base"
+SFT_NO_REFLECTION = "SFT (no reflection)"
+SFT_REFLECTION = "SFT (reflection)"
+RL = "RL"
+REGIMES = (BASE, SFT_NO_REFLECTION, SFT_REFLECTION, RL)  # the paper's Table 1 rows, in order
+
+CALIBRATION_STATS = ("observed_accuracy", "p_hat", "p_pooled", "q1_hat", "q2_hat",
+                     "predicted_accuracy", "echo_p_ft")
+
+
+class ObservedDataError(ValueError):
+    """Observed data that is missing or unreadable (one-line message, for the CLI)."""
+
+
+def reference_dir() -> Path:
+    """The reference tables of DESIGN §6: $DS_STUDY_REFERENCE, else <repo>/../shared/reference."""
+    env = os.environ.get(REFERENCE_ENV)
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "reference")
+    for cand in candidates:
+        if (cand / "paper_table1.csv").is_file():
+            return cand
+    tried = ", ".join(str(c) for c in candidates)
+    raise ObservedDataError(f"reference tables not found (tried {tried}); set ${REFERENCE_ENV} "
+                            "to the folder holding paper_table1.csv")
+
+
+def canonical_regime(label: str) -> str:
+    """Map a regime label (paper row, run name, CLI objective) onto the paper's four rows.
+
+    'base' -> Base; 'sft...no-reflection' -> SFT (no reflection); 'sft...reflection' /
+    'sft' -> SFT (reflection); 'rl', 'grpo', 'surrogate+kl' -> RL. Anything else is returned
+    unchanged (it still gets a colour of its own).
+    """
+    raw = str(label).strip()
+    s = re.sub(r"[^a-z0-9]+", " ", raw.lower()).strip()
+    words = set(s.split())
+    if raw in REGIMES:
+        return raw
+    if "base" in words or s in ("base model", "instruct"):
+        return BASE
+    if "sft" in words or s.startswith("sft"):
+        if re.search(r"\b(no|without|wo|noreflection|plain)\b", s) or "no reflection" in s:
+            return SFT_NO_REFLECTION
+        return SFT_REFLECTION
+    if words & {"rl", "grpo", "ppo"} or s.startswith("grpo") or s == "surrogate kl":
+        return RL
+    return raw
+
+
+def task_sort_key(names: pd.Series) -> pd.Series:
+    """Order tasks as T1..T7, or '1x2' by total digits then first operand; else keep order."""
+    def key(name: str) -> tuple:
+        m = re.fullmatch(r"[Tt](\d+)", name)
+        if m:
+            return (0, int(m.group(1)), 0)
+        m = re.fullmatch(r"(\d+)\s*x\s*(\d+)", name)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            return (1, a + b, a)
+        return (2, 0, 0)
+    return names.astype(str).map(key)
+
+
+def _fraction(values: pd.Series, is_pct: bool) -> pd.Series:
+    v = pd.to_numeric(values, errors="coerce")
+    return v / 100.0 if is_pct else v
+
+
+def load_paper_table1(path: str | Path | None = None) -> pd.DataFrame:
+    """The paper's Table 1 (DESIGN §6) as a tidy accuracy table (fractions)."""
+    path = Path(path) if path is not None else reference_dir() / "paper_table1.csv"
+    return load_accuracy_table(path, source="paper Table 1")
+
+
+def load_accuracy_table(path: str | Path, source: str | None = None) -> pd.DataFrame:
+    """A CSV of accuracy per (regime, task): the paper_table1 layout, or any table with a
+    regime/model column, a task column and accuracy (percent or fraction) with optional CIs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ObservedDataError(f"observed table not found: {path}")
+    raw = pd.read_csv(path)
+    cols = {c.lower(): c for c in raw.columns}
+    regime_col = cols.get("regime") or cols.get("model")
+    if "task" not in cols:
+        raise ObservedDataError(f"{path} has no 'task' column (columns: {list(raw.columns)})")
+    acc_col = next((cols[c] for c in ("accuracy_pct", "accuracy", "observed_accuracy", "acc")
+                    if c in cols), None)
+    if acc_col is None:
+        raise ObservedDataError(f"{path} has no accuracy column (accuracy_pct / accuracy / "
+                                "observed_accuracy)")
+    is_pct = acc_col.lower().endswith("pct") or pd.to_numeric(raw[acc_col]).max() > 1.0
+    lo_col = next((cols[c] for c in ("ci_low_pct", "ci_low", f"{acc_col.lower()}_ci_low")
+                   if c in cols), None)
+    hi_col = next((cols[c] for c in ("ci_high_pct", "ci_high", f"{acc_col.lower()}_ci_high")
+                   if c in cols), None)
+    out = pd.DataFrame({
+        "regime": (raw[regime_col].map(canonical_regime) if regime_col
+                   else canonical_regime(path.parent.name)),
+        "task": raw[cols["task"]].astype(str),
+        "accuracy": _fraction(raw[acc_col], is_pct),
+        "ci_low": _fraction(raw[lo_col], is_pct) if lo_col else np.nan,
+        "ci_high": _fraction(raw[hi_col], is_pct) if hi_col else np.nan,
+        "n": pd.to_numeric(raw[cols["n"]], errors="coerce") if "n" in cols else np.nan,
+    })
+    if "in_distribution" in cols:
+        out["in_distribution"] = raw[cols["in_distribution"]].map(_truthy)
+    else:
+        out["in_distribution"] = np.nan
+    out = _with_task_index(out, raw[cols["task_index"]] if "task_index" in cols else None)
+    out["source"] = source or f"observed: {path.stem}"
+    return out
+
+
+def _truthy(v) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes", "id")
+    return bool(v)
+
+
+def _with_task_index(df: pd.DataFrame, given: pd.Series | None) -> pd.DataFrame:
+    df = df.copy()
+    if given is not None:
+        df["task_index"] = pd.to_numeric(given, errors="coerce").astype(int).to_numpy()
+    else:
+        order = sorted(df["task"].unique(), key=lambda t: task_sort_key(pd.Series([t]))[0])
+        df["task_index"] = df["task"].map({t: i + 1 for i, t in enumerate(order)})
+    return df
+
+
+def load_kang2025(path: str | Path | None = None) -> pd.DataFrame:
+    """The cited study's p(F→T) table (DESIGN §6): ft_ratio_pct, model, p_ft, source."""
+    path = Path(path) if path is not None else reference_dir() / "kang2025_p_FT.csv"
+    if not path.is_file():
+        raise ObservedDataError(f"kang2025 table not found: {path}")
+    raw = pd.read_csv(path)
+    return pd.DataFrame({"ft_ratio_pct": raw["ft_ratio_in_data_pct"].astype(float),
+                         "model": raw["model"].astype(str), "p_ft": raw["p_F_to_T"].astype(float),
+                         "source": "Kang et al. 2025 (cited study)"})
+
+
+# ---------------------------------------------------------------- real-model calibrations
+
+
+def find_calibrations(root: str | Path, max_depth: int = 3) -> list[Path]:
+    """Every calibration.csv at or below `root` (a file, a run folder or outputs/real)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.rglob("calibration.csv")):
+        if len(path.relative_to(root).parts) <= max_depth + 1:
+            found.append(path)
+    return found
+
+
+def _regime_of(path: Path) -> str:
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        for key in ("regime", "method", "run_name"):
+            value = data.get(key) or (data.get("run_key") or {}).get(key)
+            if isinstance(value, str) and value:
+                label = canonical_regime(value)
+                if label in REGIMES:
+                    return label
+    label = canonical_regime(path.parent.name)
+    return label if label in REGIMES else BASE if _looks_like_base(path.parent.name) else label
+
+
+def _looks_like_base(name: str) -> bool:
+    s = name.lower()
+    return not any(k in s for k in ("sft", "grpo", "rl", "ppo"))
+
+
+def load_calibrations(root: str | Path) -> pd.DataFrame:
+    """All real-model calibration tables under `root`, tidy, with regime and run columns."""
+    paths = find_calibrations(root)
+    if not paths:
+        raise ObservedDataError(f"no calibration.csv found at or below {root}")
+    frames = []
+    for path in paths:
+        try:
+            raw = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise ObservedDataError(f"cannot read {path}: {exc}") from exc
+        if "task" not in raw.columns:
+            raise ObservedDataError(f"{path} has no 'task' column")
+        df = raw.copy()
+        df["task"] = df["task"].astype(str)
+        if "regime" in df.columns:
+            df["regime"] = df["regime"].map(canonical_regime)
+        else:
+            df["regime"] = _regime_of(path)
+        for stat in CALIBRATION_STATS:
+            for suffix in ("", "_ci_low", "_ci_high"):
+                if stat + suffix not in df.columns:
+                    df[stat + suffix] = np.nan
+        df["run"] = path.parent.name
+        df["source"] = f"real model: {path.parent.name}"
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    order = sorted(out["task"].unique(), key=lambda t: task_sort_key(pd.Series([t]))[0])
+    out["task_index"] = out["task"].map({t: i + 1 for i, t in enumerate(order)})
+    if "in_distribution" not in out.columns:
+        out["in_distribution"] = np.nan
+    return out
+
+
+def calibration_accuracy(cal: pd.DataFrame) -> pd.DataFrame:
+    """The observed-accuracy columns of a calibration table in the accuracy-table layout."""
+    return pd.DataFrame({
+        "regime": cal["regime"], "task": cal["task"], "task_index": cal["task_index"],
+        "in_distribution": cal["in_distribution"], "accuracy": cal["observed_accuracy"],
+        "ci_low": cal["observed_accuracy_ci_low"], "ci_high": cal["observed_accuracy_ci_high"],
+        "n": cal.get("n", np.nan), "source": cal["source"]})
+
+
+def load_observed(path: str | Path) -> pd.DataFrame:
+    """An observed accuracy table from a CSV (paper layout) or a real-model run folder."""
+    path = Path(path)
+    if path.is_dir() or path.name == "calibration.csv":
+        return calibration_accuracy(load_calibrations(path))
+    if path.name == "paper_table1.csv":
+        return load_paper_table1(path)
+    return load_accuracy_table(path)
