@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from sim.rng import next_uniform
+from sim.rng import next_bits53, threshold53
 
 MAX_ATTEMPTS = 60
 
@@ -50,20 +50,25 @@ def log_sigmoid(z: float) -> float:
     return z - np.log1p(np.exp(z))
 
 
-@njit(cache=True)
-def sample_trajectory(state, p, q1, q2, max_attempts, final_sampled):
-    """Sample one trajectory; returns (mask, n, trunc, new_state). Two uniforms per attempt."""
+@njit(cache=True, inline="always")
+def sample_trajectory(state, t_p, t_q1, t_q2, max_attempts, final_sampled):
+    """Sample one trajectory; returns (mask, n, trunc, new_state). Two uniforms per attempt.
+
+    t_* are `threshold53` integer thresholds of p, q1, q2: `k < t_p` is the event u < p.
+    The STOP test is branch-free (a select, not a jump) because outcomes are coin flips that
+    a branch predictor cannot learn.
+    """
     mask = np.int64(0)
     for k in range(max_attempts):
-        u, state = next_uniform(state)
-        correct = u < p
-        if correct:
-            mask |= np.int64(1) << k
+        bits, state = next_bits53(state)
+        correct = bits < t_p
+        mask |= np.int64(correct) << k
         if k == max_attempts - 1 and not final_sampled:
             return mask, k + 1, 0, state  # forced stop: no decision token
-        u, state = next_uniform(state)
-        stop = (u < q1) if correct else (u >= q2)
-        if stop:
+        bits, state = next_bits53(state)
+        # after correct: STOP iff u < q1; after wrong: STOP iff not (u < q2)
+        below = bits < (t_q1 if correct else t_q2)
+        if below == correct:
             return mask, k + 1, 0, state
     return mask, max_attempts, 1, state  # RESAMPLE chosen at K: truncated
 
@@ -80,12 +85,12 @@ def sample_population(states, logits, max_attempts, final_sampled, n_per_agent):
     ns = np.empty((n_agents, n_per_agent), dtype=np.int8)
     truncs = np.empty((n_agents, n_per_agent), dtype=np.int8)
     for a in prange(n_agents):
-        p = sigmoid(logits[a, 0])
-        q1 = sigmoid(logits[a, 1])
-        q2 = sigmoid(logits[a, 2])
+        t_p = threshold53(sigmoid(logits[a, 0]))
+        t_q1 = threshold53(sigmoid(logits[a, 1]))
+        t_q2 = threshold53(sigmoid(logits[a, 2]))
         st = states[a]
         for i in range(n_per_agent):
-            m, n, t, st = sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
+            m, n, t, st = sample_trajectory(st, t_p, t_q1, t_q2, max_attempts, final_sampled)
             masks[a, i] = m
             ns[a, i] = n
             truncs[a, i] = t

@@ -28,10 +28,31 @@ def mix64(z: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, inline="always")
+def next_bits53(state: np.uint64) -> tuple[np.int64, np.uint64]:
+    """One uniform integer k in [0, 2^53): the uniform u = k 2^-53 in integer form."""
+    state = state + _GOLDEN
+    return np.int64(mix64(state) >> _S11), state
+
+
+@njit(cache=True, inline="always")
 def next_uniform(state: np.uint64) -> tuple[float, np.uint64]:
     """One U[0,1) draw; returns (u, new_state)."""
-    state = state + _GOLDEN
-    return float(mix64(state) >> _S11) * _INV53, state
+    k, state = next_bits53(state)
+    return float(k) * _INV53, state
+
+
+@njit(cache=True, inline="always")
+def threshold53(prob: float) -> np.int64:
+    """Integer threshold t with (k < t) <=> (k 2^-53 < prob) for every 53-bit k.
+
+    Comparing integers skips the int-to-float conversion in hot loops and is exactly the
+    same event as `next_uniform(...) < prob` (prob * 2^53 is exact: a power-of-two scale).
+    """
+    if prob <= 0.0:
+        return np.int64(0)
+    if prob >= 1.0:
+        return np.int64(9007199254740992)
+    return np.int64(np.ceil(prob * 9007199254740992.0))
 
 
 @njit(cache=True)
