@@ -21,10 +21,15 @@ APPENDIX_C_BETA_L = 8.0  # beta * L for sampling actions (beta = 1 for decisions
 APPENDIX_C_TRAJECTORY = (0b10, 2, 0)  # W -> RESAMPLE -> C -> STOP
 
 
-def attribution_ratio(g: np.ndarray) -> float:
-    """R_attr = |g_s| / mean(|g_1|, |g_2|) (DESIGN §3); inf when only g_s is non-zero, NaN
-    when the whole gradient vanishes (e.g. the KL term right after a reference reset)."""
+def attribution_ratio(g: np.ndarray, atol: float = 1e-12) -> float:
+    """R_attr = |g_s| / mean(|g_1|, |g_2|) (DESIGN §3).
+
+    Components below `atol` count as zero (they are rounding noise, e.g. the k1 in-loss KL
+    gradient, whose expectation is exactly 0): inf when only g_s is non-zero, NaN when the
+    whole gradient vanishes (e.g. the KL term right after a reference reset).
+    """
     g = np.abs(np.asarray(g, float))
+    g = np.where(g < atol, 0.0, g)
     den = 0.5 * (g[1] + g[2])
     if den > 0:
         return float(g[0] / den)
@@ -41,6 +46,29 @@ def attribution_by_length(lengths: np.ndarray, theta: np.ndarray, theta_ref: np.
         rows.append({"L": float(length), "g_s": g[0], "g_1": g[1], "g_2": g[2],
                      "ratio": attribution_ratio(g)})
     return pd.DataFrame(rows)
+
+
+def length_decomposition(theta, theta_ref, spec: AgentSpec, obj: ObjectiveConfig,
+                         kind: str) -> dict[str, object]:
+    """Why the per-token KL ratio saturates (DESIGN §2-§3).
+
+    Token weights enter linearly, so with L_C = L_W = L every expected gradient is exactly
+    affine in L: g(L) = g0 + L g1. For the KL in reward, g1 of a *decision* parameter is not
+    zero: a RESAMPLE decision's return Q carries the penalties of the sampling actions that
+    follow it, which scale with L. The ratio therefore grows ~linearly while L |g1_d| << |g0_d|
+    and saturates at |g1_s| / mean(|g1_1|, |g1_2|) once L passes L*_d = |g0_d| / |g1_d|.
+    """
+
+    def grad(length: float) -> np.ndarray:
+        s = replace(spec, len_correct=length, len_wrong=length)
+        return exact_logit_gradients(theta, theta_ref, s, obj)[kind]
+
+    g1 = grad(2.0) - grad(1.0)
+    g0 = grad(1.0) - g1
+    crossover = [float(abs(g0[i] / g1[i])) if abs(g1[i]) > 1e-15 else float("inf")
+                 for i in (1, 2)]
+    return {"g0": g0, "g1": g1, "asymptotic_ratio": attribution_ratio(g1),
+            "crossover_L_theta_1": crossover[0], "crossover_L_theta_2": crossover[1]}
 
 
 def action_name(param: int, glogp: float, correct: bool) -> str:

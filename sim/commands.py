@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 
 from analysis.twostage import two_stage_accuracy
-from sim.attribution import APPENDIX_C_REF, APPENDIX_C_THETA, appendix_c, attribution_by_length
+from sim.attribution import (
+    APPENDIX_C_REF,
+    APPENDIX_C_THETA,
+    appendix_c,
+    attribution_by_length,
+    length_decomposition,
+)
 from sim.lengths import parse_lengths
 from sim.model import AgentSpec
 from sim.objectives import OBJECTIVE_KINDS, ObjectiveConfig, SFTData
@@ -95,21 +101,29 @@ def illustrate(fmt: str, net: bool) -> None:
               default="reflection", show_default=True)
 @click.option("--ft-share", type=float, default=0.5, show_default=True)
 @click.option("--format", "fmt", type=FORMATS, default="csv", show_default=True)
+@click.option("--explain", is_flag=True,
+              help="also print (stderr) the affine decomposition g(L) = g0 + L g1 and where the "
+                   "ratio saturates")
 @clear_errors
 def attribution(objective: str, lengths: str, points: int, token_model: str, estimator: str,
                 placement: str, theta: str, theta_ref: str, max_attempts: int, gamma: float,
                 group_size: int, std_scaling: bool, sft_data: str, ft_share: float,
-                fmt: str) -> None:
+                fmt: str, explain: bool) -> None:
     """Exact expected g_s, g_1, g_2 and attribution ratio per answer length L (DESIGN §3)."""
     ls = parse_lengths(lengths, points)
     spec = AgentSpec(max_attempts=max_attempts, gamma=gamma)
     obj = ObjectiveConfig(weights=((objective, 1.0),), group_size=group_size,
                           std_scaling=std_scaling, kl_estimator=estimator, kl_placement=placement,
                           token_model=token_model, sft_data=SFTData(sft_data, ft_share))
-    df = attribution_by_length(ls, np.array(parse_triple(theta, "--theta")),
-                               np.array(parse_triple(theta_ref, "--theta-ref")), spec, obj,
-                               objective)
-    emit(df, fmt)
+    th, ref = (np.array(parse_triple(v, n)) for v, n in ((theta, "--theta"),
+                                                           (theta_ref, "--theta-ref")))
+    emit(attribution_by_length(ls, th, ref, spec, obj, objective), fmt)
+    if explain:
+        d = length_decomposition(th, ref, spec, obj, objective)
+        click.echo(f"g(L) = g0 + L*g1 with g0 = {np.round(d['g0'], 6)}, "
+                   f"g1 = {np.round(d['g1'], 6)}; ratio -> {d['asymptotic_ratio']:.4g} as L -> "
+                   f"inf; decision crossovers L*_1 = {d['crossover_L_theta_1']:.4g}, "
+                   f"L*_2 = {d['crossover_L_theta_2']:.4g}", err=True)
 
 
 def _probability(ctx: click.Context, param: click.Parameter, value: float) -> float:

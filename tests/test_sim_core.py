@@ -214,3 +214,23 @@ def test_ladder_jacobian_chain_rule_matches_finite_differences():
 def test_bad_configurations_raise_clear_errors(bad):
     with pytest.raises((ValueError, NotImplementedError)):
         bad()
+
+
+def test_kl_gradient_is_affine_in_length_and_saturates_where_decisions_pick_up_l():
+    from sim.attribution import length_decomposition
+
+    obj = ObjectiveConfig(weights=(("kl", 1.0),))
+    d = length_decomposition(THETA, REF, SPEC, obj, "kl")
+    for length in (7.0, 333.0):
+        direct = exact_logit_gradients(THETA, REF, replace(SPEC, len_correct=length,
+                                                           len_wrong=length), obj)["kl"]
+        np.testing.assert_allclose(direct, d["g0"] + length * d["g1"], rtol=1e-9, atol=1e-12)
+    far = attribution_by_length(np.array([1e6]), THETA, REF, SPEC, obj, "kl")["ratio"].iloc[0]
+    assert far == pytest.approx(d["asymptotic_ratio"], rel=1e-3)
+    assert 50 < d["crossover_L_theta_2"] < 200  # ~105 at the Appendix C theta
+
+
+def test_k1_in_loss_ratio_is_undefined_not_noise():
+    obj = ObjectiveConfig(weights=(("kl", 1.0),), kl_placement="in-loss")
+    df = attribution_by_length(np.array([10, 1000]), THETA, REF, SPEC, obj, "kl")
+    assert df["ratio"].isna().all()
