@@ -357,7 +357,12 @@ class PopulationModel(mesa.Model):
         self._blocks.append(block)
 
     def history(self) -> pd.DataFrame:
-        """One row per (recorded step, agent), columns as sim.dynamics._record plus agent."""
+        """One row per (recorded step, agent), columns as sim.dynamics._record plus agent.
+
+        Row `step = s` holds the parameters and p, q1, q2 after s updates, the gradients of
+        update s (estimated at the parameters after s - 1 updates; NaN at s = 0) and
+        ref_reset = True when update s used a reference just reset to the current policy.
+        """
         if not self._blocks:
             return pd.DataFrame()
         keys = self._blocks[0].keys()

@@ -149,7 +149,11 @@ class TrainingConfig:
     adam_lr: float = 0.02  # Adam (normalised steps need a smaller rate)
     wrong_length_ratio: float = 1.0  # L_C = L, L_W = ratio * L
     kl_estimator: str = "k1"
-    kl_placement: str = "in-reward"
+    # "in-loss" (TRL / verl use_kl_loss, what the paper's GRPO runs used): each token's k(x)
+    # is differentiated directly, so the per-token model's ratio grows ~linearly in L.
+    # "in-reward" (the paper's theory) saturates once decisions' Q carry the future sampling
+    # penalties (DESIGN §2) -- set it in [training] to sweep that placement.
+    kl_placement: str = "in-loss"
     std_scaling: bool = True
     ref_update_every: int | None = None  # None: the reference stays the initial policy
     sft_ft_share: float = 0.5  # reflection data: share of F->T chains

@@ -1,0 +1,226 @@
+"""Sweeps (DESIGN.md §2-§4): grid validation, results schema, the paper's length effects,
+resume after interruption, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from sim.sweep import GridConfig, TrainingConfig, build_grid, run_cell, run_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = TrainingConfig(steps=40, n_agents=4)
+
+
+def _grid(**kw) -> GridConfig:
+    kw.setdefault("training", SMALL)
+    return GridConfig(**kw)
+
+
+def test_ratio_flat_for_surrogate_grows_for_per_token_kl() -> None:
+    rows = []
+    for tm in ("per-token", "sequence"):
+        g = _grid(
+            lengths=(10, 100, 1000), objectives=("surrogate", "surrogate+kl"), token_models=(tm,)
+        )
+        rows += [run_cell(g, c) for c in g.cells()]
+    df = pd.concat(rows)
+    med = df.groupby(["objective", "token_model", "length"])[
+        ["ratio[surrogate]", "ratio[kl]"]
+    ].median()
+    sur = med.loc[("surrogate", "per-token"), "ratio[surrogate]"]
+    assert sur.max() / sur.min() < 1.05  # flat in L
+    kl = med.loc[("surrogate+kl", "per-token"), "ratio[kl]"]
+    assert kl[1000] > 30 * kl[10] and kl[100] > 3 * kl[10]  # ~linear growth
+    seq = med.loc[("surrogate+kl", "sequence"), "ratio[kl]"]
+    assert seq.max() / seq.min() < 1.2  # the sequence model: flat
+
+
+def test_in_reward_kl_does_not_shrink_with_length() -> None:
+    g = _grid(
+        lengths=(10, 1000),
+        objectives=("surrogate+kl",),
+        training=TrainingConfig(steps=40, n_agents=4, kl_placement="in-reward"),
+    )
+    df = pd.concat([run_cell(g, c) for c in g.cells()])
+    kl = df.groupby("length")["ratio[kl]"].median()
+    assert kl[1000] >= kl[10] > 2
+
+
+def test_objectives_differ_in_learned_q2_and_schema() -> None:
+    g = _grid(
+        lengths=(100,),
+        objectives=("surrogate", "sft-no-reflection", "sft-reflection", "nsr", "dft"),
+    )
+    df = pd.concat([run_cell(g, c) for c in g.cells()], ignore_index=True)
+    q2 = df.groupby("objective")["q2[T1]"].mean()
+    assert q2["sft-reflection"] > q2["surrogate"] + 0.1
+    assert q2["surrogate"] > q2["sft-no-reflection"] + 0.02
+    for col in (
+        "cell_id",
+        "objective",
+        "regime",
+        "beta",
+        "token_model",
+        "optimiser",
+        "length",
+        "agent",
+        "seed",
+        "steps",
+        "p[T7]",
+        "q1[T3]",
+        "acc[T5]",
+        "id_accuracy",
+        "ood_accuracy",
+        "g_s[surrogate]",
+        "ratio[total]",
+        "g_s",
+        "g_1",
+        "g_2",
+        "ratio",
+    ):
+        assert col in df.columns, col
+    assert df["agent"].tolist()[:4] == [0, 1, 2, 3]
+    assert set(df["regime"]) >= {"SFT (reflection)", "Surrogate only"}
+
+
+def test_cell_reproducible() -> None:
+    g = _grid(lengths=(50,), objectives=("surrogate+kl",), optimisers=("adam",))
+    a, b = run_cell(g, g.cells()[0]), run_cell(g, g.cells()[0])
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (dict(betas=(-0.1,)), "beta"),
+        (dict(objectives=("bogus",)), "unknown objective"),
+        (dict(lengths=()), "empty"),
+        (dict(token_models=("x",)), "token model"),
+    ],
+)
+def test_invalid_grids(bad, msg) -> None:
+    with pytest.raises(ValueError, match=msg):
+        _grid(**bad)
+    with pytest.raises(ValueError, match="K"):
+        TrainingConfig(max_attempts=0)
+
+
+def test_grid_files_toml_yaml(tmp_path) -> None:
+    toml = tmp_path / "g.toml"
+    toml.write_text(
+        'name = "t"\nlengths = "10..100:45"\nobjectives = ["surrogate", "nsr"]\n'
+        "betas = [0.0, 0.01]\n[training]\nsteps = 5\n[ladder]\n"
+        "length_scales = [2.0, 2.0, 2.0]\n"
+    )
+    from sim.sweep import load_grid_file
+
+    name, grid = build_grid(load_grid_file(toml), steps=7)
+    assert name == "t" and grid.lengths == (10, 55, 100) and grid.training.steps == 7
+    assert len(grid.cells()) == 3 * 2 * 2 and grid.ladder.length_scales == (2.0, 2.0, 2.0)
+    yml = tmp_path / "g.yaml"
+    yml.write_text("lengths: [10, 20]\nobjectives: surrogate\n")
+    _, grid2 = build_grid(load_grid_file(yml))
+    assert grid2.lengths == (10, 20) and grid2.objectives == ("surrogate",)
+    bad = tmp_path / "b.toml"
+    bad.write_text("[training]\nsteps = 0\n")
+    with pytest.raises(ValueError, match="steps"):
+        build_grid(load_grid_file(bad))
+
+
+def test_resume_only_missing_cells(tmp_path) -> None:
+    g = _grid(
+        lengths=(10, 30, 100),
+        objectives=("surrogate", "sft-reflection"),
+        training=TrainingConfig(steps=10, n_agents=2),
+    )
+    first = run_sweep(g, "r", tmp_path, workers=1, progress=False)
+    assert len(first.computed) == 6 and not first.skipped
+    cells = tmp_path / "r" / "cells"
+    victim = sorted(cells.glob("*.parquet"))[0]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet")}
+    victim.unlink()
+    second = run_sweep(g, "r", tmp_path, workers=1, progress=False)
+    assert second.computed == (victim.stem,) and len(second.skipped) == 5
+    for p in cells.glob("*.parquet"):
+        if p.name != victim.name:
+            assert p.stat().st_mtime_ns == mtimes[p.name]
+    pd.testing.assert_frame_equal(first.results, second.results)
+    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["ladder"]["names"][0] == "T1"
+    assert man["git_commit"] is None or len(man["git_commit"]) == 40
+    with pytest.raises(ValueError, match="different grid"):
+        run_sweep(_grid(lengths=(10,), training=SMALL), "r", tmp_path, workers=1)
+
+
+def test_kill_mid_sweep_then_resume(tmp_path) -> None:
+    args = [
+        sys.executable,
+        "cli.py",
+        "sweep",
+        "--lengths",
+        "10..1000",
+        "--points",
+        "6",
+        "--objectives",
+        "surrogate,surrogate+kl",
+        "--steps",
+        "150",
+        "--agents",
+        "16",
+        "--name",
+        "k",
+        "--out",
+        str(tmp_path),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    cells = tmp_path / "k" / "cells"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(cells.glob("*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet")}
+    assert 2 <= len(before) < 12
+    res = CliRunner().invoke(cli.main, args[2:])
+    assert res.exit_code == 0, res.output
+    after = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet")}
+    assert len(after) == 12 and all(after[k] == v for k, v in before.items())
+    assert f"{12 - len(before)} cells computed, {len(before)} resumed" in res.output
+    df = pd.read_parquet(tmp_path / "k" / "results.parquet")
+    assert len(df) == 12 * 16 and np.isfinite(df["ratio[surrogate]"]).all()
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--lengths", "10.."], "invalid lengths"),
+        (["--lengths", "1000..10"], "empty range"),
+        (["--betas", "-1"], "beta"),
+        (["--objectives", "foo"], "unknown objective"),
+        (["-K", "0"], "K"),
+        (["--lengths", "0..5"], ">= 1"),
+    ],
+)
+def test_cli_errors_one_line(argv, msg, tmp_path) -> None:
+    res = CliRunner().invoke(cli.main, ["sweep", "--out", str(tmp_path), *argv])
+    assert res.exit_code != 0
+    assert msg in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not any(tmp_path.iterdir())  # failed before any work
