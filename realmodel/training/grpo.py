@@ -1,0 +1,118 @@
+"""GRPO with a correctness reward, TRL's GRPOTrainer (issue 6, DESIGN.md §2, §5).
+
+Reward: 1.0 when the completion's final answer - parsed by `realmodel.parsing` (the parser the
+calibration uses) - equals a * b, else 0.0. Group of `num_generations` (paper: 8) completions
+per prompt, group-relative advantages (std scaling unless `scale_rewards=False`, Dr.GRPO),
+KL to the initial policy with coefficient `beta` = 0.001 set explicitly (TRL's default is 0.0,
+which drops the reference model): TRL's per-token estimator is k3 = exp(-x) - 1 + x with
+x = log pi - log pi_ref, i.e. verl's `low_var_kl`, placed *in the loss* (DESIGN §2). With LoRA
+the reference is the base with the adapter disabled; otherwise TRL loads a frozen copy from
+the model's path. Generation uses vLLM colocated on the training GPU when `use_vllm` is "on",
+or "auto" and vLLM is installed with a GPU present; else transformers `generate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from realmodel.training import runs
+from realmodel.training.config import GRPORunConfig
+
+
+def _text(completion: Any) -> str:
+    """A completion as text: a string, or a conversational list of messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m.get("content", "") for m in completion if m.get("role") == "assistant")
+
+
+def correctness_reward(
+    completions: Sequence[Any],
+    a: Sequence[int],
+    b: Sequence[int],
+    task: Sequence[str] | None = None,
+    log_metric: Callable[[str, float], None] | None = None,
+    **_: Any,
+) -> list[float]:
+    """TRL reward function: `realmodel.parsing.reward_correct` per completion. The dataset's
+    `a`, `b` (and `task`) columns arrive as keyword lists aligned with `completions`; with
+    TRL's `log_metric`, the mean reward per task is logged too (`reward/<task>`)."""
+    from realmodel.parsing import reward_correct
+
+    rewards = [reward_correct(_text(c), int(x), int(y))
+               for c, x, y in zip(completions, a, b, strict=True)]
+    if log_metric is not None and task is not None:
+        by_task: dict[str, list[float]] = {}
+        for name, r in zip(task, rewards, strict=True):
+            by_task.setdefault(name, []).append(r)
+        for name, values in by_task.items():
+            log_metric(f"reward/{name}", sum(values) / len(values))
+    return rewards
+
+
+def use_vllm(cfg: GRPORunConfig, device: str) -> bool:
+    from realmodel.generation import vllm_available
+
+    if cfg.use_vllm == "off":
+        return False
+    available = device.startswith("cuda") and vllm_available()
+    if cfg.use_vllm == "on" and not available:
+        raise runs.TrainingError("--vllm on needs the vllm package and a CUDA GPU")
+    return available
+
+
+def prompt_examples(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conversational prompts (rendered by TRL with the model's chat template) + answer columns."""
+    return [{"prompt": [{"role": "user", "content": r["prompt"]}], "a": int(r["a"]),
+             "b": int(r["b"]), "task": r["task"]} for r in train]
+
+
+def run_grpo(cfg: GRPORunConfig, resume: bool = False, log: Callable[[str], None] = print,
+             reward_funcs: Sequence[Callable[..., list[float]]] = (correctness_reward,),
+             ) -> dict[str, Any]:
+    """Train `cfg.model` with GRPO; returns the run's manifest (see runs.py for the files).
+
+    `reward_funcs` (TRL reward functions, summed) default to the correctness reward; a
+    random test model never answers correctly, so its smoke test passes a denser one.
+    """
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    out, checkpoint = runs.prepare_run_dir(cfg, resume)
+    train, queries = runs.splits(cfg)
+    dataset = Dataset.from_list(prompt_examples(train))
+    model, tokenizer, device = runs.load_policy(cfg)
+    vllm = use_vllm(cfg, device)
+    args = GRPOConfig(
+        **runs.trainer_arguments(cfg, out, device),
+        num_generations=cfg.num_generations,
+        beta=cfg.beta,
+        temperature=cfg.temperature,
+        max_completion_length=cfg.max_completion_length,
+        steps_per_generation=cfg.steps_per_generation or None,
+        num_iterations=cfg.num_iterations,
+        epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
+        scale_rewards="group" if cfg.scale_rewards else "none",
+        use_vllm=vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        log_completions=False,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=list(reward_funcs),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=runs.lora_config(cfg),
+        callbacks=runs.callbacks(cfg, out, tokenizer, queries, log),
+    )
+    prompts_per_step = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+                        // cfg.num_generations)
+    log(f"GRPO {cfg.name()}: {len(dataset)} prompts, {prompts_per_step} prompts x "
+        f"{cfg.num_generations} generations per step, beta {cfg.beta}, model {cfg.model} on "
+        f"{device}, generation {'vLLM colocated' if vllm else 'transformers'}, "
+        f"{'LoRA' if cfg.use_lora else 'full fine-tuning'}, output {out}")
+    return runs.train_and_save(trainer, tokenizer, cfg, out, checkpoint, device)

