@@ -108,7 +108,6 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
                 title="answer length L (tokens, log scale)"),
         color=alt.Color("series:N", title="objective", scale=alt.Scale(scheme="dark2"),
                         legend=_LINE_LEGEND),
-        strokeDash=alt.StrokeDash("series:N", title="objective", legend=_LINE_LEGEND),
     )
     tooltip = [alt.Tooltip("series:N", title="objective"), "token_model:N",
                alt.Tooltip("length:Q", title="L (tokens)"),
@@ -119,7 +118,8 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
     band = base.mark_area(opacity=0.2).encode(
         y=alt.Y("ci_low:Q", scale=alt.Scale(type="log"), title=ytitle), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
-        y=alt.Y("mean:Q", scale=alt.Scale(type="log"), title=ytitle), tooltip=tooltip)
+        y=alt.Y("mean:Q", scale=alt.Scale(type="log"), title=ytitle), tooltip=tooltip,
+        strokeDash=alt.StrokeDash("series:N", title="objective", legend=_LINE_LEGEND))
     panels = []
     for tm in sorted(agg["token_model"].unique()):
         sub = alt.layer(band, line).transform_filter(alt.datum.token_model == tm)

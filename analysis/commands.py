@@ -28,17 +28,21 @@ def _fail(exc: Exception) -> click.ClickException:
               help="A fit.json from `cli.py fit` (default: cached fit, else fit now).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               default=Path("outputs/report"), show_default=True)
+@click.option("--outputs", "outputs_root", type=click.Path(path_type=Path),
+              default=Path("outputs"), show_default=True,
+              help="Root searched for the newest sweeps/, train/, real/ and fit/ outputs.")
 @click.option("--no-png", is_flag=True, help="Skip the PNG of each chart.")
 @click.option("--quick", is_flag=True, help="Tiny built-in runs and fit (tests).")
-def report(sweep, train, observed, real, fit_json, out_dir, no_png, quick) -> None:
+def report(sweep, train, observed, real, fit_json, out_dir, outputs_root, no_png,
+           quick) -> None:
     """Build outputs/report/index.html (self-contained) and a PNG per chart (DESIGN §6)."""
     from analysis.fit import FitError
     from analysis.observed import ObservedDataError
     from analysis.report import ReportConfig, ReportError, write_report
 
     try:
-        cfg = ReportConfig(out_dir=out_dir, sweep=sweep, train=train, observed=observed,
-                           real=real, fit=fit_json, png=not no_png, quick=quick)
+        cfg = ReportConfig(out_dir=out_dir, outputs=outputs_root, sweep=sweep, train=train,
+                           observed=observed, real=real, fit=fit_json, png=not no_png, quick=quick)
         paths = write_report(cfg, log=click.echo)
     except (ValueError, ReportError, ObservedDataError, FitError, OSError) as exc:
         raise _fail(exc) from None

@@ -1,0 +1,122 @@
+"""Chart builders (analysis.charts) and observed-data loaders (analysis.observed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import charts
+from analysis.observed import (
+    BASE,
+    REGIMES,
+    RL,
+    SFT_NO_REFLECTION,
+    SFT_REFLECTION,
+    ObservedDataError,
+    canonical_regime,
+    load_kang2025,
+    load_paper_table1,
+    reference_dir,
+)
+
+
+def _colour_map(spec: dict) -> dict[str, str]:
+    """Every (domain value -> colour) assignment of a regime colour scale in a spec."""
+    found: dict[str, str] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            sc = node.get("scale")
+            if node.get("field") == "regime" and isinstance(sc, dict) and "range" in sc:
+                for d, r in zip(sc["domain"], sc["range"], strict=True):
+                    assert found.setdefault(d, r) == r, f"two colours for {d}"
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    return found
+
+
+@pytest.mark.parametrize("label,expected", [
+    ("Base", BASE), ("base-smol", BASE), ("SFT (no reflection)", SFT_NO_REFLECTION),
+    ("sft-no-reflection", SFT_NO_REFLECTION), ("SFT-reflection", SFT_REFLECTION),
+    ("sft", SFT_REFLECTION), ("GRPO", RL), ("grpo-smol", RL), ("RL", RL),
+    ("surrogate+kl", RL), ("KL only", "KL only")])
+def test_canonical_regime(label, expected):
+    assert canonical_regime(label) == expected
+
+
+def test_paper_table1_is_tidy_fractions():
+    t = load_paper_table1()
+    assert set(t["regime"]) == set(REGIMES) and len(t) == 28
+    assert t["accuracy"].between(0, 1).all()
+    rl = t[(t["regime"] == RL) & (t["task"] == "T7")].iloc[0]
+    assert rl["accuracy"] == pytest.approx(0.34) and rl["ci_high"] == pytest.approx(0.433)
+    assert list(t[t["in_distribution"]]["task"].unique()) == ["T1", "T2"]
+    assert len(load_kang2025()) == 6
+
+
+def test_reference_dir_error_is_clear(monkeypatch, tmp_path):
+    monkeypatch.setenv("DS_STUDY_REFERENCE", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("analysis.observed.REPO_ROOT", tmp_path / "repo")
+    with pytest.raises(ObservedDataError, match="DS_STUDY_REFERENCE"):
+        reference_dir()
+
+
+def test_regime_colours_are_fixed_across_charts():
+    t = load_paper_table1()
+    ood = charts.ood_curves(t[t["regime"].isin([RL, BASE])]).to_dict()
+    curves = t.rename(columns={"accuracy": "observed"}).assign(
+        accuracy=lambda d: d["observed"] * 0.9, residual=lambda d: d["observed"] * 0.1)
+    fitc = charts.fit_overlay(curves).to_dict()
+    a, b = _colour_map(ood), _colour_map(fitc)
+    assert a[RL] == b[RL] == charts.REGIME_COLOURS[RL]
+    assert a[BASE] == b[BASE] == charts.REGIME_COLOURS[BASE]
+    assert set(a) == {RL, BASE}  # the legend lists only the regimes shown
+    extra = charts.regime_scale(charts.regime_domain(["my run", "other"]))
+    assert extra.range[:4] == [charts.REGIME_COLOURS[r] for r in REGIMES]
+    assert len(set(extra.range)) == 6
+
+
+def test_every_builder_produces_a_valid_spec(tmp_path):
+    from test_report_fixtures import write_sweep, write_train
+
+    sweep = pd.read_parquet(write_sweep(tmp_path) / "results.parquet")
+    hist = pd.read_parquet(write_train(tmp_path) / "history.parquet")
+    cal = pd.DataFrame({"regime": [BASE, RL], "task": ["T1", "T1"], "task_index": [1, 1],
+                        "source": ["sim", "sim"]})
+    for s in ("p_hat", "q1_hat", "q2_hat", "predicted_accuracy", "observed_accuracy"):
+        cal[s], cal[s + "_ci_low"], cal[s + "_ci_high"] = 0.5, 0.4, 0.6
+    curves = pd.DataFrame({"regime": [BASE, RL], "task": ["T1", "T1"], "task_index": [1, 1],
+                           "p": [0.5, 0.6], "q1": 0.9, "q2": 0.2})
+    echo = pd.DataFrame({"regime": [SFT_REFLECTION] * 2, "ft_ratio_pct": [0, 100],
+                         "p_ft": [0.5, 0.4]})
+    built = [charts.attribution_landscape(sweep, ["T1"]),
+             charts.training_dynamics(hist, {"surrogate": 1.0, "kl": 0.01}),
+             charts.calibration_chart(cal), charts.echo_chart(echo, load_kang2025()),
+             charts.compare_chart(cal, curves), charts.message_chart("nothing here")]
+    for chart in built:
+        spec = chart.to_dict()  # validates against the Vega-Lite schema
+        assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/v6")
+    text = str(built[0].to_dict())
+    assert "'type': 'log'" in text and "token model: per-token" in text
+    dyn = str(built[1].to_dict())
+    assert "0.01 × kl" in dyn and "strokeDash" in dyn  # weighted KL; reset rules drawn
+
+
+def test_training_dynamics_bands_over_agents():
+    from test_report_fixtures import write_train  # noqa: F401  (fixture module importable)
+
+    h = pd.DataFrame({"step": [0, 0, 1, 1], "agent": [0, 1, 0, 1], "w_s": [0.0, 1.0, 1.0, 3.0],
+                      "g_s[surrogate]": 1.0, "g_1[surrogate]": 1.0, "g_2[surrogate]": 1.0,
+                      "g_s[total]": 1.0, "g_1[total]": 1.0, "g_2[total]": 1.0,
+                      "ratio[surrogate]": 1.0, "ratio[total]": [1.0, np.inf, 2.0, 2.0]})
+    spec = charts.training_dynamics(h).to_dict()
+    assert spec["vconcat"]
+    band = charts._agent_band(h.melt(id_vars=["step", "agent"], value_vars=["w_s"],
+                                     var_name="parameter"), ["step", "parameter"])
+    assert band["value"].tolist() == [0.5, 2.0] and band["hi"].iloc[1] > band["lo"].iloc[1]

@@ -1,0 +1,92 @@
+"""Fitting the simulator to observed OOD curves (analysis.fit; issue 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from analysis.fit import (
+    FitConfig,
+    FitResult,
+    Ladder,
+    base_sampling_logits,
+    fit_observed,
+    simulate_regime,
+)
+from analysis.observed import BASE, RL, load_paper_table1
+from analysis.twostage import accuracy_forced_stop
+
+
+def test_base_offsets_reproduce_the_base_row():
+    cfg = FitConfig()
+    acc = np.array([0.74, 0.34, 0.05, 0.0, 1.0])
+    b = base_sampling_logits(acc, cfg)
+    p = 1 / (1 + np.exp(-b))
+    got = accuracy_forced_stop(p, cfg.q1_base, cfg.q2_base, cfg.max_attempts)
+    np.testing.assert_allclose(got, np.clip(acc, cfg.acc_floor, 1 - cfg.acc_floor), atol=1e-8)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="q1_base"):
+        FitConfig(q1_base=1.0)
+    with pytest.raises(ValueError, match="transfer"):
+        FitConfig(transfer="nope")
+
+
+def _synthetic_observed(truth: dict[str, float], cfg: FitConfig) -> pd.DataFrame:
+    ladder = Ladder(("T1", "T2", "T3", "T4"), (True, True, False, False))
+    base = np.array([0.7, 0.4, 0.1, 0.03])
+    b_s = base_sampling_logits(base, cfg)
+    rl = simulate_regime(RL, ladder, b_s, cfg, truth)[:, 3]
+    rows = []
+    for regime, accs in ((BASE, base), (RL, rl)):
+        for i, (t, a) in enumerate(zip(ladder.names, accs, strict=True)):
+            rows.append({"regime": regime, "task": t, "task_index": i + 1,
+                         "in_distribution": i < 2, "accuracy": a, "ci_low": a - 0.05,
+                         "ci_high": a + 0.05, "n": 100, "source": "synthetic"})
+    return pd.DataFrame(rows)
+
+
+def test_fit_recovers_a_simulated_curve():
+    cfg = FitConfig(steps=10, max_nfev=30)
+    truth = {"ell_s": 1.5, "ell_d": 4.0, f"lr[{RL}]": 0.5}
+    obs = _synthetic_observed(truth, cfg)
+    res = fit_observed(obs, cfg, start={"ell_s": 0.8, "ell_d": 2.0, f"lr[{RL}]": 0.2})
+    assert res.rmse < 0.01
+    assert res.n_free == 3 and res.n_params == 3 + 4 and res.n_obs == 8
+    fitted = res.curves[res.curves["regime"] == RL]["accuracy"].to_numpy()
+    np.testing.assert_allclose(fitted, obs[obs["regime"] == RL]["accuracy"], atol=0.02)
+    assert any("identifiability" in n for n in res.notes)
+
+
+def test_quick_fit_of_table1_reports_everything():
+    res = fit_observed(load_paper_table1(), FitConfig(quick=True))
+    free = res.params[res.params["free"]]
+    assert list(free["name"]) == ["ell_s", "ell_d", "lr[SFT (no reflection)]",
+                                  "lr[SFT (reflection)]", "lr[RL]"]
+    assert res.n_params == 5 + 7 and res.n_obs == 28
+    assert set(res.curves["regime"]) == {"Base", "SFT (no reflection)", "SFT (reflection)",
+                                         "RL"}
+    base = res.curves[res.curves["regime"] == BASE]
+    assert np.abs(base["residual"]).max() < 0.006  # Base row fitted up to the 0.5% clipping
+    text = res.summary()
+    assert "RMSE" in text and "T7" in text and "q1_base" in text
+    again = FitResult.from_dict(res.to_dict())
+    pd.testing.assert_frame_equal(again.curves, res.curves)
+    assert again.summary() == text
+
+
+def test_fit_command_quick_and_errors(tmp_path, monkeypatch):
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(main, ["fit", "--quick", "--name", "t"])
+    assert res.exit_code == 0, res.output
+    assert "RMSE (trained regimes)" in res.output and "parameters:" in res.output
+    assert (tmp_path / "outputs/fit/t/fit.json").is_file()
+    bad = runner.invoke(main, ["fit", "--observed", str(tmp_path / "missing.csv")])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert bad.output.strip().startswith("Error:") and len(bad.output.strip().splitlines()) == 1

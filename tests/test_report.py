@@ -1,0 +1,82 @@
+"""The report command (analysis.report; issue 4) and compare (issue 6), on synthetic inputs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_report_fixtures import write_real, write_sweep, write_train
+
+from analysis.report import ReportConfig, newest_run
+
+SECTIONS = ("attribution", "dynamics", "calibration", "ood", "fit", "echo", "compare")
+
+
+@pytest.fixture(scope="session")
+def built_report(tmp_path_factory) -> Path:
+    """One quick report over synthetic sweep / train / real outputs (built once)."""
+    from cli import main
+
+    root = tmp_path_factory.mktemp("outputs")
+    write_sweep(root)
+    write_train(root)
+    write_real(root)
+    out = root / "report"
+    res = CliRunner().invoke(main, ["report", "--quick", "--outputs", str(root), "--out",
+                                    str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_page_is_self_contained_with_every_section(built_report):
+    page = (built_report / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src\s*=", page)  # nothing fetched: works offline
+    assert not re.search(r"<link[^>]+href\s*=\s*['\"]https?:", page)
+    assert "window.vegaEmbed" in page
+    for slug in SECTIONS:
+        assert f"id='chart-{slug}'" in page
+    assert page.count("class='caption'") == len(SECTIONS)
+    assert "ell" in page and "q1 = 0.9" in page  # captions state parameters and assumptions
+    assert "sweeps/demo" in page and "train/demo" in page  # newest outputs were used
+
+
+def test_png_per_chart(built_report):
+    for slug in SECTIONS:
+        data = (built_report / f"{slug}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_newest_run_and_missing_inputs(tmp_path):
+    assert newest_run(tmp_path / "sweeps", "results.parquet") is None
+    write_sweep(tmp_path, "a")
+    b = write_sweep(tmp_path, "b")
+    assert newest_run(tmp_path / "sweeps", "results.parquet") == b
+    with pytest.raises(ValueError, match="--sweep"):
+        ReportConfig(sweep=tmp_path / "nope")
+
+
+def test_report_error_is_one_line(tmp_path):
+    from cli import main
+
+    res = CliRunner().invoke(main, ["report", "--observed", str(tmp_path / "x.csv")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_compare_command(tmp_path):
+    from cli import main
+
+    real = write_real(tmp_path)
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(main, ["compare", "--observed", str(real), "--quick", "--out",
+                                    str(out)])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "comparison.csv")
+    assert set(table["regime"]) == {"Base", "RL"}
+    assert {"p_hat", "p_sim", "q2_hat", "q2_sim", "accuracy_residual"} <= set(table.columns)
+    assert table["p_sim"].notna().all()
+    assert (out / "compare.html").is_file() and (out / "compare.png").is_file()
+    assert "RMSE" in res.output

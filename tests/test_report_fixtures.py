@@ -1,0 +1,84 @@
+"""Synthetic inputs in the output contracts of sweep / train / realmodel (for report tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TASKS = ("T1", "T2", "T3")
+
+
+def write_sweep(root: Path, name: str = "demo") -> Path:
+    """outputs/sweeps/<name>/results.parquet + manifest.json, 3 agents per cell."""
+    rng = np.random.default_rng(0)
+    rows = []
+    cells = [("surrogate", "RL"), ("kl", "KL only"), ("sft", "SFT (reflection)")]
+    for objective, regime in cells:
+        for tm in ("per-token", "sequence"):
+            for length in (10.0, 100.0, 1000.0):
+                for agent in range(3):
+                    scale = length if objective == "kl" and tm == "per-token" else 2.0
+                    row = {"cell_id": f"{objective}/{tm}/{length:g}", "objective": objective,
+                           "regime": regime, "beta": 0.001, "token_model": tm,
+                           "optimiser": "sgd", "length": length, "agent": agent,
+                           "seed": agent, "steps": 10,
+                           "ratio": scale * (1 + 0.1 * rng.standard_normal())}
+                    for i, t in enumerate(TASKS):
+                        p = float(np.clip(0.8 - 0.3 * i + 0.05 * rng.standard_normal(), 0, 1))
+                        row |= {f"p[{t}]": p, f"q1[{t}]": 0.9, f"q2[{t}]": 0.3,
+                                f"acc[{t}]": p}
+                    rows.append(row)
+    run = root / "sweeps" / name
+    run.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(run / "results.parquet")
+    (run / "manifest.json").write_text(json.dumps({
+        "ladder": {"names": list(TASKS), "difficulty": [1, 2, 3],
+                   "in_distribution": [True, False, False]},
+        "length_scales": [1.0, 3.0, 3.0], "K": 8}))
+    return run
+
+
+def write_train(root: Path, name: str = "demo") -> Path:
+    """outputs/train/<name>/history.parquet from sim.dynamics.train_expected, two agents."""
+    from sim.dynamics import train_expected
+    from sim.model import AgentSpec
+    from sim.objectives import ObjectiveConfig
+    from sim.optim import OptimiserConfig
+
+    spec = AgentSpec(len_correct=10.0, len_wrong=10.0)
+    obj = ObjectiveConfig.parse("surrogate+kl", beta=0.01)
+    frames = []
+    for agent, theta in enumerate([(0.4, 2.2, 1.4), (0.3, 2.0, 1.2)]):
+        _, h = train_expected(spec, obj, spec.initial_params(theta), 8, OptimiserConfig(),
+                              ref_update_every=4, phi_ref=spec.initial_params((0.3, 2.0, 1.2)))
+        h["agent"] = agent
+        h["ref_reset"] = (h["step"] > 0) & (h["step"] % 4 == 0)
+        frames.append(h)
+    run = root / "train" / name
+    run.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames).to_parquet(run / "history.parquet")
+    (run / "manifest.json").write_text(json.dumps({"objective": "surrogate+kl", "beta": 0.01}))
+    return run
+
+
+def write_real(root: Path) -> Path:
+    """outputs/real/<run>/calibration.csv in realmodel.evaluation's layout: base and grpo."""
+    stats = ("observed_accuracy", "p_hat", "p_pooled", "q1_hat", "q2_hat",
+             "predicted_accuracy", "echo_p_ft")
+    real = root / "real"
+    for run, accs in (("base-smol", (0.7, 0.3, 0.05)), ("grpo-smol", (0.9, 0.6, 0.2))):
+        rows = []
+        for t, a, ident in zip(("1x1", "1x2", "2x2"), accs, (True, True, False), strict=True):
+            row = {"task": t, "n": 100, "in_distribution": ident}
+            for s in stats:
+                v = {"q1_hat": 0.9, "q2_hat": 0.2, "echo_p_ft": 0.1}.get(s, a)
+                row |= {s: v, f"{s}_ci_low": max(v - 0.08, 0), f"{s}_ci_high": min(v + 0.08, 1)}
+            rows.append(row)
+        d = real / run
+        d.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(d / "calibration.csv", index=False)
+        (d / "manifest.json").write_text(json.dumps({"model": "smollm2-135m"}))
+    return real
