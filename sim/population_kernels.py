@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from sim import kernels as kn
+from sim.rng import threshold53
 
 # term indices: the order of sim.objectives.OBJECTIVE_KINDS
 K_SURROGATE, K_KL, K_SFT, K_DFT, K_NSR, K_PSR = 0, 1, 2, 3, 4, 5
@@ -99,9 +100,10 @@ def step_agent(
         t = id_tasks[((step - 1) * n_queries + q) % n_id]
         _task_logits(jac[a, t], offsets[a, t], phi[a], logits)
         _task_logits(jac[a, t], offsets[a, t], ref_phi[a], ref_logits)
-        p = kn.sigmoid(logits[0])
-        q1 = kn.sigmoid(logits[1])
-        q2 = kn.sigmoid(logits[2])
+        # integer thresholds: sim.kernels.sample_trajectory compares raw 53-bit draws
+        p = threshold53(kn.sigmoid(logits[0]))
+        q1 = threshold53(kn.sigmoid(logits[1]))
+        q2 = threshold53(kn.sigmoid(logits[2]))
         rmean = 0.0
         for i in range(g):
             m, n, tr, st = kn.sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
