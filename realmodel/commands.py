@@ -109,11 +109,14 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
               help="Bootstrap resamples (paper: 100).")
 @click.option("--max-attempts", default=None, type=click.IntRange(1),
               help="Predict with a forced stop at K attempts (default: infinite horizon).")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="torch CPU threads (1 is much faster on a busy machine).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, out_root: str,
              max_new_tokens: int, temperature: float, top_p: float, samples_per_prompt: int,
              batch_size: int, seed: int, split_seed: int, backend: str, device: str,
-             markers: str | None, n_boot: int, max_attempts: int | None, quiet: bool) -> None:
+             markers: str | None, n_boot: int, max_attempts: int | None, threads: int | None,
+             quiet: bool) -> None:
     """Generate, parse and calibrate (p, q1, q2) per task -> outputs/real/<name>/."""
     try:
         from realmodel.evaluation import EvaluationError, evaluate, format_table
@@ -123,6 +126,10 @@ def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, ou
     except ModuleNotFoundError as exc:
         raise click.ClickException(
             f"{exc.name} is not installed: pip install 'ds-study[real]'") from None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         config = GenerationConfig(temperature=temperature, top_p=top_p,
                                   max_new_tokens=max_new_tokens,

@@ -105,12 +105,10 @@ class TransformersGenerator:
             padding=True,
             add_special_tokens=False,
         ).to(self.model.device)
-        sampling = cfg.temperature > 0
-        kwargs: dict[str, Any] = {"do_sample": sampling}
-        if sampling:
+        kwargs: dict[str, Any] = {"do_sample": cfg.temperature > 0}
+        if cfg.temperature > 0:
+            # top_k=0 switches off transformers' default top-k of 50 (vLLM has none).
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         with torch.no_grad():
             out = self.model.generate(
                 **enc,

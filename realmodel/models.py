@@ -89,6 +89,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _DONE_FILE).write_text(f"converted from {gguf_path}\n", encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             tmp.rename(out_dir)
         except OSError:  # another process finished first

@@ -70,7 +70,7 @@ def to_int(text: str) -> int:
 # ---- candidate patterns --------------------------------------------------------------------
 _DECOR = r"(?:\*\*|\$|\\boxed\{|\\\(|\\\[|\\text\{|\\mathbf\{|[ \t])*"
 _TIMES = (
-    r"(?:\*(?!\*)|×|✕|✖|·|⋅|\\times|\\cdot|(?<![A-Za-z])[xX](?![A-Za-z])"
+    r"(?:\*(?!\*)|×|✕|✖|∗|·|⋅|\\times|\\cdot|(?<![A-Za-z])[xX](?![A-Za-z])"
     r"|times|multiplied\s+by)"
 )
 _EXPR_RE = re.compile(
