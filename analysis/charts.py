@@ -119,7 +119,7 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
         y=alt.Y("ci_low:Q", scale=alt.Scale(type="log"), title=ytitle), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
         y=alt.Y("mean:Q", scale=alt.Scale(type="log"), title=ytitle), tooltip=tooltip,
-        strokeDash=alt.StrokeDash("series:N", title="objective", legend=_LINE_LEGEND))
+        strokeDash=alt.StrokeDash("series:N", legend=None))
     panels = []
     for tm in sorted(agg["token_model"].unique()):
         sub = alt.layer(band, line).transform_filter(alt.datum.token_model == tm)

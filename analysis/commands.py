@@ -52,7 +52,7 @@ def report(sweep, train, observed, real, fit_json, out_dir, outputs_root, no_png
 
 def _fit_options(func):
     for opt in reversed([
-        click.option("--steps", type=int, default=40, show_default=True,
+        click.option("--steps", type=int, default=30, show_default=True,
                      help="Training steps per regime (the learning rate is fitted)."),
         click.option("--max-attempts", "-K", type=int, default=8, show_default=True),
         click.option("--q1-base", type=float, default=0.9, show_default=True,
@@ -66,7 +66,7 @@ def _fit_options(func):
         click.option("--transfer", type=click.Choice(["shared", "per-regime"]),
                      default="shared", show_default=True,
                      help="shared: ell_s, ell_d for all regimes; per-regime: one ell each."),
-        click.option("--max-nfev", type=int, default=40, show_default=True),
+        click.option("--max-nfev", type=int, default=30, show_default=True),
         click.option("--quick", is_flag=True, help="Few steps and evaluations (tests)."),
         click.option("--name", default=None, help="outputs/fit/<name> (default: from input)."),
     ]):

@@ -41,6 +41,10 @@ TRANSFER_MODES = ("shared", "per-regime")
 TRAINED_REGIMES = (SFT_NO_REFLECTION, SFT_REFLECTION, RL)
 BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
           "lr": (1e-6, 50.0), "beta": (1e-5, 10.0)}
+GRID_ELL_S = (0.7, 2.0, 7.0)
+GRID_ELL_D = (1.0, 4.0, 16.0)
+GRID_LR = {SFT_NO_REFLECTION: (1e-4, 1e-3, 1e-2, 0.05),
+           SFT_REFLECTION: (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3), RL: (0.3, 1.0, 3.0, 10.0, 30.0)}
 START = {"ell_s": 0.5, "ell_d": 3.0, "beta": 0.001, f"ell[{SFT_NO_REFLECTION}]": 2.0,
          f"ell[{SFT_REFLECTION}]": 1.0, f"ell[{RL}]": 3.0,
          f"lr[{SFT_NO_REFLECTION}]": 1e-3, f"lr[{SFT_REFLECTION}]": 1e-3, f"lr[{RL}]": 0.3}
@@ -58,14 +62,15 @@ class FitConfig:
     q1_base: float = 0.9  # base model's STOP-after-correct probability (not identified)
     q2_base: float = 0.1  # base model's RESAMPLE-after-wrong probability (not identified)
     length: float = 100.0  # L_C = L_W, tokens per candidate answer (per-token weighting, §2)
-    steps: int = 40  # training steps per regime (the learning rate is the free "amount")
+    steps: int = 30  # training steps per regime (the learning rate is the free "amount")
     optimiser: str = "sgd"
     beta: float = 0.001  # KL coefficient of RL (paper's value) unless fit_beta
     fit_beta: bool = False
     ft_share: float = 0.5  # share of F->T chains in the reflection SFT data (DESIGN §2)
     acc_floor: float = 0.005  # observed accuracies clipped to [floor, 1 - floor] for b_s
     transfer: str = "shared"  # "shared": ell_s, ell_d for all regimes; "per-regime": ell[r]
-    max_nfev: int = 40
+    max_nfev: int = 30
+    grid_start: bool = True  # start least squares from the best point of a coarse grid
     quick: bool = False  # tests: few steps and evaluations
 
     def __post_init__(self) -> None:
@@ -316,9 +321,40 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         out = np.concatenate(res)
         return np.nan_to_num(out[np.isfinite(np.concatenate([y[r] for r in regimes]))], nan=1.0)
 
+    def regime_sse(r: str, vals: dict[str, float]) -> float:
+        res = simulate_regime(r, ladder, b_s, cfg, vals)[:, 3] - y[r]
+        return float(np.nansum(res**2))
+
+    def grid_start() -> dict[str, float]:
+        """Coarse grid; the lr of each regime only moves that regime, so it is chosen per
+        regime given the length scales."""
+        best: tuple[float, dict[str, float]] = (math.inf, {})
+        combos = ([{"ell_s": a, "ell_d": b} for a in GRID_ELL_S for b in GRID_ELL_D]
+                  if cfg.transfer == "shared" else [{}])
+        for ells in combos:
+            total, chosen = 0.0, dict(ells)
+            for r in regimes:
+                cands = []
+                for lr in GRID_LR[r]:
+                    for ell in (GRID_ELL_S if cfg.transfer == "per-regime" else (None,)):
+                        vals = {**start, **ells, f"lr[{r}]": lr}
+                        if ell is not None:
+                            vals[f"ell[{r}]"] = ell
+                        cands.append((regime_sse(r, vals), {f"lr[{r}]": lr} |
+                                      ({} if ell is None else {f"ell[{r}]": ell})))
+                sse, pick = min(cands, key=lambda c: c[0])
+                total += sse
+                chosen |= pick
+            if total < best[0]:
+                best = (total, chosen)
+        return best[1]
+
     threads = numba.get_num_threads()
     numba.set_num_threads(1)  # the batches are small: threads cost more than they save
     try:
+        if cfg.grid_start and not cfg.quick:
+            start = {**start, **grid_start()}
+            x0 = np.log([np.clip(start[n], *_bounds(n)) for n in names])
         sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", diff_step=1e-3,
                             max_nfev=cfg.effective_nfev, x_scale=1.0)
     finally:

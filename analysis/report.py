@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import altair as alt
@@ -297,11 +297,16 @@ def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], 
     source = str(observed["source"].iloc[0])
     name = "quick" if cfg.quick else "report"
     cache = cfg.outputs / "fit" / _slug(source + "-" + name) / "fit.json"
-    if cache.is_file():
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        if data.get("config") == json.loads(json.dumps(fit_cfg.__dict__)) and \
-                data.get("observed_source") == source:
-            log(f"using cached fit {cache}")
+    want = json.loads(json.dumps(asdict(fit_cfg)))
+    cached = sorted((cfg.outputs / "fit").glob("*/fit.json"), key=lambda p: p.stat().st_mtime,
+                    reverse=True) if (cfg.outputs / "fit").is_dir() else []
+    for path in cached:  # the report's own cache or a `cli.py fit` with the same settings
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("config") == want and data.get("observed_source") == source:
+            log(f"using cached fit {path}")
             return FitResult.from_dict(data)
     log(f"fitting the simulator to {source} (cached in {cache.parent}) ...")
     result = fit_observed(observed, fit_cfg)
@@ -520,13 +525,37 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
 
     # 7. compare (real runs present)
     if real is not None:
-        sections.append(Section(
-            "compare", "7. Measured (p, q1, q2) vs the simulator",
-            charts.compare_chart(real, fit.curves, domain),
-            "Measured calibrations of the real-model runs (points, bootstrap CIs) beside the "
-            "fitted simulator's p, q1, q2 for the same regimes (dashed; fit of section 5).",
-            [str(real_root)]))
+        sections.append(_compare_section(real, real_root, fit, domain, cfg))
     return sections
+
+
+def _compare_section(real: pd.DataFrame, real_root: Path, fit: FitResult,
+                     domain: list[str], cfg: ReportConfig) -> Section:
+    """Measured (p, q1, q2) beside the simulator fitted to the real runs themselves (needs a
+    Base run and a trained one), else beside the observed-table fit where the tasks match."""
+    regimes = set(real["regime"])
+    caption = ("Measured calibrations of the real-model runs (points, bootstrap CIs) beside "
+               "the simulator's p, q1, q2 for the same regimes (dashed). ")
+    if BASE in regimes and regimes & {SFT_NO_REFLECTION, SFT_REFLECTION, "RL"}:
+        try:
+            own = fit_observed(load_observed(real_root), FitConfig(quick=cfg.quick))
+        except ValueError as exc:
+            return Section("compare", "7. Measured (p, q1, q2) vs the simulator",
+                           charts.message_chart(f"fit to the real runs failed: {exc}"),
+                           caption, [str(real_root)])
+        caption += (f"Simulator fitted to these runs' observed accuracies as in section 5: "
+                    f"{_fmt_params(own)}; RMSE {own.rmse * 100:.1f} pp.")
+        chart = charts.compare_chart(real, own.curves, domain)
+    elif set(real["task"]) <= set(fit.curves["task"]):
+        caption += "Simulator: the fit of section 5 (same task names)."
+        chart = charts.compare_chart(real, fit.curves[fit.curves["regime"].isin(regimes)],
+                                     domain)
+    else:
+        caption += ("No Base run to fit the real runs' ladder, and its tasks differ from the "
+                    "observed table's: run `python cli.py compare --observed outputs/real/...`.")
+        chart = charts.message_chart("no simulator prediction for these tasks")
+    return Section("compare", "7. Measured (p, q1, q2) vs the simulator", chart, caption,
+                   [str(real_root)])
 
 
 # ----------------------------------------------------------------------------- rendering
