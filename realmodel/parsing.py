@@ -12,10 +12,13 @@ Candidate answers. A candidate is a number the response *claims as the result of
    "final result", "final product", "####", then optionally "is", ":", "=", "equals",
    "would/will/should be" and formatting (`**`, `$`, `\\(`); the value must be bare ("my
    answer: 1035 / 45 = 23" claims nothing);
-3. the value of an equation whose left side is the full product expression of the two
+3. the value of an equation whose whole left side is the product expression of the two
    operands, in either order ("a * b", "a × b", "a x b", "a \\times b", "a · b", "a times b",
    "a multiplied by b", "the product of a and b"), linked by "=", "is", "equals",
-   "is equal to", "gives", "makes" or "yields". The equation may chain through arithmetic
+   "is equal to", "gives", "makes" or "yields" right after the expression. "Whole": no binary
+   operator before it ("2 + 3 * 4 = 14" is not 3 * 4; a "- " or "* " bullet at a line start
+   is no operator) and none after it ("4 times (3 * 3 * 3) is 36" is not 4 * 3). The equation
+   may chain through arithmetic
    ("23 * 45 = 20 * 45 + 3 * 45 = 900 + 135 = 1035", also across lines that start with
    "=" or "&="); its candidate is the last right-hand side that is a bare number;
 4. a bold number standing alone (`**1035**`), unless it is the right side of an "=" (then
@@ -92,6 +95,13 @@ _ARITH_RUN_RE = re.compile(rf"(?:{_ARITH_TOKEN})*", re.IGNORECASE)
 _OPERATOR_AFTER_RE = re.compile(
     r"(?:\*\*|\}|\$|[ \t])*(?:[+\-−×✕·⋅/÷^]|\*(?!\*)|\\times|\\cdot|[xX][ \t]*\d|\d)"
 )
+# A binary operator needs an operand before it; "- 3 * 4 = 12" at a line start is a bullet.
+_OPERATOR_BEFORE_RE = re.compile(
+    r"[\d)\]}][ \t]*(?:[+\-−*×✕∗·⋅/÷^]|\\times|\\cdot)[ \t$(]*$"
+)
+_RELATION_NEXT_RE = re.compile(
+    rf"(?:[ \t$)]|\\\)|\\\])*(?:\n[ \t]*&?)?[ \t&]*{_REL}", re.IGNORECASE
+)
 _ANSWER_RE = re.compile(
     r"(?:\b(?:final\s+)?answer\b(?:[ \t]+to[ \t]+[^.\n=:]{0,60}?)?"
     r"|\bfinal\s+(?:result|product)\b|####)"
@@ -108,6 +118,14 @@ _BOLD_RHS_RE = re.compile(rf"(?:{_REL})[ \t$]*$", re.IGNORECASE)
 def _bare(text: str, end: int) -> bool:
     """True if the number ending at `end` is a whole value (no operator follows it)."""
     return _OPERATOR_AFTER_RE.match(text, end) is None
+
+
+def _is_whole_side(text: str, start: int, end: int) -> bool:
+    """The product expression text[start:end] is a whole left side: no binary operator
+    before it ("2 + 3 * 4") and a relation right after it (not "4 times (3 * 3 ...")."""
+    if _OPERATOR_BEFORE_RE.search(text[max(0, start - 24) : start]):
+        return False
+    return _RELATION_NEXT_RE.match(text, end) is not None
 
 
 def _chain_value(text: str, pos: int) -> tuple[int, int] | None:
@@ -130,6 +148,8 @@ def find_candidates(text: str, a: int, b: int) -> list[tuple[int, int]]:
         left, right = (m.group("l"), m.group("r")) if m.group("l") else (m.group("l2"),
                                                                           m.group("r2"))
         if sorted((to_int(left), to_int(right))) != operands:
+            continue
+        if not _is_whole_side(text, m.start(), m.end()):
             continue
         hit = _chain_value(text, m.end())
         if hit:

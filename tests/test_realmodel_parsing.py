@@ -75,6 +75,16 @@ SINGLE = [
     ("Step 1: 7 * 7 = 49\nStep 2: 7 * 77 = 539", 7, 77, 539),  # 7*7 is not 7*77
     ("23 × 5 = **115**\n23 × 40 = **920**\nTotal: **1035**", 23, 45, 1035),
     ("2 * 0 = 0\n2 * 1 = 2\nSo 2 * 10 = 20.", 2, 10, 20),
+    # the product expression must be a whole left side
+    ("2 + 3 * 4 = 14. So 3 * 4 = 12.", 3, 4, 12),
+    ("20 * 45 + 3 * 45 = 135", 3, 45, None),
+    ("- 3 * 4 = 12", 3, 4, 12),  # a bullet, not a minus
+    ("* 3 * 4 = 12", 3, 4, 12),
+    ("(23 * 45) = 1035", 23, 45, 1035),
+    ("23 × (45) = 1035", 23, 45, 1035),
+    # a real SmolLM2-135M response: "4 times (3 * 3 * 3 is 36" is not a claim about 3 * 4
+    ("3 to the power of 4 is equal to 3^4 = 625. So, the answer is 3 * 4 = 12. You can "
+     "calculate 3 * 4 by multiplying 3 by itself 4 times (3 * 3 * 3 is 36 cycles).", 3, 4, 12),
     # trailing prose
     ("The answer is 1035. I hope this helps with your 2 questions!", 23, 45, 1035),
     ("23 * 45 = 1035, and 1035 + 5 = 1040 would be the next number.", 23, 45, 1035),
