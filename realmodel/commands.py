@@ -111,12 +111,14 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
               help="Predict with a forced stop at K attempts (default: infinite horizon).")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="torch CPU threads (1 is much faster on a busy machine).")
+@click.option("--reparse", is_flag=True,
+              help="Re-parse stored responses (after a parser or marker change).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, out_root: str,
              max_new_tokens: int, temperature: float, top_p: float, samples_per_prompt: int,
              batch_size: int, seed: int, split_seed: int, backend: str, device: str,
              markers: str | None, n_boot: int, max_attempts: int | None, threads: int | None,
-             quiet: bool) -> None:
+             reparse: bool, quiet: bool) -> None:
     """Generate, parse and calibrate (p, q1, q2) per task -> outputs/real/<name>/."""
     try:
         from realmodel.evaluation import EvaluationError, evaluate, format_table
@@ -139,7 +141,8 @@ def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, ou
             model, tasks, id_tasks, n=n, name=name, out_root=out_root, config=config,
             backend=backend, device=device,
             markers=load_markers(markers) if markers else None, n_boot=n_boot,
-            max_attempts=max_attempts, split_seed=split_seed, progress=not quiet,
+            max_attempts=max_attempts, split_seed=split_seed, reparse=reparse,
+            progress=not quiet,
             log=lambda m: click.echo(m, err=True),
         )
     except ModuleNotFoundError as exc:

@@ -196,13 +196,16 @@ def evaluate(
     max_attempts: int | None = None,
     split_seed: int = 0,
     generator: Generator | None = None,
+    reparse: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> EvalResult:
     """Generate (resuming), parse, and calibrate per task; see the module docstring.
 
     `model`: a name/path (see realmodel.models) or an in-memory (model, tokenizer) pair;
-    `generator` overrides both (tests). Test queries: `n` per task of the ladder from
+    `generator` overrides both (tests). `reparse`: re-parse the stored responses (with
+    `markers`) instead of keeping their stored parse; markers do not change generation, so
+    they are not part of the resume check. Test queries: `n` per task of the ladder from
     `make_splits(tasks, id_tasks, n_test=n, seed=split_seed)`, the same problems the
     training splits hold out.
     """
@@ -222,12 +225,11 @@ def evaluate(
         "n": n,
         "split_seed": split_seed,
         "generation": config.to_dict() | {"batch_size": None},
-        "markers": None if markers is None else list(markers),
     }
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text(encoding="utf-8")).get("run_key")
-        if previous is not None and previous != run_key:
+        if previous is not None and {k: previous.get(k) for k in run_key} != run_key:
             raise EvaluationError(
                 f"{out_dir} holds a run with another configuration; pick another --name "
                 "or delete that directory"
@@ -245,6 +247,9 @@ def evaluate(
     kept = _complete_rows(read_responses(resp_path), config.samples_per_prompt)
     wanted = {q["id"] for q in queries}
     kept = [r for r in kept if r["id"] in wanted]
+    if reparse:  # e.g. after extending the marker list or improving the parser
+        kept = [{**r, "parse": parse_response(r["response"], r["a"], r["b"], markers,
+                                              bool(r["truncated"])).to_dict()} for r in kept]
     with resp_path.open("w", encoding="utf-8") as fh:  # drop partial or cut lines
         fh.writelines(json.dumps(r) + "\n" for r in kept)
     done = {r["id"] for r in kept}
@@ -256,6 +261,7 @@ def evaluate(
         "run_key": run_key,
         "status": "running",
         "model": model_label,
+        "markers": None if markers is None else list(markers),
         "backend_requested": backend,
         "out_dir": str(out_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -89,6 +89,12 @@ def test_evaluate_writes_outputs(tmp_path: Path) -> None:
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["status"] == "done" and manifest["backend"] == "scripted"
     assert "packages" in manifest and "git_commit" in manifest and manifest["wall_time_s"] >= 0
+    # Re-parsing without markers: each response is one attempt ending on the right answer.
+    again = evaluate("scripted", LADDER, "1x1,1x2", n=10, name="run", out_root=tmp_path,
+                     config=config, generator=gen, markers=[], reparse=True, progress=False,
+                     log=lambda m: None)
+    assert again.n_generated == 0 and (again.table["p_hat"] == 1.0).all()
+    assert all(len(r["parse"]["attempts"]) == 1 for r in read_responses(out / RESPONSES))
 
 
 def test_evaluate_resumes(tmp_path: Path) -> None:
