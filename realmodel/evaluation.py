@@ -227,8 +227,10 @@ def evaluate(
         "generation": config.to_dict() | {"batch_size": None},
     }
     manifest_path = out_dir / MANIFEST
+    old_manifest: dict[str, Any] = {}
     if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text(encoding="utf-8")).get("run_key")
+        old_manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        previous = old_manifest.get("run_key")
         if previous is not None and {k: previous.get(k) for k in run_key} != run_key:
             raise EvaluationError(
                 f"{out_dir} holds a run with another configuration; pick another --name "
@@ -269,6 +271,11 @@ def evaluate(
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Earlier sessions of a resumed run (what they generated, how, how long).
+        "previous_sessions": old_manifest.get("previous_sessions", []) + (
+            [{k: old_manifest.get(k) for k in ("started", "finished", "status", "backend",
+                                               "wall_time_s", "n_generated_this_run")}]
+            if old_manifest else []),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 

@@ -95,6 +95,8 @@ def test_evaluate_writes_outputs(tmp_path: Path) -> None:
                      log=lambda m: None)
     assert again.n_generated == 0 and (again.table["p_hat"] == 1.0).all()
     assert all(len(r["parse"]["attempts"]) == 1 for r in read_responses(out / RESPONSES))
+    sessions = json.loads((out / MANIFEST).read_text())["previous_sessions"]
+    assert [x["n_generated_this_run"] for x in sessions] == [30]
 
 
 def test_evaluate_resumes(tmp_path: Path) -> None:
