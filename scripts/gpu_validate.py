@@ -52,9 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ladder", default=SMALL_LADDER)
     ap.add_argument("--id-tasks", default="1x1,1x2")
     ap.add_argument("--n-eval", type=int, default=None,
-                    help="test problems per task (default 100; cpu-smoke 8)")
+                    help="test problems per task (default 100; cpu-smoke 4)")
     ap.add_argument("--eval-max-new-tokens", type=int, default=None,
-                    help="token limit of the evaluations (default 384; cpu-smoke 96)")
+                    help="token limit of the evaluations (default 384; cpu-smoke 64)")
     ap.add_argument("--eval-batch-size", type=int, default=None)
     ap.add_argument("--sft-steps", type=int, default=None, help="default: the preset's")
     ap.add_argument("--grpo-steps", type=int, default=None, help="default: the preset's")
@@ -72,8 +72,8 @@ def _settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
     return {
         "preset": "cpu-smoke" if smoke else "smol",
         "device": device,
-        "n_eval": args.n_eval or (8 if smoke else 100),
-        "eval_max_new_tokens": args.eval_max_new_tokens or (96 if smoke else 384),
+        "n_eval": args.n_eval or (4 if smoke else 100),
+        "eval_max_new_tokens": args.eval_max_new_tokens or (64 if smoke else 384),
         "eval_batch_size": args.eval_batch_size or (16 if smoke else 100),
     }
 

@@ -217,9 +217,9 @@ _SMOL_COMMON: dict[str, Any] = dict(
     calib_batch_size=64,
 )
 _CPU_COMMON: dict[str, Any] = dict(
-    model=SMOL_MODEL, ladder=SMALL_LADDER, n_train=64, n_test=8, device="cpu", bf16=False,
-    max_steps=4, save_steps=2, save_total_limit=1, logging_steps=1, calib_every=2, calib_n=8,
-    calib_max_new_tokens=48, calib_batch_size=16,
+    model=SMOL_MODEL, ladder=SMALL_LADDER, n_train=64, n_test=4, device="cpu", bf16=False,
+    max_steps=4, save_steps=2, save_total_limit=1, logging_steps=1, calib_every=2, calib_n=4,
+    calib_max_new_tokens=32, calib_batch_size=16,
 )
 
 SFT_PRESETS: dict[str, dict[str, Any]] = {
