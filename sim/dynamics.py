@@ -12,16 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from sim.attribution import attribution_ratio
 from sim.model import AgentSpec
 from sim.objectives import ObjectiveConfig, combine, exact_logit_gradients
 from sim.optim import OptimiserConfig, ascent_step
-
-
-def attribution_ratio(g: np.ndarray) -> float:
-    """R_attr = |g_s| / mean(|g_1|, |g_2|) (DESIGN §3); inf when both decision parts are 0."""
-    g = np.abs(np.asarray(g, float))
-    den = 0.5 * (g[1] + g[2])
-    return float(g[0] / den) if den > 0 else float("inf") if g[0] > 0 else float("nan")
 
 
 def expected_gradients(spec: AgentSpec, obj: ObjectiveConfig, phi: np.ndarray,

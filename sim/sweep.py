@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.attribution import attribution_ratio
+from sim.dynamics import expected_gradients
 from sim.lengths import parse_lengths
 from sim.model import AgentSpec, TaskLadder, TransferConfig
-from sim.objectives import TOKEN_MODELS, ObjectiveConfig, SFTData
+from sim.objectives import TOKEN_MODELS, ObjectiveConfig, SFTData, combine
 from sim.optim import OPTIMISERS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
 
@@ -148,11 +150,16 @@ class TrainingConfig:
     lr: float = 0.05  # SGD
     adam_lr: float = 0.02  # Adam (normalised steps need a smaller rate)
     wrong_length_ratio: float = 1.0  # L_C = L, L_W = ratio * L
-    kl_estimator: str = "k1"
-    # "in-loss" (TRL / verl use_kl_loss, what the paper's GRPO runs used): each token's k(x)
-    # is differentiated directly, so the per-token model's ratio grows ~linearly in L.
-    # "in-reward" (the paper's theory) saturates once decisions' Q carry the future sampling
-    # penalties (DESIGN §2) -- set it in [training] to sweep that placement.
+    # Default: the paper's RL run -- verl's low_var_kl (k3) as a loss term, which is also
+    # TRL's GRPOTrainer: each token's k3(x) is differentiated directly, no future terms, so
+    # the per-token ratio grows linearly in L, in expectation (exp_ratio[kl]) and sampled
+    # (ratio[kl]). (k1 in loss has zero expected gradient: its ratio would be pure noise.)
+    # "in-reward" + "k1" is the paper's theory (DESIGN §2): its expected ratio saturates
+    # once the decisions' Q pick up the future sampling penalties (at L* = |g0_d| / |g1_d|,
+    # see sim.attribution.length_decomposition; already below L = 10 at the sweep's base
+    # policy), and its sampled magnitudes stay flat because the same future-penalty term
+    # makes the decisions' *noise* grow with L.
+    kl_estimator: str = "k3"
     kl_placement: str = "in-loss"
     std_scaling: bool = True
     ref_update_every: int | None = None  # None: the reference stays the initial policy
@@ -410,6 +417,7 @@ def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
     )
     model.run(tr.steps)
     summary = model.summary()
+    expected = expected_gradient_columns(spec, learner.objective, model.phi, model.ref_phi)
     n = tr.n_agents
     head = pd.DataFrame(
         {
@@ -439,7 +447,26 @@ def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
     oods = [f"acc[{t}]" for t, i in zip(ladder.names, ladder.in_distribution, strict=True) if not i]
     acc_df["id_accuracy"] = acc_df[ids].mean(axis=1)
     acc_df["ood_accuracy"] = acc_df[oods].mean(axis=1) if oods else np.nan
-    return pd.concat([head, _order(summary, acc_df)], axis=1)
+    return pd.concat([head, _order(summary, acc_df), expected], axis=1)
+
+
+def expected_gradient_columns(spec: AgentSpec, obj: ObjectiveConfig, phis: np.ndarray,
+                              ref_phis: np.ndarray) -> pd.DataFrame:
+    """Exact expected ID-mean logit gradients at each agent's final parameters (DESIGN §3):
+    exp_g_x[term], exp_ratio[term] per term and the total (exp_ratio). Unlike the sampled
+    magnitudes (ratio[term]), these carry no Monte-Carlo noise."""
+    rows = []
+    for phi, ref in zip(phis, ref_phis, strict=True):
+        on_logits, _ = expected_gradients(spec, obj, phi, ref)
+        on_logits["total"] = combine(on_logits, obj)
+        row = {}
+        for term, g in on_logits.items():
+            for x, comp in enumerate(("s", "1", "2")):
+                row[f"exp_g_{comp}[{term}]"] = float(g[x])
+            row[f"exp_ratio[{term}]"] = attribution_ratio(g)
+        row["exp_ratio"] = row["exp_ratio[total]"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _order(summary: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
