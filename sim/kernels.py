@@ -74,16 +74,15 @@ def sample_trajectory(state, t_p, t_q1, t_q2, max_attempts, final_sampled):
 
 
 @njit(cache=True, parallel=True)
-def sample_population(states, logits, max_attempts, final_sampled, n_per_agent):
-    """Sample `n_per_agent` trajectories for each agent (row of `logits`), in parallel.
+def sample_population_into(states, logits, max_attempts, final_sampled, masks, ns, truncs):
+    """Fill masks/ns/truncs (n_agents x n_per_agent) with each agent's trajectories.
 
     `states` (uint64, one per agent) is advanced in place, so successive calls continue the
     streams. Each agent's draws depend only on its own state: reproducible across threads.
+    Writing into caller-owned buffers lets long runs reuse them instead of faulting in fresh
+    pages on every call.
     """
-    n_agents = logits.shape[0]
-    masks = np.empty((n_agents, n_per_agent), dtype=np.int64)
-    ns = np.empty((n_agents, n_per_agent), dtype=np.int8)
-    truncs = np.empty((n_agents, n_per_agent), dtype=np.int8)
+    n_agents, n_per_agent = masks.shape
     for a in prange(n_agents):
         t_p = threshold53(sigmoid(logits[a, 0]))
         t_q1 = threshold53(sigmoid(logits[a, 1]))
@@ -95,6 +94,18 @@ def sample_population(states, logits, max_attempts, final_sampled, n_per_agent):
             ns[a, i] = n
             truncs[a, i] = t
         states[a] = st
+
+
+def sample_population(states, logits, max_attempts, final_sampled, n_per_agent):
+    """Sample `n_per_agent` trajectories for each agent (row of `logits`), in parallel.
+
+    Returns (masks int64, ns int8, truncs int8), each (n_agents, n_per_agent).
+    """
+    shape = (logits.shape[0], n_per_agent)
+    masks = np.empty(shape, dtype=np.int64)
+    ns = np.empty(shape, dtype=np.int8)
+    truncs = np.empty(shape, dtype=np.int8)
+    sample_population_into(states, logits, max_attempts, final_sampled, masks, ns, truncs)
     return masks, ns, truncs
 
 
