@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,8 @@ from analysis.calibration import TrajectoryCounts, calibrate
 from realmodel.generation import GenerationConfig, Generator, make_generator
 from realmodel.parsing import parse_response
 from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER, make_splits, parse_ladder
+from sim.provenance import git_commit
+from sim.provenance import package_versions as _versions
 
 RESPONSES = "responses.jsonl"
 CALIBRATION = "calibration.csv"
@@ -54,29 +54,7 @@ class EvalResult:
 
 # ---- provenance ---------------------------------------------------------------------------
 def package_versions(names: Iterable[str] = _PACKAGES) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def git_commit(path: Path | None = None) -> str | None:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path or Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=10, check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path or Path(__file__).resolve().parent, capture_output=True, text=True,
-            timeout=10,
-        ).stdout.strip()
-        return res.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return _versions(names)
 
 
 # ---- responses file -------------------------------------------------------------------------

@@ -198,8 +198,7 @@ def step_agent(
             phi[a, j] += lr[a] * (adam_m[a, j] / c1) / (np.sqrt(adam_v[a, j] / c2) + eps[a])
 
 
-@njit(cache=True, parallel=True)
-def population_step(
+def _population_step_impl(
     phi,
     ref_phi,
     adam_m,
@@ -288,83 +287,11 @@ def population_step(
         )
 
 
-@njit(cache=True)
-def population_step_serial(
-    phi,
-    ref_phi,
-    adam_m,
-    adam_v,
-    step,
-    states,
-    jac,
-    offsets,
-    id_tasks,
-    active,
-    term_w,
-    w_c,
-    w_w,
-    gamma,
-    max_attempts,
-    final_sampled,
-    group_size,
-    n_queries,
-    std_scaling,
-    std_ddof,
-    adv_eps,
-    estimator,
-    kl_in_reward,
-    clamp,
-    data_masks,
-    data_ns,
-    data_w,
-    opt_kind,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    grads_out,
-    reward_out,
-):
-    """`population_step` on one thread: small populations, or one process per core (sweeps),
-    where a parallel region's start-up and barrier would cost more than the work."""
-    for a in range(phi.shape[0]):
-        step_agent(
-            a,
-            phi,
-            ref_phi,
-            adam_m,
-            adam_v,
-            step,
-            states,
-            jac,
-            offsets,
-            id_tasks,
-            active,
-            term_w,
-            w_c,
-            w_w,
-            gamma,
-            max_attempts,
-            final_sampled,
-            group_size,
-            n_queries,
-            std_scaling,
-            std_ddof,
-            adv_eps,
-            estimator,
-            kl_in_reward,
-            clamp,
-            data_masks,
-            data_ns,
-            data_w,
-            opt_kind,
-            lr,
-            beta1,
-            beta2,
-            eps,
-            grads_out,
-            reward_out,
-        )
+# One body, two builds: prange runs as a plain range without parallel=True. The serial build
+# is for small populations and for sweep workers (one process per core), where a parallel
+# region's start-up and barrier would cost more than the work.
+population_step = njit(cache=True, parallel=True)(_population_step_impl)
+population_step_serial = njit(cache=True)(_population_step_impl)
 
 
 @njit(cache=True)

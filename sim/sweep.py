@@ -23,9 +23,7 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +40,8 @@ from sim.model import AgentSpec, TaskLadder, TransferConfig
 from sim.objectives import TOKEN_MODELS, ObjectiveConfig, SFTData, combine
 from sim.optim import OPTIMISERS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
+from sim.provenance import git_commit, package_versions
+from sim.provenance import write_json_atomic as write_atomic_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -489,21 +489,6 @@ def write_atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_atomic_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.integer | np.floating):
-        return obj.item()
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf"
-    return str(obj)
-
-
 def _cell_done(path: Path) -> bool:
     if not path.is_file():
         return False
@@ -514,28 +499,6 @@ def _cell_done(path: Path) -> bool:
         return True
     except Exception:  # unreadable leftovers are recomputed
         return False
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("numpy", "numba", "mesa", "pandas", "pyarrow", "scipy", "ray"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def manifest(grid: GridConfig, name: str, **extra) -> dict:

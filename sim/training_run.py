@@ -25,7 +25,9 @@ from sim.model import AgentSpec, TaskLadder
 from sim.objectives import ObjectiveConfig
 from sim.optim import OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.sweep import LadderConfig, git_commit, package_versions, write_atomic_json
+from sim.provenance import git_commit, package_versions
+from sim.provenance import write_json_atomic as write_atomic_json
+from sim.sweep import LadderConfig
 from sim.sweep import write_atomic_parquet as _write_parquet
 
 

@@ -1,0 +1,61 @@
+"""Provenance written beside every output: git commit and package versions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIM_PACKAGES = ("ds-study", "numpy", "numba", "scipy", "pandas", "pyarrow", "mesa", "altair",
+                "ray")
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """HEAD of the checkout holding `path` (default: this repo), "-dirty" when tracked files
+    differ from it; None outside a git checkout."""
+    cwd = path or REPO_ROOT
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("-dirty" if dirty.strip() else "")) or None
+
+
+def package_versions(names: Iterable[str] = SIM_PACKAGES) -> dict[str, str | None]:
+    """Installed versions (None where a package is absent), plus the Python version."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def json_default(obj: Any) -> Any:
+    """numpy scalars as numbers, infinities as "inf", anything else as its string."""
+    if isinstance(obj, np.integer | np.floating):
+        return obj.item()
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf"
+    return str(obj)
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    """Write JSON to a temporary file beside `path`, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
+    os.replace(tmp, path)
