@@ -1,15 +1,17 @@
-"""Benchmark: the Numba trajectory sampler vs NumPy, and vs the bare RNG limit (issue 2).
+"""Benchmark: the Numba trajectory samplers vs NumPy, and vs the bare RNG limit (issue 2).
 
-Prints trajectories/s for
-  (a) sim.kernels.sample_population (Numba, parallel over agents, per-agent splitmix64),
-  (b) sim.reference.numpy_sample_trajectories (vectorised NumPy, loop over attempts),
-  (c) the bare throughput of drawing the same number of uniforms with the same generator in
-      the same parallel loop (the practical limit of any sampler built on it),
-and the ratios (a)/(b) and (a)/(c), all measured in this one run. 3-parameter agent, K = 8.
-A second limit, (d), draws the same number in the 53-bit integer form the sampler compares
-and XOR-folds them, which LLVM turns into SIMD code: it is printed for transparency.
+One run, 3-parameter agent, K = 8, prints trajectories/s for two algorithms, each written
+both in Numba and vectorised in NumPy:
+  sequential  attempt by attempt (sim.kernels.sample_population_into; NumPy:
+              sim.reference.numpy_sample_trajectories, a Python loop over attempts),
+  alias       one uniform per trajectory from the table of all 2^(K+1) trajectories
+              (sim.alias; NumPy: sim.reference.numpy_sample_alias, same table),
+and the bare-RNG limit for each: drawing the same number of U[0,1) doubles with the same
+generator in the same parallel loop, one at a time as a sampler consumes them. A second
+limit draws them in integer form and XOR-folds them, which LLVM vectorises (printed for
+transparency: no sampler that branches on its draws can be vectorised like that).
 
-    python benchmarks/bench_sampler.py [--trajectories N] [--repeats R]
+    python benchmarks/bench_sampler.py [--trajectories N] [--agents A] [--repeats R]
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from sim import kernels as kn
-from sim.reference import numpy_sample_trajectories
+from sim.alias import alias_tables, sample_alias_into
+from sim.reference import numpy_sample_alias, numpy_sample_trajectories
 from sim.rng import agent_states, next_bits53, next_uniform
 
 P, Q1, Q2, K = 0.6, 0.9, 0.8, 8
@@ -31,8 +34,7 @@ P, Q1, Q2, K = 0.6, 0.9, 0.8, 8
 @njit(cache=True, parallel=True)
 def bare_uniforms(states, draws_per_agent):
     """Draw `draws_per_agent` U[0,1) doubles per agent and sum them: the plain "draw this
-    many uniforms" loop (the sum keeps them live; float adds are not reassociated, so the
-    loop runs one draw at a time, as a sampler consumes them)."""
+    many uniforms" loop (float adds are not reassociated: one draw at a time)."""
     out = np.empty(states.shape[0])
     for a in prange(states.shape[0]):
         st = states[a]
@@ -46,9 +48,7 @@ def bare_uniforms(states, draws_per_agent):
 
 @njit(cache=True, parallel=True)
 def bare_bits_simd(states, draws_per_agent):
-    """Draw `draws_per_agent` uniforms per agent, in the 53-bit integer form the sampler
-    consumes, XOR-folded into a checksum (1-cycle dependency, so nothing is elided and
-    nothing else is timed)."""
+    """The same number of draws as 53-bit integers, XOR-folded (LLVM vectorises this)."""
     out = np.empty(states.shape[0], dtype=np.int64)
     for a in prange(states.shape[0]):
         st = states[a]
@@ -75,46 +75,55 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    per_agent = args.trajectories // args.agents
-    n = per_agent * args.agents
-    logits = np.tile(np.log([P / (1 - P), Q1 / (1 - Q1), Q2 / (1 - Q2)]), (args.agents, 1))
+    a, per_agent = args.agents, args.trajectories // args.agents
+    n = per_agent * a
+    logits = np.tile(np.log([P / (1 - P), Q1 / (1 - Q1), Q2 / (1 - Q2)]), (a, 1))
+    # caller-owned output buffers, reused as a long simulation does
+    bufs = (np.empty((a, per_agent), np.int64), np.empty((a, per_agent), np.int8),
+            np.empty((a, per_agent), np.int8))
 
-    # warm up (compile or load from cache) and count the draws the sampler makes
-    masks, ns, truncs = kn.sample_population(agent_states(0, args.agents), logits, K, False, 10)
-    masks, ns, _ = kn.sample_population(agent_states(1, args.agents), logits, K, False, per_agent)
-    forced = (ns == K).sum()
-    draws = int(2 * ns.astype(np.int64).sum() - forced)  # 2 per attempt, 1 at a forced stop
-    draws_per_agent = draws // args.agents
-    bare_uniforms(agent_states(0, args.agents), 10)
-    bare_bits_simd(agent_states(0, args.agents), 10)
-
-    # the sampler writes into reused buffers, as a long simulation does (NumPy's version
-    # allocates its temporaries on every call: that is how it is written)
-    bufs = (np.empty((args.agents, per_agent), np.int64),
-            np.empty((args.agents, per_agent), np.int8),
-            np.empty((args.agents, per_agent), np.int8))
-    t_numba = best_of(lambda: kn.sample_population_into(agent_states(2, args.agents), logits, K,
-                                                        False, *bufs), args.repeats)
-    t_bare = best_of(lambda: bare_uniforms(agent_states(3, args.agents), draws_per_agent),
-                     args.repeats)
-    t_simd = best_of(lambda: bare_bits_simd(agent_states(3, args.agents), draws_per_agent),
-                     args.repeats)
+    # warm up (compile or load from cache) and count the draws the sequential sampler makes
+    kn.sample_population_into(agent_states(1, a), logits, K, False, *bufs)
+    ns = bufs[1].astype(np.int64)
+    seq_draws = 2 * ns.sum() - (ns == K).sum()  # 2 per attempt, 1 at a forced stop
+    keep, alias, table = alias_tables(logits, K, False)
+    sample_alias_into(agent_states(1, a), keep, alias, *table, *bufs)
+    bare_uniforms(agent_states(0, a), 10)
+    bare_bits_simd(agent_states(0, a), 10)
     rng = np.random.default_rng(0)
-    t_numpy = best_of(lambda: numpy_sample_trajectories(P, Q1, Q2, K, n, rng),
-                      max(1, args.repeats // 2))
 
-    rate = {name: n / t for name, t in (("numba", t_numba), ("numpy", t_numpy),
-                                        ("bare_rng", t_bare), ("bare_simd", t_simd))}
-    print(f"K={K}, p={P}, q1={Q1}, q2={Q2}; {n:,} trajectories, {draws / n:.2f} uniforms each; "
-          f"{numba.get_num_threads()} Numba threads")
+    t = {
+        "numba sequential": best_of(lambda: kn.sample_population_into(
+            agent_states(2, a), logits, K, False, *bufs), args.repeats),
+        "numpy sequential": best_of(lambda: numpy_sample_trajectories(P, Q1, Q2, K, n, rng),
+                                    max(1, args.repeats // 2)),
+        "numba alias": best_of(lambda: sample_alias_into(
+            agent_states(2, a), keep, alias, *table, *bufs), args.repeats),
+        "numpy alias": best_of(lambda: numpy_sample_alias(keep[0], alias[0], table, n, rng),
+                               max(1, args.repeats // 2)),
+        "bare RNG, sequential draws": best_of(lambda: bare_uniforms(
+            agent_states(3, a), int(seq_draws) // a), args.repeats),
+        "bare RNG, alias draws": best_of(lambda: bare_uniforms(
+            agent_states(3, a), per_agent), args.repeats),
+        "bare SIMD, sequential draws": best_of(lambda: bare_bits_simd(
+            agent_states(3, a), int(seq_draws) // a), args.repeats),
+        "bare SIMD, alias draws": best_of(lambda: bare_bits_simd(
+            agent_states(3, a), per_agent), args.repeats),
+    }
+    rate = {k: n / v for k, v in t.items()}
+    print(f"K={K}, p={P}, q1={Q1}, q2={Q2}; {n:,} trajectories; sequential draws "
+          f"{seq_draws / n:.2f} uniforms each, alias 1; {numba.get_num_threads()} Numba threads")
     for name, r in rate.items():
-        print(f"  {name:9s} {r / 1e6:8.2f} M trajectories/s")
-    print(f"  numba / numpy       = {rate['numba'] / rate['numpy']:.1f}x   (target >= 20x)")
-    print(f"  numba / bare-RNG    = {100 * rate['numba'] / rate['bare_rng']:.0f}%   "
-          "(target >= 40%; same number of U[0,1) doubles, drawn one at a time)")
-    print(f"  numba / bare-SIMD   = {100 * rate['numba'] / rate['bare_simd']:.0f}%   "
-          "(53-bit integers XOR-folded: LLVM vectorises the counter-based generator,"
-          " which no sampler with data-dependent lengths can)")
+        print(f"  {name:30s} {r / 1e6:9.2f} M trajectories/s")
+    seq, ali = rate["numba sequential"], rate["numba alias"]
+    print("ratios (targets: >= 20x NumPy, >= 40% of the bare-RNG limit):")
+    print(f"  sequential: {seq / rate['numpy sequential']:6.1f}x NumPy sequential, "
+          f"{100 * seq / rate['bare RNG, sequential draws']:4.0f}% of bare RNG, "
+          f"{100 * seq / rate['bare SIMD, sequential draws']:4.0f}% of bare SIMD")
+    print(f"  alias:      {ali / rate['numpy alias']:6.1f}x NumPy alias, "
+          f"{ali / rate['numpy sequential']:6.1f}x NumPy sequential, "
+          f"{100 * ali / rate['bare RNG, alias draws']:4.0f}% of bare RNG, "
+          f"{100 * ali / rate['bare SIMD, alias draws']:4.0f}% of bare SIMD")
 
 
 if __name__ == "__main__":

@@ -28,3 +28,12 @@ def numpy_sample_trajectories(p: float, q1: float, q2: float, max_attempts: int,
         if active.size == 0:
             break
     return masks, ns
+
+
+def numpy_sample_alias(keep: np.ndarray, alias: np.ndarray, table: tuple[np.ndarray, ...],
+                       n: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The alias sampler of sim.alias, vectorised in NumPy (same table, same algorithm)."""
+    x = rng.random(n) * keep.shape[0]
+    j = x.astype(np.int64)
+    pick = np.where(x - j < keep[j], j, alias[j])
+    return tuple(col[pick] for col in table)

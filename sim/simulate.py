@@ -11,6 +11,7 @@ import numpy as np
 from analysis.calibration import Estimate, TrajectoryCounts, calibrate
 from analysis.twostage import _check_probability
 from sim import kernels as kn
+from sim.alias import MAX_ALIAS_ATTEMPTS, sample_population_alias
 from sim.rng import agent_states
 
 
@@ -24,14 +25,18 @@ def probability_logits(p: float, q1: float, q2: float) -> np.ndarray:
 
 def sample_trajectories(p: float, q1: float, q2: float, max_attempts: int, n: int, seed: int,
                         final_sampled: bool = False) -> tuple[np.ndarray, ...]:
-    """n trajectories (masks, ns, truncs) from one agent's reproducible stream."""
+    """n trajectories (masks, ns, truncs) from one agent's reproducible stream (the alias
+    sampler where its table is small next to n, else attempt by attempt)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not 1 <= max_attempts <= kn.MAX_ATTEMPTS:
         raise ValueError(f"max_attempts must be in 1..{kn.MAX_ATTEMPTS}, got {max_attempts}")
     logits = probability_logits(p, q1, q2)[None, :]
-    masks, ns, truncs = kn.sample_population(agent_states(seed, 1), logits, max_attempts,
-                                             final_sampled, n)
+    sampler = kn.sample_population
+    # the alias table has 2^(K+1) rows: worth building when it is small next to n
+    if max_attempts <= MAX_ALIAS_ATTEMPTS and 2 ** (max_attempts + 1) <= n:
+        sampler = sample_population_alias
+    masks, ns, truncs = sampler(agent_states(seed, 1), logits, max_attempts, final_sampled, n)
     return masks[0], ns[0].astype(np.int64), truncs[0].astype(np.int64)
 
 

@@ -234,3 +234,33 @@ def test_k1_in_loss_ratio_is_undefined_not_noise():
     obj = ObjectiveConfig(weights=(("kl", 1.0),), kl_placement="in-loss")
     df = attribution_by_length(np.array([10, 1000]), THETA, REF, SPEC, obj, "kl")
     assert df["ratio"].isna().all()
+
+
+@pytest.mark.parametrize("final", ["forced", "sampled"])
+def test_alias_sampler_matches_exact_trajectory_probabilities(final):
+    from sim.alias import sample_population_alias
+
+    k, n = 4, 400_000
+    logits = np.array([0.3, 0.8, -0.4])
+    m, ns, t = sample_population_alias(agent_states(3, 1), logits[None], k, final == "sampled", n)
+    table = all_trajectories(k, final == "sampled")
+    probs = np.exp(kn.batch_log_probs(*table, k, final == "sampled", logits))
+    key = {(a, b, c): i for i, (a, b, c) in enumerate(zip(*table, strict=True))}
+    counts = np.zeros(len(probs))
+    for a, b, c in zip(m[0], ns[0], t[0], strict=True):
+        counts[key[(int(a), int(b), int(c))]] += 1
+    sigma = np.sqrt(probs * (1 - probs) / n)
+    assert np.all(np.abs(counts / n - probs) < 5 * sigma + 1e-9)
+
+
+def test_alias_sampler_is_reproducible_across_thread_counts():
+    from sim.alias import sample_population_alias
+
+    logits = np.random.default_rng(1).normal(size=(5, 3))
+    runs = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        runs.append(sample_population_alias(agent_states(8, 5), logits, 6, False, 300))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
