@@ -90,6 +90,16 @@ def _mean_ci(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 # -------------------------------------------------------------- 1. attribution landscape
 
 
+def series_labels(df: pd.DataFrame) -> pd.Series:
+    """The objective, plus each other grid axis (optimiser, beta) that varies in the sweep,
+    so that cells of different optimisers or betas are never averaged into one line."""
+    label = df["objective"].astype(str)
+    for col, fmt in (("optimiser", "{}"), ("beta", "β={:g}")):
+        if col in df.columns and df[col].nunique() > 1:
+            label = label + " · " + df[col].map(fmt.format)
+    return label
+
+
 def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None = None,
                           ratio_column: str = "ratio") -> alt.VConcatChart:
     """Attribution ratio vs L per objective and token model (log axes, population CIs), and
@@ -100,14 +110,16 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
     """
     df = results.copy()
     df = df[np.isfinite(df[ratio_column]) & (df[ratio_column] > 0)]
-    df["series"] = df["objective"].astype(str)
+    df["series"] = series_labels(df)
     agg = _mean_ci(df, ["series", "token_model", "length"], ratio_column)
     agg["ci_low"] = agg["ci_low"].clip(lower=agg["mean"] * 1e-3)
     base = alt.Chart(agg).encode(
         x=alt.X("length:Q", scale=alt.Scale(type="log"),
                 title="answer length L (tokens, log scale)"),
-        color=alt.Color("series:N", title="objective", scale=alt.Scale(scheme="dark2"),
-                        legend=_LINE_LEGEND),
+        # dark2 has 8 colours: beyond that (e.g. objectives x optimisers) use 20
+        color=alt.Color("series:N", title="objective", legend=_LINE_LEGEND,
+                        scale=alt.Scale(scheme="dark2" if agg["series"].nunique() <= 8
+                                        else "tableau20")),
     )
     tooltip = [alt.Tooltip("series:N", title="objective"), "token_model:N",
                alt.Tooltip("length:Q", title="L (tokens)"),
