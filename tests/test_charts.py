@@ -120,3 +120,14 @@ def test_training_dynamics_bands_over_agents():
     band = charts._agent_band(h.melt(id_vars=["step", "agent"], value_vars=["w_s"],
                                      var_name="parameter"), ["step", "parameter"])
     assert band["value"].tolist() == [0.5, 2.0] and band["hi"].iloc[1] > band["lo"].iloc[1]
+
+
+def test_series_labels_keep_optimisers_and_betas_apart() -> None:
+    import pandas as pd
+
+    from analysis.charts import series_labels
+
+    df = pd.DataFrame({"objective": ["surrogate"] * 4, "optimiser": ["sgd", "adam"] * 2,
+                       "beta": [0.001, 0.001, 0.01, 0.01]})
+    assert series_labels(df).nunique() == 4
+    assert series_labels(df.assign(optimiser="sgd", beta=0.001)).tolist() == ["surrogate"] * 4
