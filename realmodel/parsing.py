@@ -20,7 +20,9 @@ Candidate answers. A candidate is a number the response *claims as the result of
    is no operator) and none after it ("4 times (3 * 3 * 3) is 36" is not 4 * 3). The equation
    may chain through arithmetic
    ("23 * 45 = 20 * 45 + 3 * 45 = 900 + 135 = 1035", also across lines that start with
-   "=" or "&="); its candidate is the last right-hand side that is a bare number;
+   "=" or "&="); its candidate is the last right-hand side that is a bare number and not
+   inside a bracket opened after the expression ("23 * 45 = 1035 (20 * 45 = 900, ...)" is
+   1035; "23 * 45 = (20 + 3) * 45 = 1035" is 1035);
 4. a bold number standing alone (`**1035**`), unless it is the right side of an "=" (then
    rule 3 decides: "23 * 5 = **115**" is a partial product, not a candidate).
 
@@ -46,6 +48,7 @@ carries no decisions at all (DESIGN §4: truncations are excluded from the decis
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections.abc import Sequence
@@ -128,22 +131,54 @@ def _is_whole_side(text: str, start: int, end: int) -> bool:
     return _RELATION_NEXT_RE.match(text, end) is not None
 
 
-def _chain_value(text: str, pos: int) -> tuple[int, int] | None:
-    """Last bare right-hand side of a relation ("=", "is", ...) in the arithmetic run that
-    starts at `pos` (just after a product expression): (position, value), or None."""
-    run = _ARITH_RUN_RE.match(text, pos)
-    segment = text[pos : run.end() if run else pos]
-    found = None
-    for m in _REL_VALUE_RE.finditer(segment):
-        if _bare(text, pos + m.end("n")):
-            found = (pos + m.start("n"), to_int(m.group("n")))
-    return found
+class _ChainScanner:
+    """Chain values of the product expressions of one text, in order of position.
+
+    The arithmetic run after an expression ends after a digit, and every digit is a token of
+    `_ARITH_TOKEN`, so an expression that starts inside the previous expression's run shares
+    that run: its end, its relation values and their bracket depths are computed once per run,
+    which keeps a text with thousands of chained expressions linear.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.start = self.end = -1
+        self.values: list[tuple[int, int, int]] = []  # (relation start, value start, value)
+        self.depth: list[int] = []  # open minus closed brackets before each offset of the run
+
+    def _scan(self, pos: int) -> None:
+        run = _ARITH_RUN_RE.match(self.text, pos)
+        self.start, self.end = pos, run.end() if run else pos
+        self.values = [
+            (m.start(), m.start("n"), to_int(m.group("n")))
+            for m in _REL_VALUE_RE.finditer(self.text, self.start, self.end)
+            if _bare(self.text, m.end("n"))
+        ]
+        depth = [0]
+        for ch in self.text[self.start : self.end]:
+            depth.append(depth[-1] + (ch in "([") - (ch in ")]"))
+        self.depth = depth
+
+    def value(self, pos: int) -> tuple[int, int] | None:
+        """Last bare right-hand side of a relation ("=", "is", ...) in the arithmetic run
+        that starts at `pos` (just after a product expression), outside any bracket opened
+        after `pos` ("23 * 45 = 1035 (20 * 45 = 900, ...)" is 1035): (position, value)."""
+        if not self.start <= pos <= self.end:
+            self._scan(pos)
+        base = self.depth[pos - self.start]
+        for rel_start, value_start, value in reversed(self.values):
+            if rel_start < pos:
+                break
+            if self.depth[rel_start - self.start] <= base:  # not inside a working note
+                return value_start, value
+        return None
 
 
 def find_candidates(text: str, a: int, b: int) -> list[tuple[int, int]]:
     """All candidate answers (position, value) in order of position (rules 1-4 above)."""
     found: dict[int, int] = {}
     operands = sorted((int(a), int(b)))
+    chains = _ChainScanner(text)
     for m in _EXPR_RE.finditer(text):
         left, right = (m.group("l"), m.group("r")) if m.group("l") else (m.group("l2"),
                                                                           m.group("r2"))
@@ -151,7 +186,7 @@ def find_candidates(text: str, a: int, b: int) -> list[tuple[int, int]]:
             continue
         if not _is_whole_side(text, m.start(), m.end()):
             continue
-        hit = _chain_value(text, m.end())
+        hit = chains.value(m.end())
         if hit:
             found.setdefault(*hit)
     for m in _ANSWER_RE.finditer(text):
@@ -253,7 +288,7 @@ def parse_response(
     bounds = marker_positions(text, markers)
     segments: dict[int, int] = {}  # segment index -> its last candidate value
     for pos, value in candidates:
-        seg = sum(1 for m in bounds if m <= pos)
+        seg = bisect.bisect_right(bounds, pos)
         segments[seg] = value
     answers = [segments[k] for k in sorted(segments)]
     if not answers:

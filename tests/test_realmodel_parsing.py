@@ -173,6 +173,26 @@ def test_marker_needs_word_start() -> None:
     assert answers("We await, then 23 * 45 = 1000. So 23*45 = 1035.") == [1035]
 
 
+@pytest.mark.parametrize("text, a, b, value", [
+    ("23 * 45 = 1035 (20 * 45 = 900, 3 * 45 = 135)", 23, 45, 1035),
+    ("12 * 34 = 408 (12 * 30 = 360; 12 * 4 = 48)", 12, 34, 408),
+    ("23 * 45 = 1035 [20 * 45 = 900]", 23, 45, 1035),
+    ("23 * 45 = (20 + 3) * 45 = 1035", 23, 45, 1035),
+    ("(23 * 45 = 1035)", 23, 45, 1035),
+])
+def test_bracketed_working_note_is_not_the_answer(text: str, a: int, b: int,
+                                                  value: int) -> None:
+    assert answers(text, a, b) == [value]
+
+
+def test_repeated_product_expressions_are_linear() -> None:
+    import time
+
+    start = time.perf_counter()
+    assert answers("23 * 45 = " * 4000 + "1035") == [1035]
+    assert time.perf_counter() - start < 1.0  # quadratic: tens of seconds
+
+
 def test_truncated_response_is_wrong_without_decisions() -> None:
     text = "23 * 45 = 1000. Wait, let me recompute. 23 * 45 = 1035. Let me also check 20"
     parsed = parse_response(text, 23, 45, truncated=True)
