@@ -30,16 +30,18 @@ Everything else is working: partial products ("3 x 4 = 12" inside 23 x 45, "120 
 sums, numbers in trailing prose. A candidate followed by an operator ("the answer is 20 + 15")
 is not a bare number, so it is not a candidate.
 
-Attempts. The response is cut at every revision marker (data: `markers.txt`, case-insensitive
-literals that start at a word boundary; extendable with `load_markers(path)`): the text
-before the first marker is segment 1, and so on. A segment's candidate is its *last* candidate
-(the value it commits to; a restated final answer — the same value again with no marker in
-between — therefore never creates an attempt, and an unmarked change of mind within a
-segment counts as one attempt that ends on the later value). A segment without a candidate
-(e.g. "Wait, I made a mistake." followed by a marker, or a verification "Let me verify:
-1035 / 45 = 23" that restates nothing) made no new sample: it is merged into the attempt
-before it (a leading one into the next). A response with no candidate at all is one
-answerless attempt: answer None, correct False, decision None.
+Attempts. The response is cut at every revision marker (data: `markers.txt`, case-
+insensitive literals that start at a word boundary; extendable with `load_markers(path)`):
+the text before the first marker is segment 1, and so on; a marker that ends in a letter
+must also end at a word boundary ("Hold on" is not in "hold onto", "Wait" is not in
+"Waiting"). A segment's candidate is its *last* candidate (the value it commits to; a
+restated final answer — the same value again with no marker in between — therefore never
+creates an attempt, and an unmarked change of mind within a segment counts as one attempt
+that ends on the later value). A segment without a candidate (e.g. "Wait, I made a mistake."
+followed by a marker, or a verification "Let me verify: 1035 / 45 = 23" that restates
+nothing) made no new sample: it is merged into the attempt before it (a leading one into the
+next). A response with no candidate at all is one answerless attempt: answer None, correct
+False, decision None.
 
 Decisions. RESAMPLE after every attempt that a later attempt follows, STOP after the last.
 A truncated response (generation hit its token limit) is wrong, has no final answer and
@@ -233,7 +235,10 @@ def load_markers(path: str | Path | None = None, extend: bool = True) -> list[st
 def _marker_re(markers: tuple[str, ...]) -> re.Pattern[str] | None:
     if not markers:
         return None
-    alternatives = sorted((re.escape(m) for m in markers), key=len, reverse=True)
+    alternatives = sorted(
+        (re.escape(m) + ("(?![A-Za-z])" if m[-1:].isalpha() else "") for m in markers),
+        key=len, reverse=True,
+    )
     return re.compile(rf"(?<![A-Za-z])(?:{'|'.join(alternatives)})", re.IGNORECASE)
 
 

@@ -169,8 +169,22 @@ def test_three_attempts_and_markers_case_insensitive() -> None:
 
 
 def test_marker_needs_word_start() -> None:
-    # "await," contains "wait," but is not the marker.
-    assert answers("We await, then 23 * 45 = 1000. So 23*45 = 1035.") == [1035]
+    # "await," contains "wait," but is not the marker: one segment, ending on 1035.
+    assert answers("23 * 45 = 1000. We await, then 23*45 = 1035.") == [1035]
+    assert answers("23 * 45 = 1000. Wait, then 23*45 = 1035.") == [1000, 1035]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("23 * 45 = 1000. I'll hold onto this: 23 * 45 = 1035.", [1035]),  # not "Hold on"
+    ("23 * 45 = 1000. Waiting is hard; 23 * 45 = 1035.", [1035]),  # not "Wait"
+    ("23 * 45 = 1000. Hold on: 23 * 45 = 1035.", [1000, 1035]),
+    ("23 * 45 = 1000. Wait. 23 * 45 = 1035.", [1000, 1035]),
+    ("23 * 45 = 1000. Let's recompute: 23 * 45 = 1035.", [1000, 1035]),
+    ("23 * 45 = 1000. Let's double-check. 23 * 45 = 1035.", [1000, 1035]),
+    ("23 * 45 = 1000. Let me check: 23 * 45 = 1035.", [1000, 1035]),
+])
+def test_marker_needs_word_end(text: str, expected: list[int]) -> None:
+    assert answers(text) == expected
 
 
 @pytest.mark.parametrize("text, a, b, value", [
@@ -234,7 +248,9 @@ def test_custom_markers(tmp_path: Path) -> None:
 def test_default_markers_cover_the_paper() -> None:
     markers = [m.lower() for m in load_markers()]
     for m in ("I'll go back and check", "Let me recompute", "I made a mistake",
-              "Let me double-check", "Wait,", "Let me verify", "Let me re-check", "Actually,"):
+              "Let me double-check", "Wait,", "Let me verify", "Let me re-check", "Actually,",
+              "Wait", "Let's recompute", "Let's recalculate", "Let's verify",
+              "Let's double-check", "Let's check again", "Let me check"):
         assert m.lower() in markers
 
 
