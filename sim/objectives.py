@@ -115,15 +115,23 @@ class ObjectiveConfig:
 
     @classmethod
     def parse(cls, spec: str, beta: float | None = None, **kwargs) -> ObjectiveConfig:
-        """Parse "surrogate+kl", "surrogate+0.001*kl", "sft". `beta` sets the kl weight."""
+        """Parse "surrogate+kl", "surrogate+0.001*kl", "sft".
+
+        `beta` is the weight of a `kl` term written without a coefficient; a coefficient
+        written in `spec` and a different `beta` contradict each other: an error.
+        """
         terms = []
-        for part in spec.replace(" ", "").split("+"):
-            m = re.fullmatch(r"(?:([0-9.eE+-]+)\*)?([a-z]+)", part)
+        # split on "+" that starts a term, not on the exponent sign of 1e+3
+        for part in re.split(r"(?<![0-9][eE])\+", spec.replace(" ", "")):
+            m = re.fullmatch(r"(?:([0-9.]+(?:[eE][+-]?[0-9]+)?)\*)?([a-z]+)", part)
             if not m:
                 raise ValueError(f"malformed objective term {part!r} in {spec!r} "
                                  "(expected e.g. 'surrogate+0.001*kl')")
             weight = float(m.group(1)) if m.group(1) else 1.0
             if m.group(2) == "kl" and beta is not None:
+                if m.group(1) and weight != beta:
+                    raise ValueError(f"the KL weight is given twice ({weight:g} in {spec!r} "
+                                     f"and beta = {beta:g}): give it once")
                 weight = beta
             terms.append((m.group(2), weight))
         return cls(weights=tuple(terms), **kwargs)
@@ -135,9 +143,15 @@ class ObjectiveConfig:
 # ---------------------------------------------------------------------------- enumeration
 
 
+MAX_EXACT_ATTEMPTS = 16  # 2^17 trajectories: beyond, enumeration costs seconds and gigabytes
+
+
 @lru_cache(maxsize=64)
 def all_trajectories(max_attempts: int, final_sampled: bool) -> tuple[np.ndarray, ...]:
     """Every trajectory (masks, ns, truncs) for K = max_attempts (DESIGN §3, exact)."""
+    if max_attempts > MAX_EXACT_ATTEMPTS:
+        raise ValueError(f"exact gradients enumerate 2^(K+1) trajectories: K must be <= "
+                         f"{MAX_EXACT_ATTEMPTS}, got {max_attempts} (Monte Carlo has no limit)")
     masks, ns, truncs = [], [], []
     for n in range(1, max_attempts + 1):
         for mask in range(1 << n):

@@ -35,7 +35,8 @@ def _fmt(x) -> str:
 @click.option("--name", default="fig1", show_default=True, help="outputs/train/<name>/")
 @click.option("--objective", default="surrogate+kl", show_default=True,
               help="terms, e.g. 'surrogate+kl', 'sft', 'surrogate+0.5*nsr'")
-@click.option("--beta", type=float, default=0.01, show_default=True, help="KL weight")
+@click.option("--beta", type=float, default=None,
+              help="KL weight [0.01, or the coefficient written in --objective]")
 @click.option("--length", "length", type=float, default=100.0, show_default=True, help="L_C")
 @click.option("--wrong-length", type=float, default=None, help="L_W (default: L_C)")
 @click.option("--token-model", type=click.Choice(["per-token", "sequence"]), default="per-token",

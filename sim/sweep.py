@@ -37,7 +37,13 @@ from sim.attribution import attribution_ratio
 from sim.dynamics import expected_gradients
 from sim.lengths import parse_lengths
 from sim.model import AgentSpec, TaskLadder, TransferConfig
-from sim.objectives import TOKEN_MODELS, ObjectiveConfig, SFTData, combine
+from sim.objectives import (
+    MAX_EXACT_ATTEMPTS,
+    TOKEN_MODELS,
+    ObjectiveConfig,
+    SFTData,
+    combine,
+)
 from sim.optim import OPTIMISERS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
 from sim.provenance import git_commit, package_versions
@@ -175,6 +181,9 @@ class TrainingConfig:
             raise ValueError(f"n_queries must be >= 1, got {self.n_queries}")
         if self.max_attempts < 1:
             raise ValueError(f"K (max_attempts) must be >= 1, got {self.max_attempts}")
+        if self.max_attempts > MAX_EXACT_ATTEMPTS:  # the exp_* columns enumerate trajectories
+            raise ValueError(f"K (max_attempts) must be <= {MAX_EXACT_ATTEMPTS} in a sweep, "
+                             f"got {self.max_attempts}")
         if not (self.lr > 0 and self.adam_lr > 0):
             raise ValueError("learning rates must be > 0")
         if not self.wrong_length_ratio > 0:

@@ -14,6 +14,7 @@ and manifest.json (configuration, versions, git commit, wall time, headline meas
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,13 +31,15 @@ from sim.provenance import write_json_atomic as write_atomic_json
 from sim.sweep import LadderConfig
 from sim.sweep import write_atomic_parquet as _write_parquet
 
+DEFAULT_BETA = 0.01
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One training configuration (defaults: the paper's Figure 1 setting)."""
 
     objective: str = "surrogate+kl"
-    beta: float = 0.01
+    beta: float | None = None  # KL weight; None: the objective's own coefficient, else 0.01
     length: float = 100.0  # L_C
     wrong_length: float | None = None  # L_W; None = L_C
     token_model: str = "per-token"
@@ -56,7 +59,7 @@ class TrainConfig:
     record_every: int = 1
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.beta) and self.beta >= 0):
+        if self.beta is not None and not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
         if self.steps < 1 or self.n_agents < 1 or self.record_every < 1:
             raise ValueError("steps, n_agents and record_every must be >= 1")
@@ -78,9 +81,12 @@ class TrainConfig:
             len_correct=float(self.length),
             len_wrong=float(self.wrong_length if self.wrong_length is not None else self.length),
         )
+        beta = self.beta
+        if beta is None and not re.search(r"\*\s*kl\b", self.objective):
+            beta = DEFAULT_BETA  # beta * L = 1 at L = 100, the Figure 1 setting
         obj = ObjectiveConfig.parse(
             self.objective,
-            beta=self.beta,
+            beta=beta,
             group_size=self.group_size,
             kl_estimator=self.kl_estimator,
             kl_placement=self.kl_placement,
@@ -141,6 +147,8 @@ def train_and_write(
         {
             "name": name,
             "config": asdict(cfg),
+            # the weights actually used (beta may come from the objective string)
+            "objective_weights": dict(cfg.learner().objective.weights),
             "parameter_names": model.param_names,
             "tasks": list(model.task_names),
             "terms": list(model.kinds),
