@@ -238,7 +238,8 @@ class Cell:
     @property
     def cell_id(self) -> str:
         raw = (
-            f"{self.objective}__b{self.beta:g}__{self.token_model}__{self.optimiser}"
+            # repr, not :g, so that betas differing past 6 digits never share a file
+            f"{self.objective}__b{self.beta!r}__{self.token_model}__{self.optimiser}"
             f"__L{self.length}"
         )
         return re.sub(r"[^A-Za-z0-9._-]", "_", raw.replace("+", "_plus_").replace("*", "x"))
@@ -292,7 +293,7 @@ class GridConfig:
                 raise ValueError(f"grid axis {dup_axis} has duplicate values")
 
     def cells(self) -> list[Cell]:
-        return [
+        cells = [
             Cell(o, float(b), tm, opt, int(L))
             for o in self.objectives
             for b in self.betas
@@ -300,6 +301,10 @@ class GridConfig:
             for opt in self.optimisers
             for L in self.lengths
         ]
+        ids = [c.cell_id for c in cells]
+        if len(set(ids)) != len(ids):  # e.g. two objective spellings mapping to one file name
+            raise ValueError("two grid cells map to the same cell file; rename an objective")
+        return cells
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -632,6 +637,21 @@ class SweepResult:
     results: pd.DataFrame | None
 
 
+def _cells_from_other_commits(cells_dir: Path, cell_ids: list[str],
+                              commit: str | None) -> list[str]:
+    """Resumed cells whose recorded git commit differs from the current one."""
+    other = []
+    for cell_id in cell_ids:
+        path = cells_dir / f"{cell_id}.parquet"
+        try:
+            recorded = pd.read_parquet(path, columns=["git_commit"])["git_commit"].iloc[0]
+        except (KeyError, ValueError, IndexError):  # written before commits were recorded
+            recorded = None
+        if recorded != commit:
+            other.append(cell_id)
+    return other
+
+
 def run_sweep(
     grid: GridConfig,
     name: str,
@@ -667,6 +687,11 @@ def run_sweep(
     cells = grid.cells()
     skipped = [c.cell_id for c in cells if _cell_done(cells_dir / f"{c.cell_id}.parquet")]
     done_ids = set(skipped)
+    commit = git_commit()
+    stale = _cells_from_other_commits(cells_dir, skipped, commit)
+    if stale:
+        print(f"warning: {len(stale)} of {len(skipped)} resumed cells were computed at another "
+              f"git commit; --overwrite recomputes them", file=sys.stderr)
     todo = [c for c in cells if c.cell_id not in done_ids]
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
@@ -681,7 +706,7 @@ def run_sweep(
         bar = tqdm(total=len(cells), initial=len(skipped), desc=f"sweep {name}", unit="cell")
 
     def on_done(cell_id: str, df: pd.DataFrame) -> None:
-        write_atomic_parquet(df, cells_dir / f"{cell_id}.parquet")
+        write_atomic_parquet(df.assign(git_commit=commit), cells_dir / f"{cell_id}.parquet")
         computed.append(cell_id)
         if bar is not None:
             bar.update(1)
@@ -708,6 +733,7 @@ def run_sweep(
             wall_time_s=round(wall, 3),
             cells_computed=len(computed),
             cells_resumed=len(skipped),
+            cells_from_other_commits=len(stale),
         ),
         man_path,
     )

@@ -229,3 +229,22 @@ def test_cli_errors_one_line(argv, msg, tmp_path) -> None:
     assert msg in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert not any(tmp_path.iterdir())  # failed before any work
+
+
+def test_close_betas_get_distinct_cell_files() -> None:
+    g = _grid(lengths=(10,), objectives=("surrogate+kl",), betas=(0.0012345671, 0.0012345674))
+    assert len({c.cell_id for c in g.cells()}) == 2
+
+
+def test_resume_warns_about_cells_from_another_commit(tmp_path, monkeypatch, capsys) -> None:
+    import sim.sweep as sweep_mod
+
+    g = _grid(lengths=(10, 20), objectives=("surrogate",),
+              training=TrainingConfig(steps=5, n_agents=2))
+    monkeypatch.setattr(sweep_mod, "git_commit", lambda: "a" * 40)
+    run_sweep(g, "c", out_root=tmp_path, workers=1, progress=False)
+    monkeypatch.setattr(sweep_mod, "git_commit", lambda: "b" * 40)
+    res = run_sweep(g, "c", out_root=tmp_path, workers=1, progress=False)
+    assert len(res.skipped) == 2 and "2 of 2 resumed cells" in capsys.readouterr().err
+    man = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert man["cells_from_other_commits"] == 2
