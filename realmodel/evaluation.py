@@ -7,7 +7,8 @@
 * `calibration.csv`: per task, observed accuracy (normal CI), p̂, q̂1, q̂2, predicted accuracy
   and the echo rate p(F→T) (bootstrap CIs over queries), pooled p, n and response statistics,
   all from `analysis.calibration` (the simulator's statistics);
-* `manifest.json`: configuration, resolved model, package versions, git commit, wall time.
+* `manifest.json`: configuration, resolved model, split spec (`realmodel.tasks.split_spec`),
+  package versions, git commit, wall time.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from tqdm.auto import tqdm
 from analysis.calibration import TrajectoryCounts, calibrate
 from realmodel.generation import GenerationConfig, Generator, make_generator
 from realmodel.parsing import parse_response
-from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER, make_splits, parse_ladder
+from realmodel.tasks import (
+    DEFAULT_ID,
+    DEFAULT_LADDER,
+    make_splits,
+    parse_ladder,
+    same_held_out,
+    split_spec,
+)
 from sim.provenance import git_commit
 from sim.provenance import package_versions as _versions
 
@@ -159,6 +167,24 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 # ---- evaluation -----------------------------------------------------------------------------
+def trained_split_spec(model: Any) -> dict[str, Any] | None:
+    """The split spec a trained model was trained with: `<model>/split_spec.json` (a run's
+    `final/`) or the `split_spec` of `<model>/../manifest.json`; None if neither is there."""
+    if not isinstance(model, str | Path):
+        return None
+    path = Path(model)
+    for source, key in ((path / "split_spec.json", None), (path.parent / MANIFEST, "split_spec")):
+        try:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        spec = data.get(key) if key else data
+        if isinstance(spec, dict):
+            return spec
+    return None
+
+
+
 def evaluate(
     model: Any = "smollm2-135m",
     tasks: str | Sequence[Any] = DEFAULT_LADDER,
@@ -184,8 +210,9 @@ def evaluate(
     `generator` overrides both (tests). `reparse`: re-parse the stored responses (with
     `markers`) instead of keeping their stored parse; markers do not change generation, so
     they are not part of the resume check. Test queries: `n` per task of the ladder from
-    `make_splits(tasks, id_tasks, n_test=n, seed=split_seed)`, the same problems the
-    training splits hold out.
+    `make_splits(tasks, id_tasks, n_test=n, seed=split_seed)`, which the training splits of
+    the same `id_tasks` and seed hold out whatever their `n_test`; a trained model whose
+    recorded split spec differs gets a one-line warning.
     """
     start = time.time()
     config = config or GenerationConfig()
@@ -214,6 +241,12 @@ def evaluate(
                 f"{out_dir} holds a run with another configuration; pick another --name "
                 "or delete that directory"
             )
+    trained = trained_split_spec(model)
+    if trained is not None and not same_held_out(trained, split_spec(ladder, id_list,
+                                                                      split_seed)):
+        log(f"warning: {model} was trained with another split (id_tasks "
+            f"{trained.get('id_tasks')}, seed {trained.get('seed')}, rule {trained.get('rule')}):"
+            " some test queries may be training problems; match --id-tasks/--split-seed")
     records = make_splits(ladder, id_list, n_train=0, n_test=n, seed=split_seed)["test"]
     counters: dict[str, int] = {}
     queries = []
@@ -242,6 +275,7 @@ def evaluate(
         "status": "running",
         "model": model_label,
         "markers": None if markers is None else list(markers),
+        "split_spec": split_spec(ladder, id_list, split_seed),
         "backend_requested": backend,
         "out_dir": str(out_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -95,20 +95,25 @@ def make_record(task: MultiplicationTask | str, a: int, b: int) -> dict[str, Any
             "prompt": build_prompt(a, b)}
 
 
-def _draw_unique(
-    task: MultiplicationTask, rng: np.random.Generator, n: int, exclude: set[tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """`n` distinct pairs not in `exclude`, drawn uniformly (rejection sampling)."""
-    available = task.n_problems() - sum(1 for p in exclude if _in_task(task, p))
-    if n > available:
-        raise ValueError(
-            f"task {task.name} has only {task.n_problems()} distinct problems; "
-            f"cannot draw {n} more without repeats (excluding {len(exclude)} used ones)"
-        )
+HELD_OUT_POOL = 1000  # an ID task holds out at most this many problems (and at most half)
+SPLIT_RULE = "v2-fixed-pool"  # bump when the split rule changes (recorded in run manifests)
+_CHUNK = 64  # fixed draw size, so a stream never depends on how much of it is used
+
+
+def _task_rng(task: MultiplicationTask, seed: int, stream: int) -> np.random.Generator:
+    """A generator of its own per (seed, task, stream): a task's problems do not depend on
+    the other tasks of the ladder."""
+    return np.random.default_rng([int(seed), task.digits_a, task.digits_b, stream])
+
+
+def _distinct_stream(task: MultiplicationTask, seed: int, n: int) -> list[tuple[int, int]]:
+    """The first `n` distinct problems of the task's held-out stream (n <= n_problems):
+    the same sequence whatever `n`, so a shorter one is a prefix of a longer one."""
+    rng = _task_rng(task, seed, 0)
     out: list[tuple[int, int]] = []
-    seen = set(exclude)
+    seen: set[tuple[int, int]] = set()
     while len(out) < n:
-        for pair in task.sample(rng, max(16, 2 * (n - len(out)))):
+        for pair in task.sample(rng, _CHUNK):
             if pair not in seen:
                 seen.add(pair)
                 out.append(pair)
@@ -117,8 +122,52 @@ def _draw_unique(
     return out
 
 
-def _in_task(task: MultiplicationTask, pair: tuple[int, int]) -> bool:
-    return len(str(pair[0])) == task.digits_a and len(str(pair[1])) == task.digits_b
+def held_out_pool_size(task: MultiplicationTask, in_distribution: bool) -> int:
+    """Size of the task's held-out pool: min(HELD_OUT_POOL, half of its problems) for an ID
+    task (training never draws from it), all of its problems for an OOD task."""
+    n = task.n_problems()
+    return min(HELD_OUT_POOL, n // 2) if in_distribution else n
+
+
+def held_out_pool(task: MultiplicationTask, in_distribution: bool,
+                  seed: int = 0) -> list[tuple[int, int]]:
+    """The ID task's held-out pool: the first `held_out_pool_size` problems of its stream."""
+    return _distinct_stream(task, seed, held_out_pool_size(task, in_distribution))
+
+
+def held_out_problems(task: MultiplicationTask, in_distribution: bool, n: int,
+                  seed: int = 0) -> list[tuple[int, int]]:
+    """The task's first `n` test problems: the pool's problems in stream order (distinct),
+    then, past the pool's size (tiny tasks: 1x1 has 81 problems, an ID 1x1 holds out 40),
+    uniform draws with replacement from the pool. A prefix of the list for any larger `n`."""
+    size = held_out_pool_size(task, in_distribution)
+    pairs = _distinct_stream(task, seed, min(n, size))
+    if n > size:
+        rng = _task_rng(task, seed, 1)
+        extra: list[int] = []
+        while len(extra) < n - size:
+            extra.extend(int(i) for i in rng.integers(0, size, _CHUNK))
+        pairs += [pairs[i] for i in extra[: n - size]]
+    return pairs
+
+
+def split_spec(
+    ladder: str | Sequence[MultiplicationTask],
+    id_tasks: str | Sequence[MultiplicationTask] = DEFAULT_ID,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What fixes the held-out problems (recorded beside a trained model): two runs whose
+    specs agree on `id_tasks`, `seed` and `rule` hold out the same problems per task."""
+    ladder_t = parse_ladder(ladder) if isinstance(ladder, str) else list(ladder)
+    id_t = parse_ladder(id_tasks) if isinstance(id_tasks, str) else list(id_tasks)
+    return {"ladder": [t.name for t in ladder_t], "id_tasks": sorted(t.name for t in id_t),
+            "seed": int(seed), "rule": SPLIT_RULE, "held_out_pool": HELD_OUT_POOL}
+
+
+def same_held_out(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True if two `split_spec`s hold out the same problems (the ladder does not matter)."""
+    keys = ("id_tasks", "seed", "rule", "held_out_pool")
+    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def make_splits(
@@ -130,12 +179,15 @@ def make_splits(
 ) -> dict[str, list[dict[str, Any]]]:
     """Train (`n_train`, balanced over the ID tasks) and test (`n_test` per ladder task) splits.
 
-    Test problems are drawn first, distinct within a task; training problems never repeat a
-    test problem. Tiny tasks cannot supply `n_test` distinct problems while leaving some for
-    training (1x1 has only 81): an ID task then holds out a random half of its problems and
-    draws its `n_test` test queries uniformly, with replacement, from that half (an OOD task
-    from all of them). Training draws are uniform with replacement outside the test problems.
-    Deterministic for a seed (DESIGN §5).
+    Each task has a fixed held-out pool that does not depend on `n_test` (nor on the other
+    tasks): the first `held_out_pool_size` distinct problems of a stream seeded by (seed,
+    task) - for an ID task min(1000, half its problems), for an OOD task all of them. The
+    test problems are `held_out_problems(task, n_test)`: the pool in stream order, then (past its
+    size, e.g. 1x1 with 81 problems of which an ID 1x1 holds out 40) uniform draws with
+    replacement from the pool. So the test set for a smaller `n_test` is a prefix of the one
+    for a larger, and `realmodel eval --n m` never asks a training problem whatever m.
+    Training draws are uniform with replacement outside the ID tasks' pools. Deterministic
+    for a seed (DESIGN §5); `split_spec` describes the rule for run manifests.
     """
     ladder_t = parse_ladder(ladder) if isinstance(ladder, str) else list(ladder)
     id_t = parse_ladder(id_tasks) if isinstance(id_tasks, str) else list(id_tasks)
@@ -145,29 +197,21 @@ def make_splits(
         raise ValueError(f"ID tasks {missing} are not on the ladder {sorted(names)}")
     if n_train < 0 or n_test < 0:
         raise ValueError("n_train and n_test must be >= 0")
-    rng = np.random.default_rng(seed)
     id_names = {t.name for t in id_t}
     test: list[dict[str, Any]] = []
-    used: dict[str, set[tuple[int, int]]] = {}
     for task in ladder_t:
-        # An ID task keeps at least half of its problems for training.
-        pool_size = task.n_problems() // 2 if task.name in id_names else task.n_problems()
-        if n_test <= pool_size:
-            pairs = _draw_unique(task, rng, n_test, set())
-            used[task.name] = set(pairs)
-        else:  # tiny task (e.g. 1x1 has 81 problems): n_test draws from a held-out pool
-            pool = _draw_unique(task, rng, pool_size, set())
-            used[task.name] = set(pool)
-            pairs = [pool[i] for i in rng.integers(0, len(pool), n_test)]
+        pairs = held_out_problems(task, task.name in id_names, n_test, seed)
         test.extend(make_record(task, a, b) for a, b in pairs)
     train: list[dict[str, Any]] = []
     if n_train and id_t:
+        rng = np.random.default_rng([int(seed), 0, 0, 2])
         shares = [n_train // len(id_t) + (i < n_train % len(id_t)) for i in range(len(id_t))]
         for task, share in zip(id_t, shares, strict=True):
+            pool = set(held_out_pool(task, True, seed))
             pairs: list[tuple[int, int]] = []
             while len(pairs) < share:
                 for pair in task.sample(rng, max(16, 2 * (share - len(pairs)))):
-                    if pair not in used[task.name]:
+                    if pair not in pool:
                         pairs.append(pair)
                         if len(pairs) == share:
                             break

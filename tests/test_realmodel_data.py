@@ -67,6 +67,37 @@ def test_splits_balanced_disjoint_deterministic() -> None:
     assert len({(r["a"], r["b"]) for r in big}) == 100
 
 
+@pytest.mark.parametrize("n_test, n", [(100, 30), (100, 200), (4, 100), (30, 1), (100, 100)])
+def test_eval_queries_never_training_problems(n_test: int, n: int) -> None:
+    """`realmodel eval --n n` holds out what a run with `n_test` held out (B2: the test draws
+    used to depend on n_test, so 13/30 1x1 eval queries were training problems)."""
+    ladder, ids = "1x1,1x2,2x2", "1x1,1x2"
+    train = make_splits(ladder, ids, n_train=4000, n_test=n_test, seed=1)["train"]
+    seen = {(r["a"], r["b"]) for r in train}
+    queries = make_splits(ladder, ids, n_train=0, n_test=n, seed=1)["test"]
+    assert Counter(r["task"] for r in queries) == {"1x1": n, "1x2": n, "2x2": n}
+    assert not [r for r in queries if (r["a"], r["b"]) in seen]
+
+
+def test_test_split_is_a_prefix_whatever_n() -> None:
+    def per_task(n: int) -> dict[str, list[tuple[int, int]]]:
+        out: dict[str, list[tuple[int, int]]] = {}
+        for r in make_splits("1x1,1x2,2x2", "1x1,1x2", n_train=0, n_test=n, seed=2)["test"]:
+            out.setdefault(r["task"], []).append((r["a"], r["b"]))
+        return out
+
+    small, large = per_task(30), per_task(300)
+    for task, pairs in small.items():
+        assert large[task][:30] == pairs
+    # The ID 1x1 holds out 40 of its 81 problems: all 40 once, then draws from them.
+    assert len(set(large["1x1"][:40])) == 40 and set(large["1x1"]) == set(large["1x1"][:40])
+    # A task's problems do not depend on the rest of the ladder; training not on n_test.
+    alone = make_splits("2x2", [], n_train=0, n_test=30, seed=2)["test"]
+    assert [(r["a"], r["b"]) for r in alone] == small["2x2"]
+    assert (make_splits("1x1,1x2", "1x1,1x2", n_train=50, n_test=5, seed=2)["train"]
+            == make_splits("1x1,1x2", "1x1,1x2", n_train=50, n_test=80, seed=2)["train"])
+
+
 def test_splits_reject_unknown_id_task() -> None:
     with pytest.raises(ValueError, match="not on the ladder"):
         make_splits("2x2,3x3", "1x1")

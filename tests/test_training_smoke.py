@@ -74,6 +74,25 @@ def test_sft_cpu_smoke_changes_the_weights(tiny_path: Path, tmp_path: Path) -> N
     out = tmp_path / cfg.name()
     _check_run(out, manifest, 2, ["1x1", "1x2", "2x2"])
     assert _changed(_weights(tiny_path), _weights(out / "final")) > 0
+    spec = json.loads((out / "final" / "split_spec.json").read_text())
+    assert spec == manifest["split_spec"]
+    assert spec["id_tasks"] == ["1x1", "1x2"] and spec["seed"] == cfg.seed
+    # evaluating it on another split warns in one line (B2)
+    from realmodel.evaluation import evaluate
+    from realmodel.generation import GenerationConfig, GenerationResult
+
+    class Echo:
+        backend = "echo"
+
+        def generate(self, prompts: list[str]) -> list[GenerationResult]:
+            return [GenerationResult("no idea", 2, False) for _ in prompts]
+
+    for seed, warned in ((cfg.seed, False), (cfg.seed + 1, True)):
+        messages: list[str] = []
+        evaluate(str(out / "final"), "1x1,1x2", "1x1,1x2", n=2, name=f"e{seed}",
+                 out_root=tmp_path / "eval", config=GenerationConfig(), generator=Echo(),
+                 split_seed=seed, progress=False, log=messages.append)
+        assert any(m.startswith("warning:") for m in messages) is warned, messages
 
 
 def test_grpo_cpu_smoke_changes_the_weights_and_resumes(tiny_path: Path,

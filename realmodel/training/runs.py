@@ -6,7 +6,9 @@ A run lives in `<output_root>/<run name>/`:
   `realmodel eval --model <run>/final` loads like any other;
 * `train_log.parquet`, `calibration.parquet`, `calibration_responses.jsonl` (callbacks.py);
 * `manifest.json`: the run config, resolved model, package versions, git commit, device,
-  status, steps, wall time and s/step.
+  status, steps, wall time and s/step, and `split_spec` (`realmodel.tasks.split_spec`: which
+  problems training held out), also written as `final/split_spec.json` so that
+  `realmodel eval` can warn when it evaluates on another split.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from realmodel.training.callbacks import (
 from realmodel.training.config import TrainRunConfig
 
 CHECKPOINTS = "checkpoints"
+SPLIT_SPEC = "split_spec.json"  # beside the final model (realmodel.evaluation reads it)
 FINAL = "final"
 MANIFEST = "manifest.json"
 
@@ -68,12 +71,20 @@ def prepare_run_dir(cfg: TrainRunConfig, resume: bool) -> tuple[Path, str | None
 
 def splits(cfg: TrainRunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training records, held-out calibration queries) from `realmodel.tasks.make_splits`;
-    the test split is the one `realmodel eval --n <n_test>` uses for the same seed."""
+    `realmodel eval --n <any n>` with the same id tasks and seed asks only held-out problems
+    (its first `calib_n` per task are the calibration queries)."""
     from realmodel.tasks import make_splits
 
     data = make_splits(cfg.ladder, cfg.id_tasks, n_train=cfg.n_train, n_test=cfg.n_test,
                        seed=cfg.seed)
     return data["train"], held_out_slice(data["test"], cfg.calib_n)
+
+
+def run_split_spec(cfg: TrainRunConfig) -> dict[str, Any]:
+    """The held-out rule of the run's splits (`realmodel.tasks.split_spec`)."""
+    from realmodel.tasks import split_spec
+
+    return split_spec(cfg.ladder, cfg.id_tasks, cfg.seed)
 
 
 def load_policy(cfg: TrainRunConfig) -> tuple[Any, Any, str]:
@@ -161,7 +172,7 @@ def write_manifest(out: Path, cfg: TrainRunConfig, **fields: Any) -> dict[str, A
     if not manifest:
         manifest = {"method": cfg.METHOD, "config": cfg.to_dict(), "packages": versions(),
                     "git_commit": git_commit(), "python": platform.python_version(),
-                    "platform": platform.platform()}
+                    "platform": platform.platform(), "split_spec": run_split_spec(cfg)}
     manifest.update(fields)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     return manifest
@@ -193,6 +204,7 @@ def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
     final = out / FINAL
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
+    (final / SPLIT_SPEC).write_text(json.dumps(run_split_spec(cfg), indent=2), encoding="utf-8")
     return write_manifest(
         out, cfg, status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         global_step=trainer.state.global_step, steps_this_run=steps,
