@@ -31,14 +31,14 @@ FORMATS = click.Choice(["csv", "table", "json"])
 
 
 def clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad-input errors into one-line CLI errors (no traceback)."""
+    """Turn bad-input and file-system errors into one-line CLI errors (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, NotImplementedError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except (ValueError, TypeError, NotImplementedError, OSError) as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
 
     return wrapper
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import click
 
+from sim.commands import clear_errors
 from sim.lengths import parse_lengths
+from sim.provenance import check_output_name
 
 
 def _csv(value: str | None, cast=str) -> tuple | None:
@@ -57,6 +60,7 @@ def _fmt(x) -> str:
 @click.option("--ladder", type=click.Choice(["single", "default"]), default="single",
               show_default=True, help="3-logit agent, or the sweep's 7-task ladder")
 @click.option("--out", default="outputs/train", show_default=True)
+@clear_errors
 def train(name, objective, beta, length, wrong_length, token_model, kl_estimator, kl_placement,
           max_attempts, optimiser, lr, steps, ref_every, agents, queries, seed, ladder,
           out) -> None:
@@ -64,17 +68,16 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
     from sim.training_run import TrainConfig, train_and_write
 
     if ref_every < 0:
-        raise click.ClickException(f"--ref-every must be >= 0, got {ref_every}")
-    try:
-        cfg = TrainConfig(
-            objective=objective, beta=beta, length=length, wrong_length=wrong_length,
-            token_model=token_model, kl_estimator=kl_estimator, kl_placement=kl_placement,
-            max_attempts=max_attempts, n_queries=queries, optimiser=optimiser, lr=lr,
-            steps=steps, ref_update_every=ref_every or None, n_agents=agents, seed=seed,
-            ladder=ladder,
-        )
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise ValueError(f"--ref-every must be >= 0, got {ref_every}")
+    check_output_name(name)
+    cfg = TrainConfig(
+        objective=objective, beta=beta, length=length, wrong_length=wrong_length,
+        token_model=token_model, kl_estimator=kl_estimator, kl_placement=kl_placement,
+        max_attempts=max_attempts, n_queries=queries, optimiser=optimiser, lr=lr,
+        steps=steps, ref_update_every=ref_every or None, n_agents=agents, seed=seed,
+        ladder=ladder,
+    )
+    Path(out, name).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before training
     out_dir, meas = train_and_write(cfg, name, out)
     click.echo(f"wrote {out_dir}/history.parquet and manifest.json")
     click.echo("mean |gradient| over training (agents x steps), per parameter:")
@@ -116,6 +119,7 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
 @click.option("--out", default="outputs/sweeps", show_default=True)
 @click.option("--overwrite", is_flag=True, help="discard an existing sweep of this name")
 @click.option("--no-progress", is_flag=True)
+@clear_errors
 def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_file, name, seed,
           steps, n_agents, n_queries, lr, max_attempts, executor, address, workers, out,
           overwrite, no_progress) -> None:
@@ -139,7 +143,8 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
         )
     except (ValueError, TypeError) as exc:
         raise click.ClickException(" ".join(str(exc).split())) from None
-    name = given_name or default_name(grid)
+    name = check_output_name(given_name or default_name(grid))
+    Path(out, name).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before any work
     n_cells = len(grid.cells())
     click.echo(f"sweep {name}: {n_cells} cells x {grid.training.n_agents} agents, "
                f"executor {executor}")

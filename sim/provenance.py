@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterable
 from importlib import metadata
@@ -17,6 +18,13 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIM_PACKAGES = ("ds-study", "numpy", "numba", "scipy", "pandas", "pyarrow", "mesa", "altair",
                 "ray")
+
+
+def check_output_name(name: str) -> str:
+    """An output folder name: letters, digits, '.', '_', '-' (no path separators)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name or "") or name in (".", ".."):
+        raise ValueError(f"output name must be letters, digits, '.', '_' or '-', got {name!r}")
+    return name
 
 
 def git_commit(path: Path | None = None) -> str | None:

@@ -46,7 +46,7 @@ from sim.objectives import (
 )
 from sim.optim import OPTIMISERS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.provenance import git_commit, package_versions
+from sim.provenance import check_output_name, git_commit, package_versions
 from sim.provenance import write_json_atomic as write_atomic_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -665,8 +665,7 @@ def run_sweep(
     """Run (or resume) a sweep; returns what was computed and the concatenated results."""
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name or ""):
-        raise ValueError(f"sweep name must be letters, digits, '.', '_' or '-', got {name!r}")
+    check_output_name(name)
     out_dir = Path(out_root) / name
     cells_dir = out_dir / "cells"
     man_path = out_dir / "manifest.json"

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from tests.conftest import assert_clean_cli_error
 
 
 def run(*args: str):
@@ -58,8 +59,8 @@ def test_attribution_token_model_changes_the_kl_curve():
 @pytest.mark.parametrize("bad", ["10..", "1000..10", "0..5", "a..b"])
 def test_malformed_length_ranges_fail_with_one_line(bad):
     res = run("attribution", "--lengths", bad)
-    assert res.exit_code != 0
-    assert "Traceback" not in res.output and res.output.strip().startswith("Error")
+    assert_clean_cli_error(res)
+    assert res.output.strip().startswith("Error")
     assert len(res.output.strip().splitlines()) == 1
 
 
@@ -70,7 +71,8 @@ def test_predict_json_and_errors():
     res = run("predict", "--p", "0.6", "--q1", "0.9", "--q2", "0.8", "--max-attempts", "1")
     assert json.loads(res.output)["accuracy"] == pytest.approx(0.6)
     bad = run("predict", "--p", "1.2", "--q1", "0.9", "--q2", "0.8")
-    assert bad.exit_code != 0 and "probability" in bad.output and "Traceback" not in bad.output
+    assert_clean_cli_error(bad)
+    assert "probability" in bad.output
 
 
 def test_simulate_json_keys_and_reproducibility():
@@ -81,4 +83,16 @@ def test_simulate_json_keys_and_reproducibility():
         assert set(out[key]) == {"estimate", "ci_low", "ci_high"}
         assert out[key]["ci_low"] <= out[key]["estimate"] <= out[key]["ci_high"]
     assert json.loads(run(*args).output) == out
-    assert run("simulate", "--p", "0.5", "--q1", "0.8", "--q2", "0.7", "--n", "0").exit_code != 0
+    assert_clean_cli_error(run("simulate", "--p", "0.5", "--q1", "0.8", "--q2", "0.7", "--n", "0"))
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "--out", "/proc/no-such-dir", "--steps", "2"),
+    ("train", "--name", "../escape", "--steps", "2"),
+    ("sweep", "--name", "a/b"),
+    ("sweep", "-K", "20"),
+    ("attribution", "--lengths", "10", "-K", "20"),
+    ("train", "--objective", "surrogate+0.5*kl", "--beta", "0.1", "--steps", "2"),
+])
+def test_bad_runs_fail_before_work_with_a_clean_error(args, tmp_path):
+    assert_clean_cli_error(run(*args))

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import cli
 from sim.sweep import GridConfig, TrainingConfig, build_grid, run_cell, run_sweep
+from tests.conftest import assert_clean_cli_error
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = TrainingConfig(steps=40, n_agents=4)
@@ -225,8 +226,8 @@ def test_kill_mid_sweep_then_resume(tmp_path) -> None:
 )
 def test_cli_errors_one_line(argv, msg, tmp_path) -> None:
     res = CliRunner().invoke(cli.main, ["sweep", "--out", str(tmp_path), *argv])
-    assert res.exit_code != 0
-    assert msg in res.output and "Traceback" not in res.output
+    assert_clean_cli_error(res)
+    assert msg in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert not any(tmp_path.iterdir())  # failed before any work
 
