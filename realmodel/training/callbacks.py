@@ -77,8 +77,13 @@ def calibrate_model(
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(calibration table per task, response rows) for an in-memory model on `queries`.
 
-    The model is put in eval mode for sampling and returned to its previous mode.
+    The model is put in eval mode for sampling and returned to its previous mode. Sampling
+    seeds torch's global generator (for a reproducible calibration); it runs inside
+    `torch.random.fork_rng`, so the training's RNG stream (rollouts, dropout) goes on from
+    where it was rather than restarting from the same state at every calibration.
     """
+    import torch
+
     from realmodel.evaluation import calibrate_responses
     from realmodel.generation import GenerationConfig, TransformersGenerator
     from realmodel.parsing import parse_response
@@ -91,10 +96,14 @@ def calibrate_model(
     model.config.use_cache = True  # gradient checkpointing turns the KV cache off
     # the trainer's tokenizer pads on the right for training; generation pads on the left
     padding_side = tokenizer.padding_side
+    device = next(model.parameters()).device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
     try:
-        results = TransformersGenerator(model, tokenizer, config).generate(
-            [q["prompt"] for q in queries]
-        )
+        with torch.random.fork_rng(devices=cuda):
+            results = TransformersGenerator(model, tokenizer, config).generate(
+                [q["prompt"] for q in queries]
+            )
     finally:
         tokenizer.padding_side = padding_side
         model.config.use_cache = use_cache

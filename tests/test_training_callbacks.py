@@ -1,0 +1,30 @@
+"""The periodic calibration callback (realmodel/training/callbacks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from realmodel.models import tiny_random_model  # noqa: E402
+from realmodel.tasks import make_splits  # noqa: E402
+from realmodel.training.callbacks import calibrate_model, held_out_slice  # noqa: E402
+
+
+def test_calibration_leaves_the_global_torch_rng_alone() -> None:
+    """Sampling seeds torch; a calibration during training must not reset the training's
+    stream (B3: every calibration restarted GRPO rollouts and dropout from one state)."""
+    model, tokenizer = tiny_random_model(seed=0)
+    queries = held_out_slice(make_splits("1x1,1x2", "1x1", n_train=0, n_test=2)["test"], 2)
+    after = []
+    for prior in (1, 2):
+        torch.manual_seed(prior)
+        expected = torch.rand(4)
+        torch.manual_seed(prior)
+        table, rows = calibrate_model(model, tokenizer, queries, max_new_tokens=4, seed=0)
+        assert len(rows) == 4 and list(table["task"]) == ["1x1", "1x2"]
+        got = torch.rand(4)
+        assert torch.equal(got, expected)  # as if no calibration had run
+        after.append(got)
+    assert not torch.equal(after[0], after[1])
