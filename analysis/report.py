@@ -263,7 +263,15 @@ def _sweep_accuracy(results: pd.DataFrame, manifest: dict) -> pd.DataFrame:
         "n": agg["count"], "source": "simulated (sweep)"})
 
 
+def _settings(manifest: dict) -> dict:
+    """A run manifest's settings: its top level with the `config` block (where
+    sim.training_run.train_and_write writes them) merged over it."""
+    config = manifest.get("config")
+    return {**manifest, **config} if isinstance(config, dict) else dict(manifest)
+
+
 def _weights_from(manifest: dict) -> dict[str, float] | None:
+    manifest = _settings(manifest)
     w = manifest.get("weights") or manifest.get("objective_weights")
     if isinstance(w, dict):
         return {str(k): float(v) for k, v in w.items()}
@@ -278,6 +286,45 @@ def _weights_from(manifest: dict) -> dict[str, float] | None:
         except (ValueError, TypeError):
             return None
     return None
+
+
+TRAIN_SETTINGS = ("objective", "beta", "token_model", "kl_placement", "kl_estimator",
+                  "optimiser", "lr", "steps", "n_agents", "group_size", "n_queries",
+                  "ref_update_every", "length", "max_attempts")
+
+
+def train_description(manifest: dict, train_dir: Path) -> tuple[dict[str, float] | None, str,
+                                                                  str]:
+    """(weights, settings text, gradient text) of an outputs/train/<name> run for the
+    dynamics caption. `train` runs estimate their gradients by Monte Carlo from sampled
+    groups (sim.training_run); only the built-in run uses exact expectations."""
+    settings = _settings(manifest)
+    desc = (f"settings from {train_dir / 'manifest.json'}: "
+            + ", ".join(f"{k} = {settings[k]}" for k in TRAIN_SETTINGS
+                        if settings.get(k) is not None))
+    g, n_q = settings.get("group_size"), settings.get("n_queries")
+    sizes = (f" (groups of G = {g}, {n_q} queries per step and agent)"
+             if g is not None and n_q is not None else "")
+    gradients = (f"Gradients are Monte-Carlo estimates from sampled groups{sizes}, so they "
+                 "are noisy (DESIGN §2–§3)")
+    return _weights_from(manifest), desc, gradients
+
+
+def sweep_kl_text(manifest: dict) -> str:
+    """The KL placement and estimator the sweep trained with (its manifest's grid.training),
+    else the sweep's defaults (sim.sweep.TrainingConfig)."""
+    grid = manifest.get("grid")
+    training = grid.get("training") if isinstance(grid, dict) else None
+    if isinstance(training, dict) and ("kl_placement" in training or
+                                       "kl_estimator" in training):
+        where = "the sweep's manifest"
+        placement, estimator = training.get("kl_placement"), training.get("kl_estimator")
+    else:
+        from sim.sweep import TrainingConfig
+
+        where = "the sweep's defaults (no grid.training in its manifest)"
+        placement, estimator = TrainingConfig.kl_placement, TrainingConfig.kl_estimator
+    return f"KL {placement}, {estimator} estimator ({where})"
 
 
 def _ell_text(manifest: dict) -> str:
@@ -379,8 +426,9 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
         chart = charts.attribution_landscape(sweep, ids)
         src = (f"sweep {sweep_dir} ({sweep['cell_id'].nunique()} cells, "
                f"{len(sweep)} agent rows)")
-        extra = (f"Each point is the mean over the cell's population with a 95% CI of that "
-                 f"mean (normal approximation over agents); {_ell_text(sweep_manifest)}.")
+        extra = (f"{sweep_kl_text(sweep_manifest)}. Each point is the mean over the cell's "
+                 f"population with a 95% CI of that mean (normal approximation over agents); "
+                 f"{_ell_text(sweep_manifest)}.")
     else:
         steps = 5 if cfg.quick else 30
         sweep = builtin_sweep(steps=steps)
@@ -389,7 +437,8 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
         extra = (f"One deterministic agent per cell (single task, K = 8, exact expected "
                  f"gradients), so the CI band has zero width. The ratio is taken at the Appendix "
                  f"C point theta = {APPENDIX_C_THETA}, theta_ref = {APPENDIX_C_REF}; p and q2 "
-                 f"after {steps} SGD steps (lr 0.05); surrogate+kl uses beta = 0.001.")
+                 f"after {steps} SGD steps (lr 0.05); surrogate+kl uses beta = 0.001; KL in "
+                 f"reward, k1 estimator.")
     sections.append(Section(
         "attribution", "1. Attribution landscape", chart,
         "Attribution ratio R = |g_s| / mean(|g_1|, |g_2|) of the total objective gradient "
@@ -397,20 +446,15 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
         "(panel), and heatmaps of the learned p and q2 (mean over agents and ID tasks). "
         "Theory (DESIGN §3): the surrogate's ratio is O(1) and flat in L, the per-token KL "
         "grows ~linearly in L (L-weighted sampling penalties, the paper's assumption), the "
-        "sequence-model KL stays flat. KL in reward, k1 estimator unless the sweep says "
-        f"otherwise. {extra} Source: {src}.", [src]))
+        f"sequence-model KL stays flat. {extra} Source: {src}.", [src]))
 
     # 2. training dynamics
     train_dir = _run_dir(cfg.train, "history.parquet") or \
         newest_run(cfg.outputs / "train", "history.parquet")
     if train_dir is not None:
         hist = pd.read_parquet(train_dir / "history.parquet")
-        manifest = read_manifest(train_dir)
-        weights = _weights_from(manifest)
+        weights, desc, gradients = train_description(read_manifest(train_dir), train_dir)
         src = f"training run {train_dir}"
-        desc = (f"settings from {train_dir / 'manifest.json'}: "
-                + ", ".join(f"{k} = {manifest[k]}" for k in ("objective", "beta", "optimiser",
-                            "lr", "ref_update_every", "length") if k in manifest))
     else:
         hist, info = builtin_history(steps=20 if cfg.quick else 120)
         weights = {"surrogate": 1.0, "kl": 0.01}
@@ -419,6 +463,7 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
                 f"SGD lr {info['lr']}, {info['steps']} steps from theta = {info['start']}, "
                 f"reference reset every {info['ref_update_every']} steps (dotted lines), "
                 f"single task, K = 8")
+        gradients = "Gradients are exact expectations (sim.dynamics; DESIGN §2–§3)"
     weight_text = ("per-term components are multiplied by their weights "
                    f"({', '.join(f'{k} × {v:g}' for k, v in weights.items())})" if weights else
                    "per-term components are unweighted (no weights in the manifest)")
@@ -430,7 +475,7 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
         "each term over time (log). Bottom: each term's gradient per parameter, so the "
         "surrogate's push and the KL's drag can be compared directly; "
         f"{weight_text}. Several agents: mean with a 2.5–97.5 percentile band. {desc}. "
-        f"Gradients are exact expectations (DESIGN §2–§3). Source: {src}.", [src]))
+        f"{gradients}. Source: {src}.", [src]))
 
     # 3. calibration
     sim_cal = simulated_calibration(fit.curves, k_fit, n=100, n_boot=20 if cfg.quick else 100)

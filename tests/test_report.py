@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from test_report_fixtures import write_real, write_sweep, write_train
 
-from analysis.report import ReportConfig, newest_run
+from analysis.report import ReportConfig, _weights_from, newest_run, sweep_kl_text
 
 SECTIONS = ("attribution", "dynamics", "calibration", "ood", "fit", "echo", "compare")
 
@@ -41,6 +42,32 @@ def test_page_is_self_contained_with_every_section(built_report):
     assert page.count("class='caption'") == len(SECTIONS)
     assert "ell" in page and "q1 = 0.9" in page  # captions state parameters and assumptions
     assert "sweeps/demo" in page and "train/demo" in page  # newest outputs were used
+
+
+def _caption(page: str, slug: str) -> str:
+    section = page[page.index(f"<section id='{slug}'>"):]
+    return html.unescape(section[:section.index("</section>")])
+
+
+def test_dynamics_caption_reads_the_train_manifest(built_report):
+    """`train` writes its settings under "config": the caption states them and the weights,
+    and says the gradients are Monte-Carlo estimates (exact only for the built-in run)."""
+    text = _caption((built_report / "index.html").read_text(encoding="utf-8"), "dynamics")
+    assert "objective = surrogate+kl" in text and "kl_estimator = k1" in text
+    assert "kl × 0.01" in text and "unweighted" not in text
+    assert "Monte-Carlo" in text and "exact expectations" not in text
+
+
+def test_attribution_caption_states_the_sweeps_kl(built_report):
+    text = _caption((built_report / "index.html").read_text(encoding="utf-8"), "attribution")
+    assert "KL in-loss, k3 estimator (the sweep's manifest)" in text
+
+
+def test_weights_and_kl_from_manifests():
+    assert _weights_from({"config": {"objective": "surrogate+kl", "beta": 0.02}}) == {
+        "surrogate": 1.0, "kl": 0.02}
+    assert _weights_from({"objective": "surrogate"}) == {"surrogate": 1.0}
+    assert "(the sweep's defaults" in sweep_kl_text({})
 
 
 def test_png_per_chart(built_report):

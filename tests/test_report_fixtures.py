@@ -37,30 +37,18 @@ def write_sweep(root: Path, name: str = "demo") -> Path:
     (run / "manifest.json").write_text(json.dumps({
         "ladder": {"names": list(TASKS), "difficulty": [1, 2, 3],
                    "in_distribution": [True, False, False]},
-        "length_scales": [1.0, 3.0, 3.0], "K": 8}))
+        "length_scales": [1.0, 3.0, 3.0], "K": 8,
+        "grid": {"training": {"kl_placement": "in-loss", "kl_estimator": "k3"}}}))
     return run
 
 
 def write_train(root: Path, name: str = "demo") -> Path:
-    """outputs/train/<name>/history.parquet from sim.dynamics.train_expected, two agents."""
-    from sim.dynamics import train_expected
-    from sim.model import AgentSpec
-    from sim.objectives import ObjectiveConfig
-    from sim.optim import OptimiserConfig
+    """outputs/train/<name>/ written by the real `train` job (sim.training_run), two agents."""
+    from sim.training_run import TrainConfig, train_and_write
 
-    spec = AgentSpec(len_correct=10.0, len_wrong=10.0)
-    obj = ObjectiveConfig.parse("surrogate+kl", beta=0.01)
-    frames = []
-    for agent, theta in enumerate([(0.4, 2.2, 1.4), (0.3, 2.0, 1.2)]):
-        _, h = train_expected(spec, obj, spec.initial_params(theta), 8, OptimiserConfig(),
-                              ref_update_every=4, phi_ref=spec.initial_params((0.3, 2.0, 1.2)))
-        h["agent"] = agent
-        h["ref_reset"] = (h["step"] > 0) & (h["step"] % 4 == 0)
-        frames.append(h)
-    run = root / "train" / name
-    run.mkdir(parents=True, exist_ok=True)
-    pd.concat(frames).to_parquet(run / "history.parquet")
-    (run / "manifest.json").write_text(json.dumps({"objective": "surrogate+kl", "beta": 0.01}))
+    cfg = TrainConfig(objective="surrogate+kl", beta=0.01, length=10.0, steps=8, n_agents=2,
+                      n_queries=4, ref_update_every=4)
+    run, _ = train_and_write(cfg, name, root / "train", progress=False)
     return run
 
 
