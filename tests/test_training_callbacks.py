@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -28,3 +31,21 @@ def test_calibration_leaves_the_global_torch_rng_alone() -> None:
         assert torch.equal(got, expected)  # as if no calibration had run
         after.append(got)
     assert not torch.equal(after[0], after[1])
+
+
+def test_run_callbacks_normalise_the_id_task_names(tmp_path: Path) -> None:
+    """--id-tasks 1X1 must mark the 1x1 queries in-distribution (B7: split by hand)."""
+    from realmodel.training.config import sft_preset
+    from realmodel.training.runs import callbacks
+
+    cfg = sft_preset("cpu-smoke", ladder="1x1,1x2,2x2", id_tasks="1X1, 1x2", n_test=2,
+                     calib_n=1, calib_max_new_tokens=2)
+    model, tokenizer = tiny_random_model(seed=0)
+    queries = held_out_slice(make_splits(cfg.ladder, cfg.id_tasks, n_train=0,
+                                         n_test=1)["test"], 1)
+    calibration = callbacks(cfg, tmp_path, tokenizer, queries, log=lambda m: None)[1]
+    calibration._run(model, 0)
+    rows = [json.loads(line) for line in
+            (tmp_path / "calibration_responses.jsonl").read_text().splitlines()]
+    assert {r["task"]: r["in_distribution"] for r in rows} == {"1x1": True, "1x2": True,
+                                                               "2x2": False}

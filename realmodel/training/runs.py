@@ -138,7 +138,9 @@ def trainer_arguments(cfg: TrainRunConfig, out: Path, device: str) -> dict[str, 
 
 def callbacks(cfg: TrainRunConfig, out: Path, tokenizer: Any,
               queries: list[dict[str, Any]], log: Any) -> list[Any]:
-    ids = [t.strip() for t in cfg.id_tasks.split(",") if t.strip()]
+    from realmodel.tasks import parse_ladder
+
+    ids = [t.name for t in parse_ladder(cfg.id_tasks)]  # "1X1" -> "1x1", like the records
     return [
         make_parquet_log_callback(out),
         make_calibration_callback(out, tokenizer, queries, every=cfg.calib_every,
