@@ -47,10 +47,6 @@ class TrajectoryCounts:
         return np.column_stack([np.asarray(getattr(self, f.name), float) for f in fields(self)])
 
     @classmethod
-    def concat(cls, parts: Sequence[TrajectoryCounts]) -> TrajectoryCounts:
-        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
-
-    @classmethod
     def from_attempts(
         cls,
         trajectories: Iterable[Sequence[tuple[bool | None, str | None]]],
@@ -154,8 +150,11 @@ def calibrate(
     mat = counts.matrix()
     point = _statistics(mat.sum(axis=0), np.float64(n), max_attempts)
     rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)])
-    boot = _statistics(weights.astype(float) @ mat, np.float64(n), max_attempts)
+    # one replicate's weights at a time: memory O(n), not O(n_boot n)
+    sums = np.empty((n_boot, mat.shape[1]))
+    for b in range(n_boot):
+        sums[b] = np.bincount(rng.integers(0, n, n), minlength=n) @ mat
+    boot = _statistics(sums, np.float64(n), max_attempts)
     alpha = (1 - confidence) / 2
     out = {}
     for key, value in point.items():

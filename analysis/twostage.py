@@ -36,15 +36,20 @@ def accuracy_forced_stop(
 ) -> np.ndarray:
     """Acc_K = p q1 (1 - r^(K-1)) / (1 - r) + r^(K-1) p, forced stop at attempt K (DESIGN §4).
 
-    The geometric sum is written as sum_{k<K-1} r^k so that r = 1 needs no special case.
+    At r = 1 the geometric sum (1 - r^(K-1)) / (1 - r) is its limit, K - 1.
     """
     if int(max_attempts) != max_attempts or max_attempts < 1:
         raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
     p, q1, q2 = (np.asarray(x, dtype=float) for x in (p, q1, q2))
     r = resample_probability(p, q1, q2)
     k = int(max_attempts)
-    geometric = sum(r**j for j in range(k - 1)) if k > 1 else np.zeros_like(r)
-    return p * q1 * geometric + r ** (k - 1) * p
+    tail = r ** (k - 1)
+    # 1 - r and 1 - r^(K-1) without cancellation when r is close to 1
+    s = p * q1 + (1.0 - p) * (1.0 - q2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        geometric = np.where(s > 0, -np.expm1((k - 1) * np.log1p(-s)) / np.where(s > 0, s, 1.0),
+                             k - 1.0)
+    return p * q1 * geometric + tail * p
 
 
 def two_stage_accuracy(

@@ -21,19 +21,21 @@ APPENDIX_C_BETA_L = 8.0  # beta * L for sampling actions (beta = 1 for decisions
 APPENDIX_C_TRAJECTORY = (0b10, 2, 0)  # W -> RESAMPLE -> C -> STOP
 
 
-def attribution_ratio(g: np.ndarray, atol: float = 1e-12) -> float:
-    """R_attr = |g_s| / mean(|g_1|, |g_2|) (DESIGN §3).
+def attribution_ratio(g: np.ndarray, atol: float = 1e-12) -> float | np.ndarray:
+    """R_attr = |g_s| / mean(|g_1|, |g_2|) over the last axis (DESIGN §3).
 
     Components below `atol` count as zero (they are rounding noise, e.g. the k1 in-loss KL
     gradient, whose expectation is exactly 0): inf when only g_s is non-zero, NaN when the
-    whole gradient vanishes (e.g. the KL term right after a reference reset).
+    whole gradient vanishes (e.g. the KL term right after a reference reset). A float for
+    one gradient (shape (3,)), an array for a batch (shape (..., 3)).
     """
     g = np.abs(np.asarray(g, float))
     g = np.where(g < atol, 0.0, g)
-    den = 0.5 * (g[1] + g[2])
-    if den > 0:
-        return float(g[0] / den)
-    return float("inf") if g[0] > 0 else float("nan")
+    num, den = g[..., 0], 0.5 * (g[..., 1] + g[..., 2])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0),
+                       np.where(num > 0, np.inf, np.nan))
+    return float(out) if out.ndim == 0 else out
 
 
 def attribution_by_length(lengths: np.ndarray, theta: np.ndarray, theta_ref: np.ndarray,

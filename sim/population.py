@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from sim import population_kernels as pk
+from sim.attribution import attribution_ratio
 from sim.kernels import ESTIMATORS
 from sim.model import AgentSpec
 from sim.objectives import OBJECTIVE_KINDS, ObjectiveConfig, token_weights
@@ -86,16 +87,6 @@ class DSLearner(mesa.Agent):
     def probabilities(self) -> np.ndarray:
         """(T, 3) array of p, q1, q2 per task of the ladder."""
         return 1.0 / (1.0 + np.exp(-self.config.spec.task_logits(self.phi)))
-
-
-def _ratio(g: np.ndarray) -> np.ndarray:
-    """R_attr = |g_s| / mean(|g_1|, |g_2|) over the last axis (sim.dynamics.attribution_ratio)."""
-    g = np.abs(g)
-    num, den = g[..., 0], 0.5 * (g[..., 1] + g[..., 2])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(
-            den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, np.inf, np.nan)
-        )
 
 
 class PopulationModel(mesa.Model):
@@ -188,7 +179,7 @@ class PopulationModel(mesa.Model):
                     "step": lambda m: m.step_count,
                     "mean_reward": lambda m: float(m.rewards.mean()),
                     "median_ratio_total": lambda m: (
-                        float(np.nanmedian(_ratio(m.total_grad())))
+                        float(np.nanmedian(attribution_ratio(m.total_grad())))
                         if m.step_count
                         else float("nan")
                     ),
@@ -321,7 +312,7 @@ class PopulationModel(mesa.Model):
         for name, g in pairs:
             for x, c in enumerate(COMPS):
                 cols[f"g_{c}[{name}]"] = g[:, x].copy()  # copies: grads is reused
-            cols[f"ratio[{name}]"] = _ratio(g)
+            cols[f"ratio[{name}]"] = attribution_ratio(g)
         if abs_means is not None:  # sweep summaries: ratio of mean magnitudes instead
             a_terms, a_total = abs_means
             for name, a in [(k, a_terms[:, OBJECTIVE_KINDS.index(k)]) for k in self.kinds] + [
@@ -329,7 +320,7 @@ class PopulationModel(mesa.Model):
             ]:
                 for x, c in enumerate(COMPS):
                     cols[f"abs_g_{c}[{name}]"] = a[:, x]
-                cols[f"ratio[{name}]"] = _ratio(a)
+                cols[f"ratio[{name}]"] = attribution_ratio(a)
         for c in COMPS:
             cols[f"g_{c}"] = cols[f"g_{c}[total]"]
         cols["ratio"] = cols["ratio[total]"]

@@ -53,17 +53,31 @@ def package_versions(names: Iterable[str] = SIM_PACKAGES) -> dict[str, str | Non
 
 
 def json_default(obj: Any) -> Any:
-    """numpy scalars as numbers, infinities as "inf", anything else as its string."""
+    """numpy scalars and arrays as plain numbers and lists, anything else as its string."""
     if isinstance(obj, np.integer | np.floating):
         return obj.item()
-    if isinstance(obj, float) and math.isinf(obj):
-        return "inf"
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
     return str(obj)
+
+
+def finite_json(obj: Any) -> Any:
+    """NaN and infinities (which strict JSON parsers reject) become null, recursively."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_json(obj.tolist())
+    if isinstance(obj, float | np.floating) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     """Write JSON to a temporary file beside `path`, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n")
+    text = json.dumps(finite_json(data), indent=2, default=json_default, allow_nan=False)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)

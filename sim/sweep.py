@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -743,9 +743,6 @@ def default_name(grid: GridConfig) -> str:
     """A stable name from the grid's digest, so the same arguments resume the same sweep."""
     return f"sweep-{grid.digest()}"
 
-
-def with_training(grid: GridConfig, **changes) -> GridConfig:
-    return replace(grid, training=replace(grid.training, **changes))
 
 
 __all__: Iterable[str] = (

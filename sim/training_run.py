@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.attribution import attribution_ratio
 from sim.model import AgentSpec, TaskLadder
 from sim.objectives import ObjectiveConfig
 from sim.optim import OptimiserConfig
@@ -108,9 +109,7 @@ def measurements(history: pd.DataFrame, kinds: tuple[str, ...]) -> dict:
         r = h[f"ratio[{k}]"].replace([np.inf, -np.inf], np.nan).dropna()
         # population-mean gradient per step: the curve Figure 1 shows
         per_step = h.groupby("step")[[f"g_s[{k}]", f"g_1[{k}]", f"g_2[{k}]"]].mean().to_numpy()
-        den = 0.5 * (np.abs(per_step[:, 1]) + np.abs(per_step[:, 2]))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pr = np.abs(per_step[:, 0]) / den
+        pr = attribution_ratio(per_step)
         pr = pr[np.isfinite(pr)]
         out[f"ratio[{k}]"] = {
             "agent_steps_min": float(r.min()) if len(r) else None,
