@@ -264,3 +264,51 @@ def test_alias_sampler_is_reproducible_across_thread_counts():
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for a, b in zip(*runs, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _brute_force_steps(outcomes, k_max, theta, w_c, w_w):
+    """Per-step (param, d log pi / d logit, pi(action), token weight), written from DESIGN §1
+    directly (no kernel code): RESAMPLE after attempts 1..n-1, STOP at n unless forced at K."""
+    p, q1, q2 = 1 / (1 + np.exp(-np.asarray(theta)))
+    steps, n = [], len(outcomes)
+    for k, c in enumerate(outcomes):
+        steps.append((0, 1 - p, p, w_c) if c else (0, -p, 1 - p, w_w))
+        if k == n - 1 and n == k_max:
+            break
+        resample = k < n - 1
+        if c:
+            steps.append((1, -q1, 1 - q1, 1.0) if resample else (1, 1 - q1, q1, 1.0))
+        else:
+            steps.append((2, 1 - q2, q2, 1.0) if resample else (2, -q2, 1 - q2, 1.0))
+    return steps
+
+
+def test_likelihood_objectives_against_brute_force_enumeration():
+    import itertools
+
+    k_max, w_c, w_w, f = 3, 7.0, 4.0, 0.3
+    spec = replace(SPEC, max_attempts=k_max, len_correct=w_c, len_wrong=w_w)
+    obj = ObjectiveConfig(weights=tuple((k, 1.0) for k in ("sft", "dft", "nsr", "psr")),
+                          sft_data=SFTData("reflection", ft_share=f, n_reflections=1))
+    ours = exact_logit_gradients(THETA, REF, spec, obj)
+
+    def grad(steps, use_prob=False):
+        g = np.zeros(3)
+        for param, glogp, prob, w in steps:
+            g[param] += w * (prob if use_prob else 1.0) * glogp
+        return g
+
+    data = [((0, 1), f), ((1,), 1 - f)]  # W -> RESAMPLE -> C -> STOP, and C -> STOP
+    sft = sum(w * grad(_brute_force_steps(o, k_max, THETA, w_c, w_w)) for o, w in data)
+    dft = sum(w * grad(_brute_force_steps(o, k_max, THETA, w_c, w_w), True) for o, w in data)
+    nsr, psr = np.zeros(3), np.zeros(3)
+    for n in range(1, k_max + 1):
+        for outcomes in itertools.product((0, 1), repeat=n):
+            steps = _brute_force_steps(outcomes, k_max, THETA, w_c, w_w)
+            prob = np.prod([s[2] for s in steps])
+            if outcomes[-1]:
+                psr += prob * grad(steps)
+            else:
+                nsr -= prob * grad(steps)
+    for name, expected in (("sft", sft), ("dft", dft), ("nsr", nsr), ("psr", psr)):
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-12, atol=1e-14, err_msg=name)
