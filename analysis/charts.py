@@ -322,29 +322,46 @@ def _id_band(df: pd.DataFrame, tasks: list[str]) -> alt.Chart | None:
 
 def _accuracy_panel(df: pd.DataFrame, title: str, scale: alt.Scale, tasks: list[str],
                     lines: bool = True) -> alt.LayerChart:
+    """One panel of accuracy vs task. Colour = regime; where the rows carry a `series`
+    (e.g. sweep cells of one regime under two optimisers) each series is its own line and
+    point column, told apart by dash and shape."""
     d = df.copy()
     for c in ("accuracy", "ci_low", "ci_high"):
         d[c] = d[c] * 100
+    d["series"] = d["series"].fillna(d["regime"]) if "series" in d.columns else d["regime"]
+    several = bool((d["series"] != d["regime"]).any())
     enc = alt.Chart(d).encode(
         x=alt.X("task:N", sort=tasks, title="task (difficulty →)"),
         color=alt.Color("regime:N", scale=scale, title="regime",
                         legend=alt.Legend(orient="bottom", columns=2)))
     y = alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 100], clamp=True),
               title="accuracy (%)")
-    tip = ["regime:N", "task:N", alt.Tooltip("accuracy:Q", format=".1f", title="accuracy %"),
+    tip = ["regime:N", *(["series:N"] if several else []), "task:N",
+           alt.Tooltip("accuracy:Q", format=".1f", title="accuracy %"),
            alt.Tooltip("ci_low:Q", format=".1f"), alt.Tooltip("ci_high:Q", format=".1f"),
            "source:N"]
     layers = []
     band = _id_band(df, tasks)
     if band is not None:
         layers.append(band)
-    off = alt.XOffset("regime:N", scale=alt.Scale(domain=list(scale.domain)))
+    if several:
+        rank = {r: i for i, r in enumerate(scale.domain)}
+        order = sorted(dict.fromkeys(zip(d["regime"], d["series"], strict=True)),
+                       key=lambda rs: (rank.get(rs[0], len(rank)), rs[1]))
+        off = alt.XOffset("series:N", scale=alt.Scale(domain=[s for _, s in order]))
+        legend = alt.Legend(orient="bottom", columns=2)
+        dash = {"strokeDash": alt.StrokeDash("series:N", title="series", legend=legend)}
+        shape = {"shape": alt.Shape("series:N", title="series", legend=legend)}
+    else:
+        off = alt.XOffset("regime:N", scale=alt.Scale(domain=list(scale.domain)))
+        dash, shape = {}, {}
     layers.append(enc.mark_rule(strokeWidth=1.5).encode(
         xOffset=off, y=alt.Y("ci_low:Q", scale=alt.Scale(domain=[0, 100], clamp=True)),
         y2="ci_high:Q"))
     if lines:
-        layers.append(enc.mark_line(opacity=0.7).encode(y=y, detail="regime:N"))
-    layers.append(enc.mark_point(filled=True, size=40).encode(xOffset=off, y=y, tooltip=tip))
+        layers.append(enc.mark_line(opacity=0.7).encode(y=y, detail="series:N", **dash))
+    layers.append(enc.mark_point(filled=True, size=40).encode(xOffset=off, y=y, tooltip=tip,
+                                                             **shape))
     return alt.layer(*layers).properties(width=PANEL_W + 40, height=PANEL_H + 20, title=title)
 
 
@@ -353,7 +370,7 @@ def ood_curves(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.HC
     the paper's Table 1, real-model calibrations), 95% CIs as bars, ID tasks shaded.
 
     `acc`: regime, task, task_index, in_distribution, accuracy, ci_low, ci_high (fractions),
-    source.
+    source; optionally series (configurations kept apart within a regime's colour).
     """
     scale = _scale_for(acc["regime"].unique(), domain)
     panels = []

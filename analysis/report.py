@@ -233,8 +233,22 @@ def simulated_echo(base_logit_s: float = 0.0, length: float = 100.0, steps: int 
 # ------------------------------------------------------------------------------ sections
 
 
+def sweep_series(results: pd.DataFrame) -> pd.Series:
+    """One label per distinct sweep configuration: the objective plus each grid axis that
+    varies (optimiser, beta: charts.series_labels; and the token model)."""
+    if "objective" not in results.columns:
+        label = results["regime"].astype(str)
+    else:
+        label = charts.series_labels(results)
+    if "token_model" in results.columns and results["token_model"].nunique() > 1:
+        label = label + " · " + results["token_model"].astype(str)
+    return label
+
+
 def _sweep_accuracy(results: pd.DataFrame, manifest: dict) -> pd.DataFrame:
-    """Mean accuracy per (regime, task) with a 95% CI over the population (sweep)."""
+    """Mean accuracy per (configuration, task) with a 95% CI over the population (sweep).
+    Cells that differ in optimiser, beta or token model stay separate series; the regime
+    (canonical_regime) only picks the colour."""
     acc_cols = [c for c in results.columns if c.startswith("acc[")]
     if not acc_cols:
         return pd.DataFrame()
@@ -246,17 +260,18 @@ def _sweep_accuracy(results: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     names = manifest.get("ladder", {}).get("names") if isinstance(manifest.get("ladder"),
                                                                    dict) else None
     ids = manifest.get("ladder", {}).get("in_distribution") if names else None
-    long = df.melt(id_vars=["regime"], value_vars=acc_cols, var_name="col", value_name="value")
+    df["series"] = sweep_series(df)
+    df["regime"] = df["regime"].map(canonical_regime)
+    long = df.melt(id_vars=["series", "regime"], value_vars=acc_cols, var_name="col",
+                   value_name="value")
     long["task"] = long["col"].str.slice(4, -1)
-    long["regime"] = long["regime"].map(canonical_regime)
-    agg = long.groupby(["regime", "task"], as_index=False)["value"].agg(["mean", "std",
-                                                                          "count"])
-    agg = agg.reset_index() if "regime" not in agg.columns else agg
+    agg = (long.groupby(["series", "regime", "task"], sort=False)["value"]
+           .agg(["mean", "std", "count"]).reset_index())
     half = 1.96 * agg["std"].fillna(0) / np.sqrt(agg["count"])
     order = names or [c[4:-1] for c in acc_cols]
     id_map = dict(zip(names, ids, strict=False)) if names and ids else {}
     return pd.DataFrame({
-        "regime": agg["regime"], "task": agg["task"],
+        "regime": agg["regime"], "series": agg["series"], "task": agg["task"],
         "task_index": agg["task"].map({t: i + 1 for i, t in enumerate(order)}),
         "in_distribution": agg["task"].map(id_map) if id_map else np.nan,
         "accuracy": agg["mean"], "ci_low": agg["mean"] - half, "ci_high": agg["mean"] + half,

@@ -131,3 +131,17 @@ def test_series_labels_keep_optimisers_and_betas_apart() -> None:
                        "beta": [0.001, 0.001, 0.01, 0.01]})
     assert series_labels(df).nunique() == 4
     assert series_labels(df.assign(optimiser="sgd", beta=0.001)).tolist() == ["surrogate"] * 4
+
+
+def test_ood_curves_draw_each_series_of_a_regime() -> None:
+    """Two sweep configurations of one regime: one colour, two lines (dash) and point columns."""
+    acc = pd.DataFrame({"regime": [RL] * 4, "series": ["surrogate · sgd"] * 2
+                        + ["surrogate · adam"] * 2, "task": ["T1", "T2"] * 2,
+                        "task_index": [1, 2] * 2, "in_distribution": [True, False] * 2,
+                        "accuracy": [0.2, 0.1, 0.9, 0.5], "ci_low": 0.0, "ci_high": 1.0,
+                        "source": "simulated (sweep)"})
+    obs = load_paper_table1()
+    spec = charts.ood_curves(pd.concat([acc, obs[obs["regime"] == RL]])).to_dict()
+    text = str(spec)
+    assert "'detail': {'field': 'series'" in text and "strokeDash" in text
+    assert _colour_map(spec) == {RL: charts.REGIME_COLOURS[RL]}

@@ -11,7 +11,13 @@ import pytest
 from click.testing import CliRunner
 from test_report_fixtures import write_real, write_sweep, write_train
 
-from analysis.report import ReportConfig, _weights_from, newest_run, sweep_kl_text
+from analysis.report import (
+    ReportConfig,
+    _sweep_accuracy,
+    _weights_from,
+    newest_run,
+    sweep_kl_text,
+)
 
 SECTIONS = ("attribution", "dynamics", "calibration", "ood", "fit", "echo", "compare")
 
@@ -109,3 +115,28 @@ def test_compare_command(tmp_path):
     assert table["p_sim"].notna().all()
     assert (out / "compare.html").is_file() and (out / "compare.png").is_file()
     assert "RMSE" in res.output
+
+
+def _two_optimiser_sweep(token_models: tuple[str, ...] = ("per-token",)) -> pd.DataFrame:
+    rows = []
+    for tm in token_models:
+        for opt, acc in (("sgd", 0.2), ("adam", 0.9)):
+            for agent in range(3):
+                rows.append({"objective": "surrogate+kl", "regime": "GRPO", "optimiser": opt,
+                             "beta": 0.001, "token_model": tm, "length": 100.0,
+                             "agent": agent, "acc[T1]": acc, "acc[T2]": acc / 2})
+    return pd.DataFrame(rows)
+
+
+def test_sweep_accuracy_keeps_optimisers_apart():
+    """SGD at 0.2 and Adam at 0.9 are two series of the RL colour, never one point at 0.55."""
+    acc = _sweep_accuracy(_two_optimiser_sweep(), {"ladder": {"names": ["T1", "T2"],
+                                                             "in_distribution": [True, False]}})
+    t1 = acc[acc["task"] == "T1"].set_index("series")
+    assert set(acc["regime"]) == {"RL"}  # canonical regime: the colour
+    assert t1.loc["surrogate+kl · sgd", "accuracy"] == pytest.approx(0.2)
+    assert t1.loc["surrogate+kl · adam", "accuracy"] == pytest.approx(0.9)
+    assert (acc["n"] == 3).all() and len(acc) == 4
+    two_tm = _sweep_accuracy(_two_optimiser_sweep(("per-token", "sequence")), {})
+    assert two_tm["series"].nunique() == 4 and (two_tm["n"] == 3).all()
+    assert "surrogate+kl · adam · sequence" in set(two_tm["series"])
