@@ -112,7 +112,7 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="torch CPU threads (1 is much faster on a busy machine).")
 @click.option("--reparse", is_flag=True,
-              help="Re-parse stored responses (after a parser or marker change).")
+              help="Kept for compatibility: stored responses are always re-parsed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, out_root: str,
              max_new_tokens: int, temperature: float, top_p: float, samples_per_prompt: int,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from analysis.calibration import TrajectoryCounts, calibrate
 from realmodel.generation import GenerationConfig, Generator, make_generator
-from realmodel.parsing import parse_response
+from realmodel.parsing import calibration_attempts, load_markers, parse_response
 from realmodel.tasks import (
     DEFAULT_ID,
     DEFAULT_LADDER,
@@ -91,9 +92,11 @@ def _complete_rows(rows: list[dict[str, Any]], samples: int) -> list[dict[str, A
 
 
 # ---- calibration ----------------------------------------------------------------------------
-def _calibration_attempts(parse: dict[str, Any]) -> list[tuple[bool | None, str | None]]:
-    return [(att["correct"] if att["answer"] is not None else None, att["decision"])
-            for att in parse["attempts"]]
+def reparse_rows(rows: Iterable[dict[str, Any]],
+                 markers: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows with `parse` redone from `response` (with `markers`; None: the defaults)."""
+    return [{**r, "parse": parse_response(r["response"], r["a"], r["b"], markers,
+                                          bool(r.get("truncated"))).to_dict()} for r in rows]
 
 
 def calibrate_responses(
@@ -117,16 +120,14 @@ def calibrate_responses(
     if not rows:
         raise EvaluationError("no responses to calibrate")
     if reparse:
-        rows = [{**r, "parse": parse_response(r["response"], r["a"], r["b"], markers,
-                                              bool(r.get("truncated"))).to_dict()}
-                for r in rows]
+        rows = reparse_rows(rows, markers)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault("all" if by is None else str(row[by]), []).append(row)
     table = []
     for key, members in groups.items():
         counts = TrajectoryCounts.from_attempts(
-            [_calibration_attempts(r["parse"]) for r in members],
+            [calibration_attempts(r["parse"]["attempts"]) for r in members],
             [r["parse"]["correct"] for r in members],
         )
         est = calibrate(counts, max_attempts=max_attempts, n_boot=n_boot, seed=seed)
@@ -167,6 +168,41 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 # ---- evaluation -----------------------------------------------------------------------------
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt")
+
+
+def weights_fingerprint(model_path: str | Path) -> str | None:
+    """sha256 (16 hex digits) of the name, size and mtime of each weight file in a checkpoint
+    directory: changes when the weights are retrained or replaced. None if it has none."""
+    path = Path(model_path)
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in _WEIGHT_SUFFIXES) \
+        if path.is_dir() else []
+    if not files:
+        return None
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def _check_run_key(previous: dict[str, Any] | None, run_key: dict[str, Any],
+                   out_dir: Path) -> None:
+    """Refuse to resume a folder whose run was made with another model or configuration.
+    Keys that an older version did not record (model_path, weights) are not compared."""
+    if previous is None:
+        return
+    changed = [k for k in run_key if k in previous and previous[k] != run_key[k]]
+    if any(k in changed for k in ("model", "model_path", "weights")):
+        was = previous.get("model_path") or previous.get("model")
+        raise EvaluationError(
+            f"{out_dir} holds the answers of another model ({was}, weights "
+            f"{previous.get('weights')}); pick another --name or delete that directory"
+        )
+    if changed:
+        raise EvaluationError(
+            f"{out_dir} holds a run with another configuration ({', '.join(changed)}); "
+            "pick another --name or delete that directory"
+        )
+
+
 def trained_split_spec(model: Any) -> dict[str, Any] | None:
     """The split spec a trained model was trained with: `<model>/split_spec.json` (a run's
     `final/`) or the `split_spec` of `<model>/../manifest.json`; None if neither is there."""
@@ -207,9 +243,14 @@ def evaluate(
     """Generate (resuming), parse, and calibrate per task; see the module docstring.
 
     `model`: a name/path (see realmodel.models) or an in-memory (model, tokenizer) pair;
-    `generator` overrides both (tests). `reparse`: re-parse the stored responses (with
-    `markers`) instead of keeping their stored parse; markers do not change generation, so
-    they are not part of the resume check. Test queries: `n` per task of the ladder from
+    `generator` overrides both (tests; a checkpoint directory given as `model` is still
+    fingerprinted). The model is resolved, and a generator made if anything is left to
+    generate, before the output folder is created. Stored responses are always re-parsed
+    with `markers` (None: the default list), so one run never mixes two marker lists; the
+    list used is recorded in the manifest (`reparse` is kept for compatibility and does
+    nothing more). Resuming refuses another model (name, resolved path or weights
+    fingerprint: names, sizes and mtimes of the weight files) or another configuration.
+    Test queries: `n` per task of the ladder from
     `make_splits(tasks, id_tasks, n_test=n, seed=split_seed)`, which the training splits of
     the same `id_tasks` and seed hold out whatever their `n_test`; a trained model whose
     recorded split spec differs gets a one-line warning.
@@ -219,10 +260,18 @@ def evaluate(
     ladder = parse_ladder(tasks) if isinstance(tasks, str) else list(tasks)
     id_list = parse_ladder(id_tasks) if isinstance(id_tasks, str) else list(id_tasks)
     id_names = {t.name for t in id_list}
+    marker_list = load_markers() if markers is None else list(markers)
     model_label = "in-memory" if isinstance(model, tuple) else str(model)
     name = name or (model_label.replace("/", "_") if model_label != "in-memory" else "model")
     out_dir = Path(out_root) / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Resolve the model before anything is written: a bad model leaves no folder behind.
+    model_path: Path | None = None
+    if generator is None and not isinstance(model, tuple):
+        from realmodel.models import resolve_model
+
+        model_path = resolve_model(model)  # cached: cheap
+    elif isinstance(model, str | Path) and Path(model).is_dir():
+        model_path = Path(model)
     run_key = {
         "model": model_label,
         "tasks": [t.name for t in ladder],
@@ -230,17 +279,14 @@ def evaluate(
         "n": n,
         "split_seed": split_seed,
         "generation": config.to_dict() | {"batch_size": None},
+        "model_path": None if model_path is None else str(model_path),
+        "weights": None if model_path is None else weights_fingerprint(model_path),
     }
     manifest_path = out_dir / MANIFEST
     old_manifest: dict[str, Any] = {}
     if manifest_path.exists():
         old_manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        previous = old_manifest.get("run_key")
-        if previous is not None and {k: previous.get(k) for k in run_key} != run_key:
-            raise EvaluationError(
-                f"{out_dir} holds a run with another configuration; pick another --name "
-                "or delete that directory"
-            )
+        _check_run_key(old_manifest.get("run_key"), run_key, out_dir)
     trained = trained_split_spec(model)
     if trained is not None and not same_held_out(trained, split_spec(ladder, id_list,
                                                                       split_seed)):
@@ -259,14 +305,17 @@ def evaluate(
     resp_path = out_dir / RESPONSES
     kept = _complete_rows(read_responses(resp_path), config.samples_per_prompt)
     wanted = {q["id"] for q in queries}
-    kept = [r for r in kept if r["id"] in wanted]
-    if reparse:  # e.g. after extending the marker list or improving the parser
-        kept = [{**r, "parse": parse_response(r["response"], r["a"], r["b"], markers,
-                                              bool(r["truncated"])).to_dict()} for r in kept]
-    with resp_path.open("w", encoding="utf-8") as fh:  # drop partial or cut lines
-        fh.writelines(json.dumps(r) + "\n" for r in kept)
+    # Stored parses are redone with the current markers (and parser): cheap, and a resumed
+    # run never mixes two marker lists.
+    kept = reparse_rows([r for r in kept if r["id"] in wanted], marker_list)
     done = {r["id"] for r in kept}
     pending = [q for q in queries if q["id"] not in done]
+    if pending and generator is None:  # before the folder exists (a failure leaves none)
+        generator = make_generator(model, config, backend=backend, device=device, log=log)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with resp_path.open("w", encoding="utf-8") as fh:  # drop partial or cut lines
+        fh.writelines(json.dumps(r) + "\n" for r in kept)
     if done:
         log(f"resuming {out_dir}: {len(done)} of {len(queries)} queries already answered")
 
@@ -274,7 +323,8 @@ def evaluate(
         "run_key": run_key,
         "status": "running",
         "model": model_label,
-        "markers": None if markers is None else list(markers),
+        "model_path": run_key["model_path"],
+        "markers": marker_list,
         "split_spec": split_spec(ladder, id_list, split_seed),
         "backend_requested": backend,
         "out_dir": str(out_dir),
@@ -293,12 +343,7 @@ def evaluate(
 
     n_generated = 0
     if pending:
-        if generator is None:
-            generator = make_generator(model, config, backend=backend, device=device, log=log)
-            if not isinstance(model, tuple):
-                from realmodel.models import resolve_model
-
-                manifest["model_path"] = str(resolve_model(model))  # cached: cheap
+        assert generator is not None
         manifest["backend"] = getattr(generator, "backend", "custom")
         s = config.samples_per_prompt
         bar = tqdm(total=len(queries), initial=len(done), desc=f"eval {name}",
@@ -314,7 +359,8 @@ def evaluate(
                     )
                 for k, res in enumerate(results):
                     q = batch[k // s]
-                    parsed = parse_response(res.text, q["a"], q["b"], markers, res.truncated)
+                    parsed = parse_response(res.text, q["a"], q["b"], marker_list,
+                                            res.truncated)
                     row = {**q, "sample": k % s, "response": res.text,
                            "n_tokens": res.n_tokens, "truncated": res.truncated,
                            "parse": parsed.to_dict()}

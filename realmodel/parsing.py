@@ -30,8 +30,8 @@ Everything else is working: partial products ("3 x 4 = 12" inside 23 x 45, "120 
 sums, numbers in trailing prose. A candidate followed by an operator ("the answer is 20 + 15")
 is not a bare number, so it is not a candidate.
 
-Attempts. The response is cut at every revision marker (data: `markers.txt`, case-
-insensitive literals that start at a word boundary; extendable with `load_markers(path)`):
+Attempts. The response is cut at every revision marker (data: `markers.txt`,
+case-insensitive literals that start at a word boundary; extendable with `load_markers(path)`):
 the text before the first marker is segment 1, and so on; a marker that ends in a letter
 must also end at a word boundary ("Hold on" is not in "hold onto", "Wait" is not in
 "Waiting"). A segment's candidate is its *last* candidate (the value it commits to; a
@@ -277,7 +277,16 @@ class ParsedResponse:
     def as_calibration_attempts(self) -> list[tuple[bool | None, str | None]]:
         """(candidate correct, or None if answerless; decision) for
         `analysis.calibration.TrajectoryCounts.from_attempts` (DESIGN §4)."""
-        return [(a.correct if a.answer is not None else None, a.decision) for a in self.attempts]
+        return calibration_attempts(self.to_dict()["attempts"])
+
+
+def calibration_attempts(
+    attempts: Sequence[dict[str, Any]],
+) -> list[tuple[bool | None, str | None]]:
+    """`ParsedResponse.as_calibration_attempts` from stored attempts (`to_dict()["attempts"]`):
+    (candidate correct, or None if answerless; decision) per attempt."""
+    return [(a["correct"] if a["answer"] is not None else None, a["decision"])
+            for a in attempts]
 
 
 def parse_response(

@@ -106,19 +106,25 @@ def test_evaluate_resumes(tmp_path: Path) -> None:
         evaluate("scripted", LADDER, "1x1,1x2", n=5, name="r", out_root=tmp_path,
                  config=config, generator=first, progress=False, log=lambda m: None)
     path = tmp_path / "r" / RESPONSES
-    assert len(read_responses(path)) == 16  # two batches of 4 prompts x 2 samples
-    with path.open("a") as fh:  # a line cut by the crash
+    written = read_responses(path)
+    assert len(written) == 16  # two batches of 4 prompts x 2 samples
+    # A half-written query: only sample 0 of the last one survived; then a cut line.
+    half = written[-1]
+    assert half["sample"] == 1
+    path.write_text("".join(json.dumps(r) + "\n" for r in written[:-1]))
+    with path.open("a") as fh:
         fh.write('{"id": "2x2/4", "sampl')
     second = ScriptedGenerator(config)
     messages: list[str] = []
     res = evaluate("scripted", LADDER, "1x1,1x2", n=5, name="r", out_root=tmp_path,
                    config=config, generator=second, progress=False, log=messages.append)
-    assert len(second.prompts) == 15 - 8 and res.n_generated == 7
+    assert len(second.prompts) == 15 - 7 and res.n_generated == 8
+    assert second.prompts[0] == half["prompt"]  # regenerated (both samples)
     assert any("resuming" in m for m in messages)
     rows = read_responses(path)
     assert len(rows) == 30
     assert len({(r["id"], r["sample"]) for r in rows}) == 30
-    assert set(first.prompts).isdisjoint(second.prompts)
+    assert set(first.prompts[:-1]).isdisjoint(second.prompts)
     # A finished run re-evaluated generates nothing; another configuration is refused.
     third = ScriptedGenerator(config)
     evaluate("scripted", LADDER, "1x1,1x2", n=5, name="r", out_root=tmp_path, config=config,
@@ -127,6 +133,43 @@ def test_evaluate_resumes(tmp_path: Path) -> None:
     with pytest.raises(EvaluationError, match="another configuration"):
         evaluate("scripted", LADDER, "1x1,1x2", n=6, name="r", out_root=tmp_path,
                  config=config, generator=third, progress=False, log=lambda m: None)
+
+
+def test_resume_reparses_with_the_current_markers(tmp_path: Path) -> None:
+    """B5: a resumed run used to keep the old parses beside new ones (two marker lists)."""
+    config = GenerationConfig(batch_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate("scripted", LADDER, "1x1,1x2", n=5, name="m", out_root=tmp_path,
+                 config=config, generator=ScriptedGenerator(config, fail_after=4),
+                 progress=False, log=lambda m: None)
+    path = tmp_path / "m" / RESPONSES
+    assert any(len(r["parse"]["attempts"]) == 2 for r in read_responses(path))
+    evaluate("scripted", LADDER, "1x1,1x2", n=5, name="m", out_root=tmp_path, config=config,
+             generator=ScriptedGenerator(config), markers=[], progress=False,
+             log=lambda m: None)
+    rows = read_responses(path)
+    assert len(rows) == 15 and all(len(r["parse"]["attempts"]) == 1 for r in rows)
+    assert json.loads((tmp_path / "m" / MANIFEST).read_text())["markers"] == []
+
+
+def test_resume_refuses_another_model(tmp_path: Path) -> None:
+    """B5: the run key had no weights fingerprint, so retrained weights in the same folder
+    reused the old model's answers."""
+    model = tmp_path / "ckpt"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"0" * 10)
+    config = GenerationConfig(batch_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(str(model), LADDER, "1x1,1x2", n=5, name="w", out_root=tmp_path,
+                 config=config, generator=ScriptedGenerator(config, fail_after=4),
+                 progress=False, log=lambda m: None)
+    (model / "model.safetensors").write_bytes(b"1" * 12)  # retrained in place
+    with pytest.raises(EvaluationError, match="another model") as info:
+        evaluate(str(model), LADDER, "1x1,1x2", n=5, name="w", out_root=tmp_path,
+                 config=config, generator=ScriptedGenerator(config), progress=False,
+                 log=lambda m: None)
+    assert len(str(info.value).splitlines()) == 1
 
 
 def _row(task: str, parse: dict, truncated: bool = False) -> dict:
@@ -200,6 +243,7 @@ def test_cli_eval_missing_model_is_one_line(tmp_path: Path,
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: model 'no-such-org/no-such-model'")
+    assert list(tmp_path.iterdir()) == []  # B8: no half-made output folder blocks the name
 
 
 def test_cli_eval_vllm_without_gpu(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -216,3 +260,4 @@ def test_cli_eval_vllm_without_gpu(tmp_path: Path, tiny_checkpoint: Path) -> Non
         "Error: backend vllm needs the vllm package and a CUDA GPU "
         "(pip install 'ds-study[vllm]' on a GPU machine); use --backend transformers"
     ]
+    assert list(tmp_path.iterdir()) == []
