@@ -39,8 +39,10 @@ def train_expected(spec: AgentSpec, obj: ObjectiveConfig, phi0: np.ndarray, step
                    record_every: int = 1) -> tuple[np.ndarray, pd.DataFrame]:
     """Follow the exact expected gradient for `steps` steps; returns (phi, history).
 
-    history has one row per recorded step: step, the ID-mean logits and gradients per term
-    (g_s[term], g_1[term], g_2[term], ratio[term]) and of the total, and p, q1, q2 per task.
+    history has the population trainer's convention (sim.population): row `step = u` holds
+    the parameters after u updates, p, q1, q2 per task, and the ID-mean logit gradients of
+    update u per term and total (g_s[term], g_1[term], g_2[term], ratio[term]; NaN in row 0);
+    `ref_reset` marks an update that used a freshly reset reference.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -50,27 +52,29 @@ def train_expected(spec: AgentSpec, obj: ObjectiveConfig, phi0: np.ndarray, step
     phi = np.array(phi0, dtype=float)
     ref = phi.copy() if phi_ref is None else np.array(phi_ref, dtype=float)
     state = np.zeros((2, spec.n_params))
-    rows = []
-    for step in range(steps + 1):
-        if ref_update_every and step > 0 and step % ref_update_every == 0:
+    rows = [_record(spec, obj, 0, phi, None, False)]
+    for step in range(1, steps + 1):
+        reset = bool(ref_update_every) and step > 1 and (step - 1) % ref_update_every == 0
+        if reset:
             ref = phi.copy()
         on_logits, on_phi = expected_gradients(spec, obj, phi, ref)
+        phi = phi + ascent_step(optimiser, combine(on_phi, obj), state, step)
         if step % record_every == 0 or step == steps:
-            rows.append(_record(spec, obj, step, phi, on_logits))
-        if step < steps:
-            phi = phi + ascent_step(optimiser, combine(on_phi, obj), state, step + 1)
+            rows.append(_record(spec, obj, step, phi, on_logits, reset))
     return phi, pd.DataFrame(rows)
 
 
 def _record(spec: AgentSpec, obj: ObjectiveConfig, step: int, phi: np.ndarray,
-            on_logits: dict[str, np.ndarray]) -> dict[str, float]:
-    row: dict[str, float] = {"step": step}
+            on_logits: dict[str, np.ndarray] | None, ref_reset: bool) -> dict[str, float]:
+    row: dict[str, float] = {"step": step, "ref_reset": ref_reset}
     for name, value in zip(spec.parameter_names(), phi, strict=True):
         row[name] = float(value)
     probs = 1 / (1 + np.exp(-spec.task_logits(phi)))
     for t, task in enumerate(spec.ladder.names):
         for x, comp in enumerate(("p", "q1", "q2")):
             row[f"{comp}[{task}]"] = float(probs[t, x])
+    if on_logits is None:  # before the first update: no gradient yet
+        on_logits = {k: np.full(3, np.nan) for k in obj.kinds}
     terms = dict(on_logits)
     terms["total"] = combine(on_logits, obj)
     for k, g in terms.items():

@@ -136,3 +136,21 @@ def test_measurements_of_sequence_model_kl_stay_small() -> None:
         run_training(TrainConfig(steps=60, n_agents=2))[1], ("surrogate", "kl")
     )
     assert meas["ratio[kl]"]["agent_steps_median"] < per_token["ratio[kl]"]["agent_steps_median"]
+
+
+def test_expected_and_sampled_histories_share_the_step_convention() -> None:
+    """Row u = parameters after u updates + the gradient of update u, in both trainers."""
+    from sim.dynamics import train_expected
+    from sim.model import AgentSpec
+    from sim.objectives import ObjectiveConfig
+
+    spec = AgentSpec()
+    obj = ObjectiveConfig.parse("surrogate+kl", beta=0.01)
+    _, hist = train_expected(spec, obj, spec.initial_params(), 7, ref_update_every=3)
+    zero_kl = hist.loc[hist["g_s[kl]"] == 0, "step"].tolist()
+    assert zero_kl == [1, 4, 7]  # the updates that start at a fresh reference
+    assert hist.loc[hist["ref_reset"], "step"].tolist() == [4, 7]
+    assert np.isnan(hist.loc[0, "g_s[surrogate]"])
+    _, sampled = run_training(TrainConfig(steps=7, ref_update_every=3, n_agents=1))
+    assert sampled.loc[sampled["g_s[kl]"] == 0, "step"].tolist() == zero_kl
+    assert sampled.loc[sampled["ref_reset"], "step"].tolist() == [4, 7]
