@@ -16,8 +16,12 @@ import click
 from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+def _fail(exc: BaseException) -> click.ClickException:
+    """A one-line CLI error from an expected exception (also used by the training commands)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, ImportError):
+        text = f"{text} (training needs the real extra: pip install 'ds-study[real]')"
+    return click.ClickException(text)
 
 
 @click.group("realmodel")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from realmodel.parsing import RESAMPLE, STOP, Attempt
-from realmodel.tasks import build_prompt, chat_messages
+from realmodel.tasks import build_prompt
 
 KINDS = ("reflection", "no-reflection")
 
@@ -175,13 +175,12 @@ def build_sft_dataset(
     ft_share: float = 0.5,
     n_reflections: int = 1,
     seed: int = 0,
-    tokenizer: Any = None,
 ) -> list[dict[str, Any]]:
     """One SFT example per record: {"prompt", "completion", "task", "a", "b"}.
 
     `kind` is "reflection" (a share `ft_share` of F→T examples, the rest T→T) or
-    "no-reflection". `prompt` is the paper's user prompt; given a `tokenizer`, it is the
-    chat-template text with the generation prompt appended (what the model sees at eval).
+    "no-reflection". `prompt` is the paper's user prompt (the SFT trainer applies the chat
+    template).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -196,12 +195,6 @@ def build_sft_dataset(
         else:
             ft = n_reflections >= 1 and bool(rng.random() < ft_share)
             completion, _ = reflection_example(a, b, rng, ft=ft, n_reflections=n_reflections)
-        if tokenizer is None:
-            prompt = build_prompt(a, b)
-        else:
-            prompt = tokenizer.apply_chat_template(
-                chat_messages(a, b), tokenize=False, add_generation_prompt=True
-            )
-        out.append({"prompt": prompt, "completion": completion, "task": rec["task"],
+        out.append({"prompt": build_prompt(a, b), "completion": completion, "task": rec["task"],
                     "a": a, "b": b})
     return out

@@ -73,13 +73,6 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         show_default=True, help="Preset the other options override.")(func)
 
 
-def _fail(exc: BaseException) -> click.ClickException:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, ImportError):
-        text = f"{text} (training needs the real extra: pip install 'ds-study[real]')"
-    return click.ClickException(text)
-
-
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from realmodel.evaluation import EvaluationError
     from realmodel.generation import GenerationError
@@ -92,6 +85,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def _execute(build: Callable[[], TrainRunConfig], run: Callable[..., dict[str, Any]],
              resume: bool, print_config: bool) -> None:
+    from realmodel.commands import _fail  # here: realmodel.commands imports this module
+
     try:
         cfg = build()
     except ValueError as exc:

