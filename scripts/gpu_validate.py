@@ -81,7 +81,8 @@ def _settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
 def _run_overrides(args: argparse.Namespace, s: dict[str, Any], root: Path) -> dict[str, Any]:
     return dict(model=args.model, ladder=args.ladder, id_tasks=args.id_tasks,
                 output_root=str(root), seed=args.seed, device=s["device"],
-                # the training split must hold out exactly the problems the evals use
+                # the held-out pool does not depend on n_test (tasks.make_splits): the evals
+                # and the in-training calibration both ask only held-out problems
                 n_test=s["n_eval"], calib_every=args.calib_every,
                 calib_n=args.calib_n, calib_max_new_tokens=args.calib_max_new_tokens)
 
