@@ -24,6 +24,7 @@ Model (DESIGN.md §1, §2, §4):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq, least_squares
+from scipy.special import logit
 
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
 from analysis.twostage import accuracy_forced_stop
@@ -121,19 +123,30 @@ class FitResult:
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     observed_source: str = ""
+    observed_sha256: str = ""  # observed_digest of the fitted table (the cache key's data part)
 
     def to_dict(self) -> dict:
-        return {"params": self.params.to_dict(orient="records"),
-                "curves": self.curves.to_dict(orient="records"), "rmse": self.rmse,
-                "rmse_all": self.rmse_all, "n_free": self.n_free, "n_params": self.n_params,
-                "n_obs": self.n_obs, "config": self.config, "notes": self.notes,
-                "wall_s": self.wall_s, "observed_source": self.observed_source}
+        """Strict-JSON-ready: NaN and infinities become None (null)."""
+        return json_safe({"params": self.params.to_dict(orient="records"),
+                          "curves": self.curves.to_dict(orient="records"), "rmse": self.rmse,
+                          "rmse_all": self.rmse_all, "n_free": self.n_free,
+                          "n_params": self.n_params, "n_obs": self.n_obs,
+                          "config": self.config, "notes": self.notes, "wall_s": self.wall_s,
+                          "observed_source": self.observed_source,
+                          "observed_sha256": self.observed_sha256})
 
     @classmethod
     def from_dict(cls, d: dict) -> FitResult:
-        return cls(pd.DataFrame(d["params"]), pd.DataFrame(d["curves"]), d["rmse"],
-                   d["rmse_all"], d["n_free"], d["n_params"], d["n_obs"], d["config"],
-                   list(d.get("notes", [])), d.get("wall_s", 0.0), d.get("observed_source", ""))
+        """Inverse of to_dict: None is read back as NaN, except an interval's upper end
+        with a finite standard error, which is null only because it overflowed to inf."""
+        params = _frame(d["params"])
+        if {"ci_high", "stderr"} <= set(params.columns):
+            overflow = params["ci_high"].isna() & np.isfinite(params["stderr"])
+            params.loc[overflow, "ci_high"] = np.inf
+        return cls(params, _frame(d["curves"]), _float(d["rmse"]),
+                   _float(d["rmse_all"]), d["n_free"], d["n_params"], d["n_obs"], d["config"],
+                   list(d.get("notes", [])), d.get("wall_s", 0.0), d.get("observed_source", ""),
+                   d.get("observed_sha256", ""))
 
     def summary(self) -> str:
         """Plain-text report: parameters with uncertainty, residuals, RMSE, parameter count."""
@@ -163,6 +176,44 @@ class FitResult:
         return int(sub.iloc[0]) if len(sub) else 0
 
 
+def json_safe(obj):
+    """`obj` with NaN / infinities as None and numpy scalars as Python numbers, so that
+    json.dumps(..., allow_nan=False) accepts it (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _float(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _frame(records: list[dict]) -> pd.DataFrame:
+    """Records read back from JSON: a column of numbers and nulls is a float column."""
+    df = pd.DataFrame(records)
+    for c in df.columns:
+        if df[c].dtype == object and df[c].map(
+                lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+        ).all():
+            df[c] = df[c].astype(float)
+    return df
+
+
+def observed_digest(observed: pd.DataFrame) -> str:
+    """sha256 of an observed table's content (columns by name, rows sorted): what a cached
+    fit must match to be reused, whatever the table's file is called."""
+    table = observed.reindex(sorted(observed.columns, key=str), axis=1)
+    lines = table.to_csv(index=False).splitlines()
+    text = "\n".join([*lines[:1], *sorted(lines[1:])])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ------------------------------------------------------------------------------- model
 
 
@@ -178,10 +229,6 @@ def ladder_of(observed: pd.DataFrame) -> Ladder:
     if not any(ids):
         raise FitError("the observed table marks no in-distribution task")
     return Ladder(tuple(tasks["task"]), ids)
-
-
-def _logit(x: float) -> float:
-    return math.log(x / (1 - x))
 
 
 def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
@@ -219,7 +266,7 @@ def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: F
     from sim.model import AgentSpec, TaskLadder, TransferConfig
     from sim.optim import OptimiserConfig
 
-    b1, b2 = _logit(cfg.q1_base), _logit(cfg.q2_base)
+    b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
     lad = TaskLadder(ladder.names, tuple(float(i + 1) for i in range(len(ladder.names))),
                      ladder.in_distribution, tuple((b, b1, b2) for b in b_s))
     spec = AgentSpec(ladder=lad, transfer=TransferConfig((ell_s, ell_d, ell_d),
@@ -242,7 +289,7 @@ def simulate_regime(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig
                     values: dict[str, float]) -> np.ndarray:
     """(T, 4) array of p, q1, q2, Acc_K per task after training `regime` with `values`."""
     if regime == BASE:
-        b1, b2 = _logit(cfg.q1_base), _logit(cfg.q2_base)
+        b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
         p = 1 / (1 + np.exp(-np.asarray(b_s)))
         q1, q2 = np.full_like(p, 1 / (1 + math.exp(-b1))), np.full_like(p, 1 / (1 + math.exp(-b2)))
         return np.column_stack([p, q1, q2, accuracy_forced_stop(p, q1, q2, cfg.max_attempts)])
@@ -413,4 +460,5 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
                      n_params=k + len(ladder.names), n_obs=int(len(allres)),
                      config=asdict(cfg), notes=notes, wall_s=time.time() - t0,
                      observed_source=str(observed["source"].iloc[0])
-                     if "source" in observed.columns else "")
+                     if "source" in observed.columns else "",
+                     observed_sha256=observed_digest(observed))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import charts
-from analysis.fit import FitConfig, FitResult, fit_observed
+from analysis.fit import FitConfig, FitResult, fit_observed, json_safe, observed_digest
 from analysis.observed import (
     BASE,
     REGIMES,
@@ -357,9 +357,10 @@ def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], 
         return FitResult.from_dict(json.loads(Path(cfg.fit).read_text(encoding="utf-8")))
     fit_cfg = FitConfig(quick=cfg.quick)
     source = str(observed["source"].iloc[0])
+    digest = observed_digest(observed)
     name = "quick" if cfg.quick else "report"
     cache = cfg.outputs / "fit" / _slug(source + "-" + name) / "fit.json"
-    want = json.loads(json.dumps(asdict(fit_cfg)))
+    want = json.loads(json.dumps(json_safe(asdict(fit_cfg))))
     cached = sorted((cfg.outputs / "fit").glob("*/fit.json"), key=lambda p: p.stat().st_mtime,
                     reverse=True) if (cfg.outputs / "fit").is_dir() else []
     for path in cached:  # the report's own cache or a `cli.py fit` with the same settings
@@ -367,7 +368,8 @@ def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], 
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if data.get("config") == want and data.get("observed_source") == source:
+        if (data.get("config") == want and data.get("observed_source") == source
+                and data.get("observed_sha256") == digest):  # the same data, not just name
             log(f"using cached fit {path}")
             return FitResult.from_dict(data)
     log(f"fitting the simulator to {source} (cached in {cache.parent}) ...")
@@ -381,8 +383,8 @@ def save_fit(result: FitResult, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "fit.json", out_dir / "params.csv", out_dir / "curves.csv",
              out_dir / "summary.txt"]
-    paths[0].write_text(json.dumps(result.to_dict(), indent=1, default=_json_default),
-                        encoding="utf-8")
+    paths[0].write_text(json.dumps(result.to_dict(), indent=1, default=_json_default,
+                                   allow_nan=False), encoding="utf-8")
     result.params.to_csv(paths[1], index=False)
     result.curves.to_csv(paths[2], index=False)
     paths[3].write_text(result.summary() + "\n", encoding="utf-8")

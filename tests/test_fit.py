@@ -91,3 +91,57 @@ def test_fit_command_quick_and_errors(tmp_path, monkeypatch):
     # CliRunner catches a crash too (exit code 1): only a ClickException exits via SystemExit
     assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit), bad.exception
     assert bad.output.startswith("Error:") and len(bad.output.strip().splitlines()) == 1
+
+
+def _write_table(path, rl: tuple[float, ...]) -> None:
+    rows = [{"model": regime, "task": f"T{i + 1}", "task_index": i + 1,
+             "in_distribution": i < 2, "accuracy_pct": a, "n": 100}
+            for regime, accs in (("Base", (70.0, 40.0, 10.0)), ("RL", rl))
+            for i, a in enumerate(accs)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_report_fit_cache_is_keyed_by_the_data(tmp_path):
+    """A changed table under the same file name is fitted again, not served a stale fit."""
+    from analysis.fit import observed_digest
+    from analysis.observed import load_observed
+    from analysis.report import ReportConfig, load_or_fit
+
+    path = tmp_path / "obs.csv"
+    _write_table(path, (80.0, 60.0, 20.0))
+    cfg = ReportConfig(outputs=tmp_path / "outputs", observed=path, quick=True)
+    logs: list[str] = []
+    first = load_or_fit(cfg, load_observed(path), logs.append)
+    assert first.observed_sha256 == observed_digest(load_observed(path))
+    again = load_or_fit(cfg, load_observed(path), logs.append)
+    assert logs[-1].startswith("using cached fit")  # same data: the cache is used
+    pd.testing.assert_frame_equal(again.curves, first.curves)
+    _write_table(path, (90.0, 80.0, 50.0))
+    changed = load_or_fit(cfg, load_observed(path), logs.append)
+    assert logs[-1].startswith("fitting the simulator")
+    rl = changed.curves[changed.curves["regime"] == RL]
+    np.testing.assert_allclose(rl["observed"], [0.9, 0.8, 0.5])
+    # rows in another order: the same data, the same digest
+    obs = load_observed(path)
+    assert observed_digest(obs.iloc[::-1]) == observed_digest(obs)
+
+
+def test_fit_json_is_strict_json(tmp_path):
+    """NaN (standard errors of fixed parameters, at-bound intervals) is written as null."""
+    import json
+
+    from analysis.report import save_fit
+
+    res = fit_observed(load_paper_table1(), FitConfig(quick=True))
+    assert res.params["stderr"].isna().any()
+    save_fit(res, tmp_path)
+    text = (tmp_path / "fit.json").read_text(encoding="utf-8")
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    data = json.loads(text, parse_constant=refuse)
+    back = FitResult.from_dict(data)
+    pd.testing.assert_frame_equal(back.params, res.params)
+    pd.testing.assert_frame_equal(back.curves, res.curves)
+    assert back.summary() == res.summary()
