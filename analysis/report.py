@@ -42,9 +42,8 @@ from analysis.observed import (
     load_observed,
     reference_dir,
 )
+from sim.attribution import APPENDIX_C_REF, APPENDIX_C_THETA  # DESIGN §3 worked example
 
-APPENDIX_C_THETA = (0.4, 2.2, 1.4)  # DESIGN §3 worked example
-APPENDIX_C_REF = (0.3, 2.0, 1.2)
 VL_VERSION = "6.4"
 
 
@@ -171,29 +170,16 @@ def builtin_history(steps: int = 120, beta: float = 0.01, length: float = 100.0,
 def simulated_calibration(curves: pd.DataFrame, max_attempts: int, n: int = 100,
                           n_boot: int = 100, seed: int = 0) -> pd.DataFrame:
     """Calibrate (DESIGN §4) on `n` sampled trajectories per (regime, task) of the fitted
-    simulator: the same estimators and CIs as for a real model."""
-    from analysis.calibration import RESAMPLE, STOP, TrajectoryCounts, calibrate
-    from sim import kernels as kn
-    from sim.rng import agent_states
+    simulator: the same estimators and CIs as for a real model (sim.simulate's sampler and
+    counts, analysis.calibration.calibrate)."""
+    from analysis.calibration import calibrate
+    from sim.simulate import sample_trajectories, trajectory_counts
 
     rows = []
     for i, r in enumerate(curves.itertuples()):
-        logits = np.log(np.array([[r.p, r.q1, r.q2]]) / (1 - np.array([[r.p, r.q1, r.q2]])))
-        masks, ns, truncs = kn.sample_population(agent_states(seed + i, 1), logits, max_attempts,
-                                                 False, n)
-        trajs, finals = [], []
-        for m, k, tr in zip(masks[0], ns[0], truncs[0], strict=True):
-            k, m = int(k), int(m)
-            att = []
-            for a in range(k):
-                correct = bool((m >> a) & 1)
-                last = a == k - 1
-                decision = (None if last and (k == max_attempts or tr) else
-                            STOP if last else RESAMPLE)
-                att.append((correct, decision))
-            trajs.append(att)
-            finals.append(bool(not tr and (m >> (k - 1)) & 1))
-        est = calibrate(TrajectoryCounts.from_attempts(trajs, finals), max_attempts, n_boot, seed)
+        sampled = sample_trajectories(r.p, r.q1, r.q2, max_attempts, n, seed + i)
+        est = calibrate(trajectory_counts(*sampled, max_attempts), max_attempts=max_attempts,
+                        n_boot=n_boot, seed=seed)
         row = {"regime": r.regime, "task": r.task, "task_index": r.task_index,
                "in_distribution": r.in_distribution, "n": n,
                "source": "simulator (fitted), sampled"}

@@ -140,3 +140,17 @@ def test_sweep_accuracy_keeps_optimisers_apart():
     two_tm = _sweep_accuracy(_two_optimiser_sweep(("per-token", "sequence")), {})
     assert two_tm["series"].nunique() == 4 and (two_tm["n"] == 3).all()
     assert "surrogate+kl · adam · sequence" in set(two_tm["series"])
+
+
+def test_simulated_calibration_is_sim_simulate():
+    """The report's simulated calibration is sim.simulate's sampler + analysis.calibration."""
+    from analysis.report import simulated_calibration
+    from sim.simulate import simulate_and_calibrate
+
+    curves = pd.DataFrame({"regime": ["Base"], "task": ["T1"], "task_index": [1],
+                           "in_distribution": [True], "p": [0.6], "q1": [0.8], "q2": [0.3]})
+    row = simulated_calibration(curves, 8, n=200, n_boot=10, seed=0).iloc[0]
+    want = simulate_and_calibrate(0.6, 0.8, 0.3, 8, 200, seed=0, n_boot=10)
+    for key, est in want.items():
+        assert row[key] == pytest.approx(est.estimate, nan_ok=True)
+        assert row[f"{key}_ci_low"] == pytest.approx(est.ci_low, nan_ok=True)
