@@ -303,11 +303,15 @@ def evaluate(
                         "in_distribution": rec["task"] in id_names})
 
     resp_path = out_dir / RESPONSES
-    kept = _complete_rows(read_responses(resp_path), config.samples_per_prompt)
-    wanted = {q["id"] for q in queries}
+    # A stored row counts only for the very problem its id now names (a folder written under
+    # an older split rule holds other problems under the same ids); a query is kept only
+    # with all of its samples.
+    wanted = {q["id"]: (q["a"], q["b"]) for q in queries}
+    kept = [r for r in read_responses(resp_path) if wanted.get(r["id"]) == (r["a"], r["b"])]
+    kept = _complete_rows(kept, config.samples_per_prompt)
     # Stored parses are redone with the current markers (and parser): cheap, and a resumed
     # run never mixes two marker lists.
-    kept = reparse_rows([r for r in kept if r["id"] in wanted], marker_list)
+    kept = reparse_rows(kept, marker_list)
     done = {r["id"] for r in kept}
     pending = [q for q in queries if q["id"] not in done]
     if pending and generator is None:  # before the folder exists (a failure leaves none)

@@ -125,6 +125,13 @@ def test_evaluate_resumes(tmp_path: Path) -> None:
     assert len(rows) == 30
     assert len({(r["id"], r["sample"]) for r in rows}) == 30
     assert set(first.prompts[:-1]).isdisjoint(second.prompts)
+    # A row whose id now names another problem (an older split rule) is regenerated.
+    stale = dict(rows[-1], a=rows[-1]["a"] + 1)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1] + [stale]))
+    fourth = ScriptedGenerator(config)
+    evaluate("scripted", LADDER, "1x1,1x2", n=5, name="r", out_root=tmp_path, config=config,
+             generator=fourth, progress=False, log=lambda m: None)
+    assert fourth.prompts == [rows[-1]["prompt"]]
     # A finished run re-evaluated generates nothing; another configuration is refused.
     third = ScriptedGenerator(config)
     evaluate("scripted", LADDER, "1x1,1x2", n=5, name="r", out_root=tmp_path, config=config,
