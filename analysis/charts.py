@@ -320,15 +320,22 @@ def _id_band(df: pd.DataFrame, tasks: list[str]) -> alt.Chart | None:
         x=alt.X("task:N", sort=tasks), tooltip=[alt.Tooltip("label:N", title="in-distribution")])
 
 
+def _with_series(df: pd.DataFrame) -> pd.DataFrame:
+    d = df.copy()
+    d["series"] = (d["series"].fillna(d["regime"]) if "series" in d.columns
+                   else d["regime"]).astype(str)
+    return d
+
+
 def _accuracy_panel(df: pd.DataFrame, title: str, scale: alt.Scale, tasks: list[str],
-                    lines: bool = True) -> alt.LayerChart:
+                    offsets: list[str], lines: bool = True) -> alt.LayerChart:
     """One panel of accuracy vs task. Colour = regime; where the rows carry a `series`
     (e.g. sweep cells of one regime under two optimisers) each series is its own line and
-    point column, told apart by dash and shape."""
-    d = df.copy()
+    point column, told apart by dash and shape. `offsets`: the x-offset slots, the same in
+    every panel (concatenated panels share the scale)."""
+    d = _with_series(df)
     for c in ("accuracy", "ci_low", "ci_high"):
         d[c] = d[c] * 100
-    d["series"] = d["series"].fillna(d["regime"]) if "series" in d.columns else d["regime"]
     several = bool((d["series"] != d["regime"]).any())
     enc = alt.Chart(d).encode(
         x=alt.X("task:N", sort=tasks, title="task (difficulty →)"),
@@ -344,17 +351,12 @@ def _accuracy_panel(df: pd.DataFrame, title: str, scale: alt.Scale, tasks: list[
     band = _id_band(df, tasks)
     if band is not None:
         layers.append(band)
+    off = alt.XOffset("series:N", scale=alt.Scale(domain=offsets))
+    dash, shape = {}, {}
     if several:
-        rank = {r: i for i, r in enumerate(scale.domain)}
-        order = sorted(dict.fromkeys(zip(d["regime"], d["series"], strict=True)),
-                       key=lambda rs: (rank.get(rs[0], len(rank)), rs[1]))
-        off = alt.XOffset("series:N", scale=alt.Scale(domain=[s for _, s in order]))
         legend = alt.Legend(orient="bottom", columns=2)
         dash = {"strokeDash": alt.StrokeDash("series:N", title="series", legend=legend)}
         shape = {"shape": alt.Shape("series:N", title="series", legend=legend)}
-    else:
-        off = alt.XOffset("regime:N", scale=alt.Scale(domain=list(scale.domain)))
-        dash, shape = {}, {}
     layers.append(enc.mark_rule(strokeWidth=1.5).encode(
         xOffset=off, y=alt.Y("ci_low:Q", scale=alt.Scale(domain=[0, 100], clamp=True)),
         y2="ci_high:Q"))
@@ -373,10 +375,15 @@ def ood_curves(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.HC
     source; optionally series (configurations kept apart within a regime's colour).
     """
     scale = _scale_for(acc["regime"].unique(), domain)
+    rank = {r: i for i, r in enumerate(scale.domain)}
+    pairs = dict.fromkeys(zip(*(_with_series(acc)[c] for c in ("regime", "series")),
+                              strict=True))
+    offsets = [s for _, s in sorted(pairs, key=lambda rs: rank.get(rs[0], len(rank)))]
+    offsets = list(dict.fromkeys(offsets))
     panels = []
     for source in list(dict.fromkeys(acc["source"])):
         sub = acc[acc["source"] == source]
-        panels.append(_accuracy_panel(sub, source, scale, _task_sort(sub)))
+        panels.append(_accuracy_panel(sub, source, scale, _task_sort(sub), offsets))
     return alt.hconcat(*panels).resolve_scale(x="independent")
 
 
