@@ -100,7 +100,7 @@ def fit(observed, name, **kw) -> None:
         path = Path(path)
         default = path.parent.name if path.name == "calibration.csv" else path.stem
         out = Path("outputs/fit") / (name or default)
-        paths = save_fit(result, out)
+        paths = save_fit(result, out, inputs={"observed": path})
     except (ValueError, FitError, ObservedDataError, OSError) as exc:
         raise _fail(exc) from None
     click.echo(result.summary())

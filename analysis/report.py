@@ -43,6 +43,7 @@ from analysis.observed import (
     reference_dir,
 )
 from sim.attribution import APPENDIX_C_REF, APPENDIX_C_THETA  # DESIGN §3 worked example
+from sim.provenance import git_commit, package_versions, write_json_atomic
 
 VL_VERSION = "6.4"
 
@@ -335,11 +336,14 @@ def _ell_text(manifest: dict) -> str:
         "transfer length scales as in the sweep manifest"
 
 
-def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], None]
-                ) -> FitResult:
+def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], None],
+                inputs: dict[str, str] | None = None) -> FitResult:
     """The fit of the simulator to `observed`: --fit, else a cached outputs/fit/<name>/
-    fit.json of the same source and config, else fit now and cache it."""
+    fit.json of the same data, source and config, else fit now and cache it. The fit.json
+    used is recorded in `inputs["fit"]`."""
+    inputs = {} if inputs is None else inputs
     if cfg.fit is not None:
+        inputs["fit"] = str(cfg.fit)
         return FitResult.from_dict(json.loads(Path(cfg.fit).read_text(encoding="utf-8")))
     fit_cfg = FitConfig(quick=cfg.quick)
     source = str(observed["source"].iloc[0])
@@ -357,15 +361,34 @@ def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], 
         if (data.get("config") == want and data.get("observed_source") == source
                 and data.get("observed_sha256") == digest):  # the same data, not just name
             log(f"using cached fit {path}")
+            inputs["fit"] = str(path)
             return FitResult.from_dict(data)
     log(f"fitting the simulator to {source} (cached in {cache.parent}) ...")
     result = fit_observed(observed, fit_cfg)
-    save_fit(result, cache.parent)
+    observed_path = cfg.observed or reference_dir() / "paper_table1.csv"
+    save_fit(result, cache.parent, inputs={"observed": str(observed_path)}, command="report")
+    inputs["fit"] = str(cache)
     return result
 
 
-def save_fit(result: FitResult, out_dir: Path) -> list[Path]:
-    """fit.json (round-trips), params.csv, curves.csv (with residuals), summary.txt."""
+def write_manifest(out_dir: Path, command: str, config: dict, inputs: dict,
+                   wall_s: float, **extra) -> Path:
+    """manifest.json of an output folder: command, config, inputs (paths), package versions,
+    git commit and wall time (the contract of every writer, docs/ARCHITECTURE.md)."""
+    path = out_dir / "manifest.json"
+    write_json_atomic(json_safe({
+        "command": command, "config": config,
+        "inputs": {k: None if v is None else str(v) for k, v in inputs.items()},
+        "versions": package_versions(), "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_time_s": round(wall_s, 3),
+        **extra}), path)
+    return path
+
+
+def save_fit(result: FitResult, out_dir: Path, inputs: dict | None = None,
+             command: str | None = "fit") -> list[Path]:
+    """fit.json (round-trips), params.csv, curves.csv (with residuals), summary.txt and, unless
+    `command` is None (the caller writes its own), manifest.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "fit.json", out_dir / "params.csv", out_dir / "curves.csv",
              out_dir / "summary.txt"]
@@ -374,6 +397,10 @@ def save_fit(result: FitResult, out_dir: Path) -> list[Path]:
     result.params.to_csv(paths[1], index=False)
     result.curves.to_csv(paths[2], index=False)
     paths[3].write_text(result.summary() + "\n", encoding="utf-8")
+    if command is not None:
+        paths.append(write_manifest(
+            out_dir, command, result.config, inputs or {}, result.wall_s,
+            observed_source=result.observed_source, observed_sha256=result.observed_sha256))
     return paths
 
 
@@ -400,17 +427,22 @@ def _fmt_params(result: FitResult) -> str:
     return "; ".join(parts)
 
 
-def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> list[Section]:
-    """Every section of the report, in order, with its chart and caption."""
+def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print,
+                   inputs: dict[str, str | None] | None = None) -> list[Section]:
+    """Every section of the report, in order, with its chart and caption. The inputs used
+    (paths; None for a built-in run) are recorded in `inputs`."""
+    inputs = {} if inputs is None else inputs
     sections: list[Section] = []
     observed_path = cfg.observed or reference_dir() / "paper_table1.csv"
     observed = load_observed(observed_path)
-    fit = load_or_fit(cfg, observed, log)
+    inputs["observed"] = str(observed_path)
+    fit = load_or_fit(cfg, observed, log, inputs)
     real_root = cfg.real or (cfg.outputs / "real")
     try:
         real = load_calibrations(real_root) if real_root.exists() else None
     except ObservedDataError:
         real = None
+    inputs["real"] = None if real is None else str(real_root)
     domain = charts.regime_domain(observed["regime"], fit.curves["regime"],
                                   [] if real is None else real["regime"])
     k_fit = int(fit.config.get("max_attempts", 8))
@@ -419,6 +451,7 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
     sweep_dir = _run_dir(cfg.sweep, "results.parquet") or \
         newest_run(cfg.outputs / "sweeps", "results.parquet")
     sweep, sweep_manifest = None, {}
+    inputs["sweep"] = None if sweep_dir is None else str(sweep_dir)
     if sweep_dir is not None:
         sweep = pd.read_parquet(sweep_dir / "results.parquet")
         sweep_manifest = read_manifest(sweep_dir)
@@ -454,6 +487,7 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
     # 2. training dynamics
     train_dir = _run_dir(cfg.train, "history.parquet") or \
         newest_run(cfg.outputs / "train", "history.parquet")
+    inputs["train"] = None if train_dir is None else str(train_dir)
     if train_dir is not None:
         hist = pd.read_parquet(train_dir / "history.parquet")
         weights, desc, gradients = train_description(read_manifest(train_dir), train_dir)
@@ -554,6 +588,7 @@ def build_sections(cfg: ReportConfig, log: Callable[[str], None] = print) -> lis
 
     # 6. echo effect
     kang = load_kang2025()
+    inputs["kang2025"] = str(reference_dir() / "kang2025_p_FT.csv")
     base_t = fit.curves[(fit.curves["regime"] == BASE) & fit.curves["in_distribution"]
                         .astype(bool)]
     p0 = float(base_t["p"].mean()) if len(base_t) else 0.5
@@ -656,7 +691,8 @@ def write_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[
     import vl_convert as vlc
 
     t0 = time.time()
-    sections = build_sections(cfg, log)
+    inputs: dict[str, str | None] = {}
+    sections = build_sections(cfg, log, inputs)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     meta = (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python cli.py report`; regimes "
             f"keep one colour across charts ({', '.join(REGIMES)}). Inputs: "
@@ -671,6 +707,9 @@ def write_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[
             png.write_bytes(vlc.vegalite_to_png(s.chart.to_dict(), vl_version=VL_VERSION,
                                                 scale=cfg.png_scale))
             out[png.name] = png
+    out["manifest.json"] = write_manifest(cfg.out_dir, "report", asdict(cfg), inputs,
+                                          time.time() - t0,
+                                          sections=[s.slug for s in sections])
     log(f"report: {page} ({len(sections)} charts, {time.time() - t0:.1f} s)")
     return out
 
@@ -683,6 +722,7 @@ def write_compare(run: Path, out_dir: Path, fit_cfg: FitConfig | None = None,
     (p, q1, q2). Writes comparison.csv, the fit files, compare.html and PNGs."""
     import vl_convert as vlc
 
+    t0 = time.time()
     cal = load_calibrations(run)
     observed = load_observed(run)
     result = fit_observed(observed, fit_cfg or FitConfig())
@@ -692,7 +732,7 @@ def write_compare(run: Path, out_dir: Path, fit_cfg: FitConfig | None = None,
                       on=["regime", "task"], how="left")
     table["accuracy_residual"] = table["observed_accuracy"] - table["accuracy_sim"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = save_fit(result, out_dir)
+    paths = save_fit(result, out_dir, command=None)
     table.to_csv(out_dir / "comparison.csv", index=False)
     paths.append(out_dir / "comparison.csv")
     domain = charts.regime_domain(cal["regime"])
@@ -718,5 +758,8 @@ def write_compare(run: Path, out_dir: Path, fit_cfg: FitConfig | None = None,
         png = out_dir / f"{s.slug}.png"
         png.write_bytes(vlc.vegalite_to_png(s.chart.to_dict(), vl_version=VL_VERSION, scale=1.5))
         paths.append(png)
+    paths.append(write_manifest(out_dir, "compare", result.config, {"observed": run},
+                                time.time() - t0, observed_source=result.observed_source,
+                                observed_sha256=result.observed_sha256))
     log(f"compare: {page}")
     return result, table, paths

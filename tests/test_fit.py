@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,6 +89,10 @@ def test_fit_command_quick_and_errors(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "RMSE (trained regimes)" in res.output and "parameters:" in res.output
     assert (tmp_path / "outputs/fit/t/fit.json").is_file()
+    man = json.loads((tmp_path / "outputs/fit/t/manifest.json").read_text(encoding="utf-8"))
+    assert man["command"] == "fit" and man["inputs"]["observed"].endswith("paper_table1.csv")
+    assert man["config"]["quick"] is True and "git_commit" in man and "wall_time_s" in man
+    assert man["versions"]["python"]
     bad = runner.invoke(main, ["fit", "--observed", str(tmp_path / "missing.csv")])
     # CliRunner catches a crash too (exit code 1): only a ClickException exits via SystemExit
     assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit), bad.exception
@@ -128,8 +134,6 @@ def test_report_fit_cache_is_keyed_by_the_data(tmp_path):
 
 def test_fit_json_is_strict_json(tmp_path):
     """NaN (standard errors of fixed parameters, at-bound intervals) is written as null."""
-    import json
-
     from analysis.report import save_fit
 
     res = fit_observed(load_paper_table1(), FitConfig(quick=True))

@@ -76,6 +76,31 @@ def test_weights_and_kl_from_manifests():
     assert "(the sweep's defaults" in sweep_kl_text({})
 
 
+def _manifest(folder: Path) -> dict:
+    import json
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"),
+                      parse_constant=refuse)
+    assert {"config", "inputs", "versions", "git_commit", "wall_time_s"} <= set(data)
+    assert data["versions"]["python"] and data["wall_time_s"] >= 0
+    return data
+
+
+def test_report_writes_a_manifest(built_report):
+    man = _manifest(built_report)
+    assert man["command"] == "report" and man["config"]["quick"] is True
+    assert man["inputs"]["sweep"].endswith("sweeps/demo")
+    assert man["inputs"]["train"].endswith("train/demo")
+    assert man["inputs"]["real"].endswith("real")
+    assert man["inputs"]["observed"].endswith("paper_table1.csv")
+    assert man["inputs"]["fit"].endswith("fit.json") and man["sections"][0] == "attribution"
+    fit_dir = Path(man["inputs"]["fit"]).parent  # the report's cached fit has one too
+    assert _manifest(fit_dir)["inputs"]["observed"] == man["inputs"]["observed"]
+
+
 def test_png_per_chart(built_report):
     for slug in SECTIONS:
         data = (built_report / f"{slug}.png").read_bytes()
@@ -115,6 +140,9 @@ def test_compare_command(tmp_path):
     assert table["p_sim"].notna().all()
     assert (out / "compare.html").is_file() and (out / "compare.png").is_file()
     assert "RMSE" in res.output
+    man = _manifest(out)
+    assert man["command"] == "compare" and man["inputs"]["observed"] == str(real)
+    assert man["config"]["quick"] is True and len(man["observed_sha256"]) == 64
 
 
 def _two_optimiser_sweep(token_models: tuple[str, ...] = ("per-token",)) -> pd.DataFrame:
