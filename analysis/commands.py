@@ -10,9 +10,14 @@ from pathlib import Path
 
 import click
 
+# ReportError, FitError, ObservedDataError and JSON decode errors are ValueErrors
+ERRORS = (ValueError, OSError, NotImplementedError)
+
 
 def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    """One line: the first line of the message, else the exception's type."""
+    text = str(exc).strip()
+    return click.ClickException(text.splitlines()[0] if text else type(exc).__name__)
 
 
 @click.command()
@@ -36,15 +41,13 @@ def _fail(exc: Exception) -> click.ClickException:
 def report(sweep, train, observed, real, fit_json, out_dir, outputs_root, no_png,
            quick) -> None:
     """Build outputs/report/index.html (self-contained) and a PNG per chart (DESIGN §6)."""
-    from analysis.fit import FitError
-    from analysis.observed import ObservedDataError
-    from analysis.report import ReportConfig, ReportError, write_report
+    from analysis.report import ReportConfig, write_report
 
     try:
         cfg = ReportConfig(out_dir=out_dir, outputs=outputs_root, sweep=sweep, train=train,
                            observed=observed, real=real, fit=fit_json, png=not no_png, quick=quick)
         paths = write_report(cfg, log=click.echo)
-    except (ValueError, ReportError, ObservedDataError, FitError, OSError) as exc:
+    except ERRORS as exc:
         raise _fail(exc) from None
     for name, path in paths.items():
         click.echo(f"  {name}: {path}")
@@ -89,8 +92,8 @@ def _fit_config(**kw):
 @_fit_options
 def fit(observed, name, **kw) -> None:
     """Fit the simulator (base offsets, lr per regime, transfer scales) to observed curves."""
-    from analysis.fit import FitError, fit_observed
-    from analysis.observed import ObservedDataError, load_observed, reference_dir
+    from analysis.fit import fit_observed
+    from analysis.observed import load_observed, reference_dir
     from analysis.report import save_fit
 
     try:
@@ -101,7 +104,7 @@ def fit(observed, name, **kw) -> None:
         default = path.parent.name if path.name == "calibration.csv" else path.stem
         out = Path("outputs/fit") / (name or default)
         paths = save_fit(result, out, inputs={"observed": path})
-    except (ValueError, FitError, ObservedDataError, OSError) as exc:
+    except ERRORS as exc:
         raise _fail(exc) from None
     click.echo(result.summary())
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
@@ -115,15 +118,13 @@ def fit(observed, name, **kw) -> None:
 @_fit_options
 def compare(observed, out_dir, name, **kw) -> None:
     """Measured (p, q1, q2) per task and regime beside the fitted simulator's predictions."""
-    from analysis.fit import FitError
-    from analysis.observed import ObservedDataError
-    from analysis.report import ReportError, write_compare
+    from analysis.report import write_compare
 
     try:
         cfg = _fit_config(**kw)
         out_dir = out_dir or Path("outputs/compare") / (name or Path(observed).name)
         result, table, paths = write_compare(Path(observed), out_dir, cfg)
-    except (ValueError, FitError, ObservedDataError, ReportError, OSError) as exc:
+    except ERRORS as exc:
         raise _fail(exc) from None
     click.echo(result.summary())
     cols = ["regime", "task", "p_hat", "p_sim", "q1_hat", "q1_sim", "q2_hat", "q2_sim",

@@ -344,7 +344,11 @@ def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], 
     inputs = {} if inputs is None else inputs
     if cfg.fit is not None:
         inputs["fit"] = str(cfg.fit)
-        return FitResult.from_dict(json.loads(Path(cfg.fit).read_text(encoding="utf-8")))
+        try:
+            return FitResult.from_dict(json.loads(Path(cfg.fit).read_text(encoding="utf-8")))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+            raise ReportError(f"--fit {cfg.fit} is not a fit.json of `cli.py fit` "
+                              f"({type(exc).__name__}: {exc})") from None
     fit_cfg = FitConfig(quick=cfg.quick)
     source = str(observed["source"].iloc[0])
     digest = observed_digest(observed)

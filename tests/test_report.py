@@ -182,3 +182,27 @@ def test_simulated_calibration_is_sim_simulate():
     for key, est in want.items():
         assert row[key] == pytest.approx(est.estimate, nan_ok=True)
         assert row[f"{key}_ci_low"] == pytest.approx(est.ci_low, nan_ok=True)
+
+
+@pytest.mark.parametrize("case", ["not-a-fit", "directory", "not-implemented"])
+def test_report_errors_are_click_errors(tmp_path, monkeypatch, case):
+    """A bad --fit (KeyError inside -> ReportError), an OSError and a NotImplementedError all
+    end as one 'Error: ...' line, never a traceback."""
+    from cli import main
+
+    fit = tmp_path / "fit.json"
+    if case == "not-a-fit":
+        fit.write_text("{}", encoding="utf-8")
+    elif case == "directory":
+        fit.mkdir()
+    else:
+        fit.write_text("{}", encoding="utf-8")
+
+        def not_implemented(*a, **k):
+            raise NotImplementedError("no such chart yet")
+
+        monkeypatch.setattr("analysis.report.write_report", not_implemented)
+    res = CliRunner().invoke(main, ["report", "--fit", str(fit), "--no-png", "--outputs",
+                                    str(tmp_path), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
+    assert res.output.startswith("Error") and len(res.output.strip().splitlines()) == 1
