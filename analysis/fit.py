@@ -35,10 +35,11 @@ import pandas as pd
 from scipy.optimize import brentq, least_squares
 from scipy.special import logit
 
+from analysis.calibration import Z95
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
 from analysis.twostage import accuracy_forced_stop
+from sim.provenance import finite_json
 
-Z95 = 1.959963984540054
 TRANSFER_MODES = ("shared", "per-regime")
 TRAINED_REGIMES = (SFT_NO_REFLECTION, SFT_REFLECTION, RL)
 BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
@@ -127,7 +128,7 @@ class FitResult:
 
     def to_dict(self) -> dict:
         """Strict-JSON-ready: NaN and infinities become None (null)."""
-        return json_safe({"params": self.params.to_dict(orient="records"),
+        return finite_json({"params": self.params.to_dict(orient="records"),
                           "curves": self.curves.to_dict(orient="records"), "rmse": self.rmse,
                           "rmse_all": self.rmse_all, "n_free": self.n_free,
                           "n_params": self.n_params, "n_obs": self.n_obs,
@@ -174,20 +175,6 @@ class FitResult:
     def _task_index(self, task: str) -> int:
         sub = self.curves.loc[self.curves["task"] == task, "task_index"]
         return int(sub.iloc[0]) if len(sub) else 0
-
-
-def json_safe(obj):
-    """`obj` with NaN / infinities as None and numpy scalars as Python numbers, so that
-    json.dumps(..., allow_nan=False) accepts it (strict JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _float(v) -> float:

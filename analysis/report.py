@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import charts
-from analysis.fit import FitConfig, FitResult, fit_observed, json_safe, observed_digest
+from analysis.fit import FitConfig, FitResult, fit_observed, observed_digest
 from analysis.observed import (
     BASE,
     REGIMES,
@@ -43,7 +43,7 @@ from analysis.observed import (
     reference_dir,
 )
 from sim.attribution import APPENDIX_C_REF, APPENDIX_C_THETA  # DESIGN §3 worked example
-from sim.provenance import git_commit, package_versions, write_json_atomic
+from sim.provenance import finite_json, git_commit, package_versions, write_json_atomic
 
 VL_VERSION = "6.4"
 
@@ -354,7 +354,7 @@ def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], 
     digest = observed_digest(observed)
     name = "quick" if cfg.quick else "report"
     cache = cfg.outputs / "fit" / _slug(source + "-" + name) / "fit.json"
-    want = json.loads(json.dumps(json_safe(asdict(fit_cfg))))
+    want = json.loads(json.dumps(finite_json(asdict(fit_cfg))))
     cached = sorted((cfg.outputs / "fit").glob("*/fit.json"), key=lambda p: p.stat().st_mtime,
                     reverse=True) if (cfg.outputs / "fit").is_dir() else []
     for path in cached:  # the report's own cache or a `cli.py fit` with the same settings
@@ -380,12 +380,12 @@ def write_manifest(out_dir: Path, command: str, config: dict, inputs: dict,
     """manifest.json of an output folder: command, config, inputs (paths), package versions,
     git commit and wall time (the contract of every writer, docs/ARCHITECTURE.md)."""
     path = out_dir / "manifest.json"
-    write_json_atomic(json_safe({
+    write_json_atomic({
         "command": command, "config": config,
         "inputs": {k: None if v is None else str(v) for k, v in inputs.items()},
         "versions": package_versions(), "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_time_s": round(wall_s, 3),
-        **extra}), path)
+        **extra}, path)
     return path
 
 

@@ -62,14 +62,17 @@ def json_default(obj: Any) -> Any:
 
 
 def finite_json(obj: Any) -> Any:
-    """NaN and infinities (which strict JSON parsers reject) become null, recursively."""
+    """`obj` with numpy values as Python ones and NaN / infinities (which strict JSON
+    parsers reject) as None, recursively."""
     if isinstance(obj, dict):
         return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [finite_json(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return finite_json(obj.tolist())
-    if isinstance(obj, float | np.floating) and not math.isfinite(obj):
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
 
@@ -80,4 +83,15 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     text = json.dumps(finite_json(data), indent=2, default=json_default, allow_nan=False)
     tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(df: Any, path: Path) -> None:
+    """Write a DataFrame to a temporary file in the same folder, fsync, then os.replace: a
+    reader (or a resumed run) sees either no file or the whole file, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)

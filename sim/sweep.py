@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import logit
 
 from sim.attribution import attribution_ratio
 from sim.dynamics import expected_gradients
@@ -46,8 +47,13 @@ from sim.objectives import (
 )
 from sim.optim import OPTIMISERS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.provenance import check_output_name, git_commit, package_versions
-from sim.provenance import write_json_atomic as write_atomic_json
+from sim.provenance import (
+    check_output_name,
+    git_commit,
+    package_versions,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,10 +79,6 @@ DEFAULT_OBJECTIVES = (
     "dft",
     "nsr",
 )
-
-
-def _logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class LadderConfig:
 
     def ladder(self) -> TaskLadder:
         offsets = tuple(
-            (_logit(p), _logit(q1), _logit(q2))
+            (float(logit(p)), float(logit(q1)), float(logit(q2)))
             for p, q1, q2 in zip(
                 self.base_p, self._expand(self.base_q1), self._expand(self.base_q2), strict=True
             )
@@ -492,17 +494,6 @@ def _order(summary: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ files
 
 
-def write_atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then os.replace: a reader (or a
-    resumed sweep) sees either no file or the whole file, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _cell_done(path: Path) -> bool:
     if not path.is_file():
         return False
@@ -694,7 +685,7 @@ def run_sweep(
     todo = [c for c in cells if c.cell_id not in done_ids]
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
-    write_atomic_json(
+    write_json_atomic(
         manifest(grid, name, status="running", executor=executor, workers=workers), man_path
     )
     computed: list[str] = []
@@ -705,7 +696,7 @@ def run_sweep(
         bar = tqdm(total=len(cells), initial=len(skipped), desc=f"sweep {name}", unit="cell")
 
     def on_done(cell_id: str, df: pd.DataFrame) -> None:
-        write_atomic_parquet(df.assign(git_commit=commit), cells_dir / f"{cell_id}.parquet")
+        write_parquet_atomic(df.assign(git_commit=commit), cells_dir / f"{cell_id}.parquet")
         computed.append(cell_id)
         if bar is not None:
             bar.update(1)
@@ -721,8 +712,8 @@ def run_sweep(
     wall = time.perf_counter() - start
     frames = [pd.read_parquet(cells_dir / f"{c.cell_id}.parquet") for c in cells]
     results = pd.concat(frames, ignore_index=True, sort=False)
-    write_atomic_parquet(results, out_dir / "results.parquet")
-    write_atomic_json(
+    write_parquet_atomic(results, out_dir / "results.parquet")
+    write_json_atomic(
         manifest(
             grid,
             name,

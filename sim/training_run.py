@@ -27,10 +27,8 @@ from sim.model import AgentSpec, TaskLadder
 from sim.objectives import ObjectiveConfig
 from sim.optim import OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.provenance import git_commit, package_versions
-from sim.provenance import write_json_atomic as write_atomic_json
+from sim.provenance import git_commit, package_versions, write_json_atomic, write_parquet_atomic
 from sim.sweep import LadderConfig
-from sim.sweep import write_atomic_parquet as _write_parquet
 
 DEFAULT_BETA = 0.01
 
@@ -140,9 +138,9 @@ def train_and_write(
     model, history = run_training(cfg, progress=progress)
     wall = time.perf_counter() - start
     out_dir = Path(out_root) / name
-    _write_parquet(history, out_dir / "history.parquet")
+    write_parquet_atomic(history, out_dir / "history.parquet")
     meas = measurements(history, model.kinds)
-    write_atomic_json(
+    write_json_atomic(
         {
             "name": name,
             "config": asdict(cfg),

@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from sim.provenance import write_parquet_atomic
+
 CALIBRATION_LOG = "calibration.parquet"
 CALIBRATION_RESPONSES = "calibration_responses.jsonl"
 TRAIN_LOG = "train_log.parquet"
@@ -47,7 +49,7 @@ def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     frame = pd.DataFrame(rows)
     if path.exists():
         frame = pd.concat([pd.read_parquet(path), frame], ignore_index=True)
-    frame.to_parquet(path, index=False)
+    write_parquet_atomic(frame, path)
 
 
 def truncate_logs(run_dir: Path, step: int) -> None:
@@ -57,7 +59,7 @@ def truncate_logs(run_dir: Path, step: int) -> None:
         path = run_dir / name
         if path.exists():
             frame = pd.read_parquet(path)
-            frame[frame["step"] <= last].to_parquet(path, index=False)
+            write_parquet_atomic(frame[frame["step"] <= last], path)
     responses = run_dir / CALIBRATION_RESPONSES
     if responses.exists():
         lines = responses.read_text(encoding="utf-8").splitlines()
