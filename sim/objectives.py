@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -136,8 +136,6 @@ class ObjectiveConfig:
             terms.append((m.group(2), weight))
         return cls(weights=tuple(terms), **kwargs)
 
-    def with_weights(self, **weights: float) -> ObjectiveConfig:
-        return replace(self, weights=tuple(weights.items()))
 
 
 # ---------------------------------------------------------------------------- enumeration
