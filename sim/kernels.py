@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from sim.rng import next_bits53, threshold53
+from sim.rng import GOLDEN, S11, mix64, next_bits53, threshold53
 
 MAX_ATTEMPTS = 60
 
@@ -52,20 +52,22 @@ def log_sigmoid(z: float) -> float:
 
 @njit(cache=True, inline="always")
 def sample_trajectory(state, t_p, t_q1, t_q2, max_attempts, final_sampled):
-    """Sample one trajectory; returns (mask, n, trunc, new_state). Two uniforms per attempt.
+    """Sample one trajectory; returns (mask, n, trunc, new_state).
 
-    t_* are `threshold53` integer thresholds of p, q1, q2: `k < t_p` is the event u < p.
-    The STOP test is branch-free (a select, not a jump) because outcomes are coin flips that
-    a branch predictor cannot learn.
+    Stream convention (shared with `sample_population_into`): attempt k of a trajectory is
+    one *slot* of two consecutive draws, the candidate's and the decision's; at a forced stop
+    the decision draw is made and discarded, so every slot is exactly two draws and slot
+    boundaries never depend on the outcomes. t_* are `threshold53` integer thresholds of
+    p, q1, q2: `k < t_p` is the event u < p.
     """
     mask = np.int64(0)
     for k in range(max_attempts):
         bits, state = next_bits53(state)
         correct = bits < t_p
         mask |= np.int64(correct) << k
-        if k == max_attempts - 1 and not final_sampled:
-            return mask, k + 1, 0, state  # forced stop: no decision token
         bits, state = next_bits53(state)
+        if k == max_attempts - 1 and not final_sampled:
+            return mask, k + 1, 0, state  # forced stop: the decision draw is discarded
         # after correct: STOP iff u < q1; after wrong: STOP iff not (u < q2)
         below = bits < (t_q1 if correct else t_q2)
         if below == correct:
@@ -73,9 +75,36 @@ def sample_trajectory(state, t_p, t_q1, t_q2, max_attempts, final_sampled):
     return mask, max_attempts, 1, state  # RESAMPLE chosen at K: truncated
 
 
+SLOT_BLOCK = 512  # slots whose outcomes are drawn at once (a vectorised loop), per agent
+
+
+@njit(cache=True, inline="always")
+def slot_outcomes(state, t_p, t_q1, t_q2, codes):
+    """Outcome codes of the next `codes.size` slots after `state`: bit 0 = candidate correct,
+    bit 1 = the decision draw says STOP.
+
+    splitmix64 is counter-based (draw j is mix64(state + j golden)) and a slot is always two
+    draws, so no slot depends on another: LLVM vectorises this loop (AVX-512 / AVX2).
+    """
+    for j in range(codes.shape[0]):
+        base = state + np.uint64(2 * j + 1) * GOLDEN
+        candidate = np.int64(mix64(base) >> S11)
+        decision = np.int64(mix64(base + GOLDEN) >> S11)
+        correct = np.int64(candidate < t_p)
+        below = np.int64(decision < t_q2 + correct * (t_q1 - t_q2))
+        codes[j] = np.uint8(correct | ((1 - (below ^ correct)) << 1))
+
+
 @njit(cache=True, parallel=True)
 def sample_population_into(states, logits, max_attempts, final_sampled, masks, ns, truncs):
     """Fill masks/ns/truncs (n_agents x n_per_agent) with each agent's trajectories.
+
+    Draws exactly what repeated `sample_trajectory` calls would (bit for bit), in two passes
+    per block of slots: `slot_outcomes` draws the block's outcomes (vectorised), then a
+    branch-free scan cuts the slot sequence into trajectories. The only data-dependent
+    branch is the rare attempt K (forced stop / truncation), so the length of a trajectory
+    costs no mispredicted branch. Scan variables are uint64: indices that Numba can prove
+    non-negative carry no wraparound check.
 
     `states` (uint64, one per agent) is advanced in place, so successive calls continue the
     streams. Each agent's draws depend only on its own state: reproducible across threads.
@@ -83,16 +112,40 @@ def sample_population_into(states, logits, max_attempts, final_sampled, masks, n
     pages on every call.
     """
     n_agents, n_per_agent = masks.shape
+    one = np.uint64(1)
+    last_k = np.uint64(max_attempts - 1)
+    forced = np.uint64(0 if final_sampled else 1)
+    n_out = np.uint64(n_per_agent)
     for a in prange(n_agents):
         t_p = threshold53(sigmoid(logits[a, 0]))
         t_q1 = threshold53(sigmoid(logits[a, 1]))
         t_q2 = threshold53(sigmoid(logits[a, 2]))
         st = states[a]
-        for i in range(n_per_agent):
-            m, n, t, st = sample_trajectory(st, t_p, t_q1, t_q2, max_attempts, final_sampled)
-            masks[a, i] = m
-            ns[a, i] = n
-            truncs[a, i] = t
+        codes = np.empty(SLOT_BLOCK, np.uint8)
+        mrow, nrow, trow = masks[a], ns[a], truncs[a]
+        trow[:] = 0
+        i = np.uint64(0)  # trajectories completed
+        k = np.uint64(0)  # attempt index within the current trajectory
+        mask = np.uint64(0)
+        while i < n_out:
+            # every trajectory takes >= 1 slot: a block of min(SLOT_BLOCK, left) is all used
+            block = codes[:min(SLOT_BLOCK, n_per_agent - int(i))]
+            slot_outcomes(st, t_p, t_q1, t_q2, block)
+            for j in range(block.shape[0]):
+                code = np.uint64(block[j])
+                mask |= (code & one) << k
+                stop = code >> one
+                if k == last_k:  # attempt K: forced stop, or truncation under final_sampled
+                    trow[i] = np.int8(one - (stop | forced))
+                    stop = one
+                # written every slot, final once the trajectory ends (i then moves on)
+                mrow[i] = np.int64(mask)
+                nrow[i] = np.int8(k + one)
+                i += stop
+                keep = stop - one  # 0 when the trajectory ended, all ones otherwise
+                k = (k + one) & keep
+                mask &= keep
+            st = st + np.uint64(2 * block.shape[0]) * GOLDEN
         states[a] = st
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
-_S11 = np.uint64(11)
+S11 = np.uint64(11)
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 
@@ -30,8 +30,8 @@ def mix64(z: np.uint64) -> np.uint64:
 @njit(cache=True, inline="always")
 def next_bits53(state: np.uint64) -> tuple[np.int64, np.uint64]:
     """One uniform integer k in [0, 2^53): the uniform u = k 2^-53 in integer form."""
-    state = state + _GOLDEN
-    return np.int64(mix64(state) >> _S11), state
+    state = state + GOLDEN
+    return np.int64(mix64(state) >> S11), state
 
 
 @njit(cache=True, inline="always")
@@ -58,7 +58,7 @@ def threshold53(prob: float) -> np.int64:
 @njit(cache=True)
 def agent_state(seed: int, agent: int) -> np.uint64:
     """Initial state of agent `agent`'s stream under the run seed `seed`."""
-    return mix64(np.uint64(seed) * _GOLDEN + mix64(np.uint64(agent) + _GOLDEN))
+    return mix64(np.uint64(seed) * GOLDEN + mix64(np.uint64(agent) + GOLDEN))
 
 
 def agent_states(seed: int, n_agents: int) -> np.ndarray:

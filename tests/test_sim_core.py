@@ -22,8 +22,8 @@ from sim.objectives import (
     exact_logit_gradients,
     mc_logit_gradients,
 )
-from sim.reference import numpy_sample_trajectories
-from sim.rng import agent_states
+from sim.reference import numpy_sample_slots, numpy_sample_trajectories
+from sim.rng import agent_states, threshold53
 from sim.simulate import sample_trajectories
 
 THETA = np.array([0.4, 2.2, 1.4])
@@ -148,12 +148,15 @@ def test_sampler_matches_forced_stop_accuracy_formula():
     assert abs(final - acc) < 4 * math.sqrt(acc * (1 - acc) / len(masks))
 
 
-def test_numpy_reference_sampler_has_the_same_distribution():
+@pytest.mark.parametrize("reference", [numpy_sample_trajectories, numpy_sample_slots])
+def test_numpy_reference_samplers_have_the_same_distribution(reference):
     p, q1, q2, k, n = 0.5, 0.6, 0.7, 5, 200_000
     masks, ns, _ = sample_trajectories(p, q1, q2, k, n, seed=2)
-    rm, rn = numpy_sample_trajectories(p, q1, q2, k, n, np.random.default_rng(2))
-    for a, b in ((ns, rn), ((masks >> (ns - 1)) & 1, (rm >> (rn - 1)) & 1)):
-        fa, fb = np.bincount(a, minlength=k + 1) / n, np.bincount(b, minlength=k + 1) / n
+    rm, rn = reference(p, q1, q2, k, n, np.random.default_rng(2))
+    for a, b in ((ns, rn), ((masks >> (ns - 1)) & 1, (rm >> (rn - 1)) & 1),
+                 (masks * (k + 1) + ns, rm * (k + 1) + rn)):  # whole trajectories
+        size = 2**k * (k + 1)
+        fa, fb = np.bincount(a, minlength=size) / n, np.bincount(b, minlength=size) / n
         assert np.max(np.abs(fa - fb)) < 0.01
 
 
@@ -236,13 +239,15 @@ def test_k1_in_loss_ratio_is_undefined_not_noise():
     assert df["ratio"].isna().all()
 
 
+@pytest.mark.parametrize("sampler", ["alias", "sequential"])
 @pytest.mark.parametrize("final", ["forced", "sampled"])
-def test_alias_sampler_matches_exact_trajectory_probabilities(final):
+def test_samplers_match_exact_trajectory_probabilities(final, sampler):
     from sim.alias import sample_population_alias
 
     k, n = 4, 400_000
     logits = np.array([0.3, 0.8, -0.4])
-    m, ns, t = sample_population_alias(agent_states(3, 1), logits[None], k, final == "sampled", n)
+    draw = sample_population_alias if sampler == "alias" else kn.sample_population
+    m, ns, t = draw(agent_states(3, 1), logits[None], k, final == "sampled", n)
     table = all_trajectories(k, final == "sampled")
     probs = np.exp(kn.batch_log_probs(*table, k, final == "sampled", logits))
     key = {(a, b, c): i for i, (a, b, c) in enumerate(zip(*table, strict=True))}
@@ -251,6 +256,46 @@ def test_alias_sampler_matches_exact_trajectory_probabilities(final):
         counts[key[(int(a), int(b), int(c))]] += 1
     sigma = np.sqrt(probs * (1 - probs) / n)
     assert np.all(np.abs(counts / n - probs) < 5 * sigma + 1e-9)
+
+
+@numba.njit
+def _one_trajectory_at_a_time(states, logits, max_attempts, final_sampled, masks, ns, truncs):
+    for a in range(masks.shape[0]):
+        t_p = threshold53(kn.sigmoid(logits[a, 0]))
+        t_q1 = threshold53(kn.sigmoid(logits[a, 1]))
+        t_q2 = threshold53(kn.sigmoid(logits[a, 2]))
+        st = states[a]
+        for i in range(masks.shape[1]):
+            masks[a, i], ns[a, i], truncs[a, i], st = kn.sample_trajectory(
+                st, t_p, t_q1, t_q2, max_attempts, final_sampled)
+        states[a] = st
+
+
+@pytest.mark.parametrize("final_sampled", [False, True])
+@pytest.mark.parametrize("max_attempts", [1, 2, 8, 60])
+def test_block_sampler_draws_what_one_trajectory_at_a_time_draws(max_attempts, final_sampled):
+    # the two-pass block sampler must be the per-trajectory sampler, bit for bit, whatever
+    # the block boundaries (n = 1, 7, > SLOT_BLOCK) and however the calls are split
+    logits = np.random.default_rng(4).normal(scale=3.0, size=(6, 3))
+    logits[0] = (-40.0, 40.0, 40.0)  # always wrong, always resamples: every trajectory hits K
+    logits[1] = (40.0, -40.0, -40.0)  # always correct, always resamples
+    for n in (1, 7, kn.SLOT_BLOCK + 3, 3 * kn.SLOT_BLOCK):
+        s_block, s_one = agent_states(9, 6), agent_states(9, 6)
+        block = kn.sample_population(s_block, logits, max_attempts, final_sampled, n)
+        one = tuple(np.empty_like(x) for x in block)
+        _one_trajectory_at_a_time(s_one, logits, max_attempts, final_sampled, *one)
+        for x, y in zip(block, one, strict=True):
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(s_block, s_one)
+        assert (block[1][:2] == max_attempts).all()
+        assert (block[2][:2] == int(final_sampled)).all()
+    # continuing the stream in two calls gives the same trajectories as one call
+    states = agent_states(9, 6)
+    first = kn.sample_population(states, logits, max_attempts, final_sampled, 300)
+    second = kn.sample_population(states, logits, max_attempts, final_sampled, 700)
+    whole = kn.sample_population(agent_states(9, 6), logits, max_attempts, final_sampled, 1000)
+    for a, b, w in zip(first, second, whole, strict=True):
+        np.testing.assert_array_equal(np.hstack([a, b]), w)
 
 
 def test_alias_sampler_is_reproducible_across_thread_counts():
