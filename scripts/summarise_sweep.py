@@ -1,0 +1,35 @@
+"""Per-cell medians over agents of a sweep's results.parquet: the CSVs in docs/results/simulator.
+
+    python scripts/summarise_sweep.py outputs/sweeps/<name>/results.parquet > summary.csv
+
+Columns: the sampled and exact expected attribution ratios (total, and of the KL term where
+the objective has one), T1's learned p and q2, and in/out-of-distribution accuracy.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+COLUMNS = {"ratio": "ratio", "exp_ratio": "exp_ratio", "ratio[kl]": "kl_ratio",
+           "exp_ratio[kl]": "kl_exp_ratio", "q2[T1]": "q2_T1", "p[T1]": "p_T1",
+           "id_accuracy": "id_acc", "ood_accuracy": "ood_acc"}
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    keys = [k for k in ("optimiser", "token_model", "beta") if results[k].nunique() > 1]
+    keys += ["objective", "length"]
+    cols = [c for c in COLUMNS if c in results.columns]
+    table = results.groupby(keys)[cols].median().rename(columns=COLUMNS)
+    return table.round(4).reset_index()
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__.strip().splitlines()[2].strip())
+    summarise(pd.read_parquet(sys.argv[1])).to_csv(sys.stdout, index=False)
+
+
+if __name__ == "__main__":
+    main()
