@@ -30,9 +30,7 @@ from numba import njit, prange
 from sim import kernels as kn
 from sim.alias import alias_tables, sample_alias_into
 from sim.reference import numpy_sample_alias, numpy_sample_slots, numpy_sample_trajectories
-from sim.rng import GOLDEN, S11, agent_states, mix64, next_bits53, next_uniform
-
-INV53 = 1.0 / 9007199254740992.0
+from sim.rng import GOLDEN, INV53, S11, agent_states, mix64, next_bits53, next_uniform
 
 P, Q1, Q2, K = 0.6, 0.9, 0.8, 8
 

@@ -16,9 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from sim import kernels as kn
-from sim.rng import next_bits53
+from sim.rng import INV53, next_bits53
 
-_INV53 = 1.0 / 9007199254740992.0
 MAX_ALIAS_ATTEMPTS = 16  # 2^17 table entries per agent at most
 
 
@@ -82,7 +81,7 @@ def sample_alias_into(states, keep, alias, table_masks, table_ns, table_truncs, 
         st = states[a]
         for i in range(n_per_agent):
             k, st = next_bits53(st)
-            x = float(k) * _INV53 * size
+            x = float(k) * INV53 * size
             j = int(x)
             pick = j if x - j < keep[a, j] else alias[a, j]
             masks[a, i] = table_masks[pick]

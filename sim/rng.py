@@ -17,7 +17,7 @@ _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
 S11 = np.uint64(11)
-_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 
 @njit(cache=True, inline="always")
@@ -38,7 +38,7 @@ def next_bits53(state: np.uint64) -> tuple[np.int64, np.uint64]:
 def next_uniform(state: np.uint64) -> tuple[float, np.uint64]:
     """One U[0,1) draw; returns (u, new_state)."""
     k, state = next_bits53(state)
-    return float(k) * _INV53, state
+    return float(k) * INV53, state
 
 
 @njit(cache=True, inline="always")
