@@ -27,8 +27,12 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     if len(sys.argv) != 2:
-        sys.exit(__doc__.strip().splitlines()[2].strip())
-    summarise(pd.read_parquet(sys.argv[1])).to_csv(sys.stdout, index=False)
+        sys.exit("usage: " + __doc__.strip().splitlines()[2].strip())
+    try:
+        results = pd.read_parquet(sys.argv[1])
+    except (OSError, ValueError) as err:  # missing file, or not a Parquet file
+        sys.exit(f"Error: cannot read {sys.argv[1]}: {err}")
+    summarise(results).to_csv(sys.stdout, index=False)
 
 
 if __name__ == "__main__":
