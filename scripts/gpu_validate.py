@@ -1,14 +1,27 @@
-"""Issue 6 validation on SmolLM2: base eval -> SFT (reflection) -> eval, base -> GRPO -> eval.
+"""Real-model validation of the DS hypothesis on SmolLM2 (DESIGN.md §4, §5): does GRPO move
+q2 more than SFT does, in and out of distribution?
 
     python scripts/gpu_validate.py OUT_DIR [--cpu-smoke] [--model M] [--steps N] ...
 
-On a small ladder (ID 1x1,1x2; OOD 2x2,2x3 by default) it evaluates and calibrates
-(p, q1, q2) per task for the base model, the SFT-reflection model and the GRPO model (all
-trained from the base), and writes to OUT_DIR:
+Base SmolLM2 never writes a revision marker (q2 undefined), so the design starts from a short
+SFT-reflection *warm start* that teaches the W -> RESAMPLE -> C format, then trains two arms
+from that one checkpoint with the same number of optimizer steps and the same number of
+sequences per step:
+
+* (a) `grpo`: GRPO, correctness reward, beta 0.001 (k3 in the loss), 8 generations per prompt;
+* (b) `sft-more`: more SFT-reflection on the same synthesized data.
+
+It evaluates base, warm start, (a) and (b) on the ladder (ID 1x1, 1x2; OOD 2x2, 2x3 by
+default), >= 64 held-out problems per task, calibrates (p, q1, q2) with 95 % CIs, logs the
+periodic calibration during (a) and (b), and writes to OUT_DIR, each table rewritten after
+every phase (a run cut short keeps what it finished):
 
 * `summary.csv`: one row per (model, task): accuracy and p̂, q̂1, q̂2 with CIs, n, truncation;
-* `deltas.csv`: per (method, task) the change of p̂, q̂1, q̂2 and accuracy from the base;
-* `curves.csv`: the periodic calibration logged during both trainings (step, task, p, q1, q2);
+* `deltas.csv`: per (method, task) the change of p̂, q̂1, q̂2 and accuracy from the model it
+  was trained from (warm start from base; both arms from the warm start), with a 95 % CI
+  (normal approximation, the two evaluations taken as independent samples: conservative,
+  as both answer the same problems);
+* `curves.csv`: the periodic calibration logged during (a) and (b) (step, task, p, q1, q2);
 * `run_info.json`: device, wall times per phase, s/step, settings, package versions, and the
   verdict "did GRPO move q2 more than SFT did";
 * `eval/<model>/` and `runs/<run>/`: the evaluations and training runs themselves.
@@ -22,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,6 +47,7 @@ if str(ROOT) not in sys.path:
 
 import pandas as pd  # noqa: E402
 
+from analysis.calibration import Z95  # noqa: E402
 from realmodel.training.config import SMALL_LADDER, grpo_preset, sft_preset  # noqa: E402
 
 COLUMNS = ["model", "task", "in_distribution", "n", "observed_accuracy",
@@ -41,6 +56,11 @@ COLUMNS = ["model", "task", "in_distribution", "n", "observed_accuracy",
            "q2_hat_ci_low", "q2_hat_ci_high", "predicted_accuracy", "truncated_rate",
            "answerless_rate", "mean_attempts", "mean_tokens"]
 COMPONENTS = ("p_hat", "q1_hat", "q2_hat", "observed_accuracy")
+
+
+# Models in evaluation order, and what each was trained from (deltas are taken against it).
+MODELS = ("base", "warm", "sft-more", "grpo")
+PARENT = {"warm": "base", "sft-more": "warm", "grpo": "warm"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,39 +72,85 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ladder", default=SMALL_LADDER)
     ap.add_argument("--id-tasks", default="1x1,1x2")
     ap.add_argument("--n-eval", type=int, default=None,
-                    help="test problems per task (default 100; cpu-smoke 4)")
+                    help="test problems per task (default 64; cpu-smoke 4)")
     ap.add_argument("--eval-max-new-tokens", type=int, default=None,
-                    help="token limit of the evaluations (default 384; cpu-smoke 64)")
+                    help="token limit of the evaluations (default 512; cpu-smoke 64)")
     ap.add_argument("--eval-batch-size", type=int, default=None)
-    ap.add_argument("--sft-steps", type=int, default=None, help="default: the preset's")
-    ap.add_argument("--grpo-steps", type=int, default=None, help="default: the preset's")
-    ap.add_argument("--calib-every", type=int, default=None, help="default: the preset's")
-    ap.add_argument("--calib-n", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--warm-steps", type=int, default=None,
+                    help="SFT-reflection warm-start steps (default 60; cpu-smoke 2)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps of each arm, GRPO and more SFT (default 40; "
+                         "cpu-smoke 2)")
+    ap.add_argument("--sequences-per-step", type=int, default=None,
+                    help="completions per optimizer step in both arms (default 64 = 8 "
+                         "prompts x 8 generations; cpu-smoke 8)")
+    ap.add_argument("--grpo-max-seconds", type=float, default=None,
+                    help="wall-clock cap on GRPO's optimisation (default 240; 0 = none)")
+    ap.add_argument("--calib-every", type=int, default=None)
+    ap.add_argument("--calib-n", type=int, default=None)
     ap.add_argument("--calib-max-new-tokens", type=int, default=None)
     ap.add_argument("--max-completion-length", type=int, default=None,
-                    help="GRPO completion tokens (default: the preset's)")
+                    help="GRPO completion tokens (default 256; cpu-smoke 32)")
     ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for name in ("n_eval", "eval_max_new_tokens", "eval_batch_size", "warm_steps", "steps",
+                 "sequences_per_step", "calib_n", "calib_max_new_tokens",
+                 "max_completion_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.grpo_max_seconds is not None and not 0 <= args.grpo_max_seconds < math.inf:
+        ap.error("--grpo-max-seconds must be >= 0 and finite")
+    return args
 
 
 def _settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Sizes: the GPU defaults (sized to a 15-minute device session, scripts/gpu_validate.sh)
+    or the CPU smoke's; explicit options win."""
     smoke = args.cpu_smoke
-    return {
+    default = {
         "preset": "cpu-smoke" if smoke else "smol",
-        "device": device,
-        "n_eval": args.n_eval or (4 if smoke else 100),
-        "eval_max_new_tokens": args.eval_max_new_tokens or (64 if smoke else 384),
-        "eval_batch_size": args.eval_batch_size or (16 if smoke else 100),
+        "n_eval": 4 if smoke else 64,
+        "eval_max_new_tokens": 64 if smoke else 512,
+        "eval_batch_size": 16 if smoke else 256,
+        "warm_steps": 2 if smoke else 60,
+        "steps": 2 if smoke else 40,
+        "sequences_per_step": 8 if smoke else 64,
+        "grpo_max_seconds": 0.0 if smoke else 240.0,
+        "calib_every": 1 if smoke else 10,
+        "calib_n": 4 if smoke else 32,
+        "calib_max_new_tokens": 32 if smoke else 320,
+        "max_completion_length": 32 if smoke else 256,
     }
+    chosen = {k: getattr(args, k, None) for k in default}
+    return {"device": device, **{k: v if chosen[k] is None else chosen[k]
+                                 for k, v in default.items()}}
 
 
-def _run_overrides(args: argparse.Namespace, s: dict[str, Any], root: Path) -> dict[str, Any]:
-    return dict(model=args.model, ladder=args.ladder, id_tasks=args.id_tasks,
-                output_root=str(root), seed=args.seed, device=s["device"],
-                # the held-out pool does not depend on n_test (tasks.make_splits): the evals
-                # and the in-training calibration both ask only held-out problems
-                n_test=s["n_eval"], calib_every=args.calib_every,
-                calib_n=args.calib_n, calib_max_new_tokens=args.calib_max_new_tokens)
+def run_configs(args: argparse.Namespace, s: dict[str, Any], root: Path,
+                warm_model: str) -> dict[str, Any]:
+    """The three training runs: warm start (from the base), then both arms from `warm_model`,
+    with the same optimizer steps and completions per step."""
+    common = dict(ladder=args.ladder, id_tasks=args.id_tasks, output_root=str(root),
+                  seed=args.seed, device=s["device"],
+                  # the held-out pool does not depend on n_test (tasks.make_splits): the
+                  # evaluations and the in-training calibration ask only held-out problems
+                  n_test=max(s["n_eval"], s["calib_n"]), calib_every=s["calib_every"],
+                  calib_n=s["calib_n"], calib_max_new_tokens=s["calib_max_new_tokens"],
+                  calib_batch_size=4 * s["calib_n"])
+    arm = dict(common, model=warm_model, max_steps=s["steps"],
+               per_device_train_batch_size=s["sequences_per_step"],
+               gradient_accumulation_steps=1, save_steps=10**6)
+    return {
+        "warm": sft_preset(s["preset"], data="reflection", model=args.model,
+                           max_steps=s["warm_steps"], run_name="warm-sft-reflection",
+                           **dict(common, calib_every=0, save_steps=10**6)),
+        "sft-more": sft_preset(s["preset"], data="reflection", run_name="sft-more", **arm),
+        "grpo": grpo_preset(s["preset"], run_name="grpo", num_generations=8 if
+                            s["sequences_per_step"] % 8 == 0 else 2,
+                            max_completion_length=s["max_completion_length"],
+                            max_train_seconds=s["grpo_max_seconds"], **arm),
+    }
 
 
 def evaluate_model(model: str, name: str, args: argparse.Namespace, s: dict[str, Any],
@@ -99,6 +165,9 @@ def evaluate_model(model: str, name: str, args: argparse.Namespace, s: dict[str,
                       split_seed=args.seed, progress=False, log=_log)
     table = result.table.copy()
     table.insert(0, "model", name)
+    _log(f"{name}: " + "; ".join(
+        f"{r.task} acc {r.observed_accuracy:.2f} p {r.p_hat:.2f} q1 {r.q1_hat:.2f} "
+        f"q2 {r.q2_hat:.2f} trunc {r.truncated_rate:.2f}" for r in table.itertuples()))
     return table
 
 
@@ -106,36 +175,62 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _se(row: Any, stat: str) -> float:
+    """Standard error from a 95 % CI's half width (nan where the CI is undefined)."""
+    return (row[f"{stat}_ci_high"] - row[f"{stat}_ci_low"]) / (2 * Z95)
+
+
 def deltas(summary: pd.DataFrame) -> pd.DataFrame:
-    """Change of each component from the base, per trained model and task."""
-    base = summary[summary["model"] == "base"].set_index("task")
+    """Change of each component from the model each one was trained from (`PARENT`), per
+    task, with a 95 % CI taking the two evaluations as independent samples."""
+    by_model = {m: g.set_index("task") for m, g in summary.groupby("model", sort=False)}
     rows = []
-    for model, group in summary[summary["model"] != "base"].groupby("model", sort=False):
-        for r in group.itertuples():
-            row = {"method": model, "task": r.task, "in_distribution": r.in_distribution}
+    for model, parent in PARENT.items():
+        if model not in by_model or parent not in by_model:
+            continue
+        ref = by_model[parent]
+        for task, r in by_model[model].iterrows():
+            b = ref.loc[task]
+            row: dict[str, Any] = {"method": model, "from": parent, "task": task,
+                                   "in_distribution": r["in_distribution"]}
             for c in COMPONENTS:
-                row[f"d_{c}"] = getattr(r, c) - base.loc[r.task, c]
+                d = r[c] - b[c]
+                half = Z95 * math.hypot(_se(r, c), _se(b, c))
+                row.update({f"d_{c}": d, f"d_{c}_ci_low": d - half, f"d_{c}_ci_high": d + half})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def q2_verdict(d: pd.DataFrame) -> dict[str, Any]:
-    """Did GRPO move q2 more than SFT did? Mean |Δq̂2| over the tasks where both are defined
-    (q̂2 is undefined for a model that made no decision after a wrong candidate)."""
-    wide = d.pivot(index="task", columns="method", values="d_q2_hat")
-    sft_col = next((c for c in wide.columns if c.startswith("sft")), None)
-    if sft_col is None or "grpo" not in wide.columns:
-        return {"answer": "undetermined", "reason": "a run is missing"}
-    both = wide[[sft_col, "grpo"]].dropna()
-    out: dict[str, Any] = {"tasks_compared": list(both.index)}
-    if both.empty:
-        out.update(answer="undetermined",
-                   reason="q2 undefined (no decision after a wrong candidate) in every task")
-        return out
-    grpo_move, sft_move = both["grpo"].abs().mean(), both[sft_col].abs().mean()
-    out.update(mean_abs_dq2_grpo=float(grpo_move), mean_abs_dq2_sft=float(sft_move),
-               mean_dq2_grpo=float(both["grpo"].mean()), mean_dq2_sft=float(both[sft_col].mean()),
-               answer="yes" if grpo_move > sft_move else "no")
+    """Did GRPO move q2 more than more SFT did, from the same warm start? Per split (ID, OOD):
+    mean Δq̂2 of each arm over the tasks where both are defined, and the tasks where the CIs
+    of the two arms' Δq̂2 do not overlap (q̂2 is undefined for a model that made no decision
+    after a wrong candidate)."""
+    arms = d[d["method"].isin(["grpo", "sft-more"])] if not d.empty else d
+    if arms.empty or set(arms["method"]) != {"grpo", "sft-more"}:
+        return {"answer": "undetermined", "reason": "an arm is missing"}
+    out: dict[str, Any] = {}
+    for split, ids in (("in_distribution", True), ("out_of_distribution", False)):
+        part = arms[arms["in_distribution"] == ids]
+        wide = part.pivot(index="task", columns="method", values="d_q2_hat").dropna()
+        if wide.empty:
+            out[split] = {"answer": "undetermined",
+                          "reason": "q2 undefined (no decision after a wrong candidate)"}
+            continue
+        lo = part.pivot(index="task", columns="method", values="d_q2_hat_ci_low")
+        hi = part.pivot(index="task", columns="method", values="d_q2_hat_ci_high")
+        separated = [t for t in wide.index
+                     if lo.loc[t, "grpo"] > hi.loc[t, "sft-more"]
+                     or hi.loc[t, "grpo"] < lo.loc[t, "sft-more"]]
+        g, f = wide["grpo"], wide["sft-more"]
+        out[split] = {
+            "tasks": list(wide.index), "mean_dq2_grpo": float(g.mean()),
+            "mean_dq2_sft_more": float(f.mean()), "mean_abs_dq2_grpo": float(g.abs().mean()),
+            "mean_abs_dq2_sft_more": float(f.abs().mean()),
+            "tasks_where_cis_separate": separated,
+            "answer": ("yes" if g.abs().mean() > f.abs().mean()
+                       else "no" if g.abs().mean() < f.abs().mean() else "tie"),
+        }
     return out
 
 
@@ -152,9 +247,24 @@ def curves(runs: dict[str, Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[keep] if frames else pd.DataFrame(columns=keep)
 
 
+def write_tables(out: Path, tables: dict[str, pd.DataFrame], run_dirs: dict[str, Path],
+                 info: dict[str, Any]) -> dict[str, Any]:
+    """(Re)write summary, deltas, curves and run_info from what has finished so far."""
+    summary = pd.concat([tables[m] for m in MODELS if m in tables], ignore_index=True)
+    summary = summary[[c for c in COLUMNS if c in summary.columns]]
+    summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
+    d = deltas(summary)
+    d.to_csv(out / "deltas.csv", index=False, float_format="%.4f")
+    curves(run_dirs).to_csv(out / "curves.csv", index=False, float_format="%.4f")
+    info["grpo_moved_q2_more_than_sft"] = q2_verdict(d)
+    (out / "run_info.json").write_text(json.dumps(info, indent=2, default=str),
+                                       encoding="utf-8")
+    return {"summary": summary, "deltas": d}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from realmodel.models import pick_device
+    from realmodel.models import pick_device, resolve_model
     from realmodel.training.grpo import run_grpo
     from realmodel.training.runs import device_name, versions
     from realmodel.training.sft import run_sft
@@ -166,56 +276,68 @@ def main(argv: list[str] | None = None) -> int:
     s = _settings(args, device)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     start_all = time.time()
+    timings: dict[str, float] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    run_dirs: dict[str, Path] = {}
+    manifests: dict[str, dict[str, Any]] = {}
+    info: dict[str, Any] = {
+        "status": "running", "device": device, "device_name": device_name(device),
+        "phases_s": timings, "settings": {**s, "model": args.model, "ladder": args.ladder,
+                                          "id_tasks": args.id_tasks, "seed": args.seed},
+        "packages": versions(),
+    }
 
     def timed(phase: str, fn: Any, *a: Any, **kw: Any) -> Any:
-        _log(f"== {phase}")
+        _log(f"== {phase} (t = {time.time() - start_all:.0f} s)")
         t0 = time.time()
         value = fn(*a, **kw)
         timings[phase] = round(time.time() - t0, 1)
+        info["wall_time_s"] = round(time.time() - start_all, 1)
         return value
 
-    common = _run_overrides(args, s, out / "runs")
-    sft_cfg = sft_preset(s["preset"], data="reflection", max_steps=args.sft_steps,
-                         run_name="sft-reflection", **common)
-    grpo_cfg = grpo_preset(s["preset"], max_steps=args.grpo_steps, run_name="grpo",
-                           max_completion_length=args.max_completion_length, **common)
-    tables = [timed("eval base", evaluate_model, args.model, "base", args, s, out)]
-    sft_manifest = timed("train sft-reflection", run_sft, sft_cfg, log=_log)
-    tables.append(timed("eval sft-reflection", evaluate_model, sft_manifest["final_model"],
-                        "sft-reflection", args, s, out))
-    grpo_manifest = timed("train grpo", run_grpo, grpo_cfg, log=_log)
-    tables.append(timed("eval grpo", evaluate_model, grpo_manifest["final_model"], "grpo",
-                        args, s, out))
+    def train(name: str, cfg: Any) -> str:
+        runner = run_grpo if name == "grpo" else run_sft
+        manifest = timed(f"train {name}", runner, cfg, log=_log)
+        manifests[name] = manifest
+        run_dirs[name] = Path(manifest["final_model"]).parent
+        info["runs"] = {k: {f: m.get(f) for f in (
+            "global_step", "s_per_step", "wall_time_s", "calibration_time_s",
+            "stopped_by_time_budget_at", "train_metrics", "config")}
+            for k, m in manifests.items()}
+        return manifest["final_model"]
 
-    summary = pd.concat(tables, ignore_index=True)
-    summary = summary[[c for c in COLUMNS if c in summary.columns]]
-    summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
-    d = deltas(summary)
-    d.to_csv(out / "deltas.csv", index=False, float_format="%.4f")
-    curves({"sft-reflection": Path(sft_manifest["final_model"]).parent,
-            "grpo": Path(grpo_manifest["final_model"]).parent}).to_csv(
-        out / "curves.csv", index=False, float_format="%.4f")
-    verdict = q2_verdict(d)
-    info = {
-        "device": device, "device_name": device_name(device),
-        "wall_time_s": round(time.time() - start_all, 1), "phases_s": timings,
-        "sft_s_per_step": sft_manifest["s_per_step"], "sft_steps": sft_manifest["global_step"],
-        "grpo_s_per_step": grpo_manifest["s_per_step"],
-        "grpo_steps": grpo_manifest["global_step"],
-        "settings": {**s, "model": args.model, "ladder": args.ladder,
-                     "id_tasks": args.id_tasks, "seed": args.seed},
-        "sft_config": sft_cfg.to_dict(), "grpo_config": grpo_cfg.to_dict(),
-        "grpo_moved_q2_more_than_sft": verdict, "packages": versions(),
-    }
-    (out / "run_info.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    def evaluate_and_write(model: str, name: str) -> None:
+        tables[name] = timed(f"eval {name}", evaluate_model, model, name, args, s, out)
+        write_tables(out, tables, {k: v for k, v in run_dirs.items() if k != "warm"}, info)
+
+    # every config is built (and validated) before the first phase; the arms' model is set
+    # to the warm start's checkpoint once it exists
+    cfgs = run_configs(args, s, out / "runs", warm_model=args.model)
+    evaluate_and_write(str(resolve_model(args.model)), "base")
+    warm = train("warm", cfgs["warm"])
+    evaluate_and_write(warm, "warm")
+    cfgs = run_configs(args, s, out / "runs", warm_model=warm)
+    # the cheap arm first: a run cut short by the device's time limit still has both arms
+    # only if GRPO, the longer one, comes last with its own wall-clock cap
+    evaluate_and_write(train("sft-more", cfgs["sft-more"]), "sft-more")
+    evaluate_and_write(train("grpo", cfgs["grpo"]), "grpo")
+    info["status"] = "done"
+    result = write_tables(out, tables, {k: v for k, v in run_dirs.items() if k != "warm"},
+                          info)
+
+    summary, verdict = result["summary"], info["grpo_moved_q2_more_than_sft"]
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary[["model", "task", "n", "observed_accuracy", "p_hat", "q1_hat", "q2_hat",
                        "truncated_rate"]].to_string(index=False, float_format="%.3f"))
+        d = result["deltas"]
+        print(d[["method", "from", "task", "d_q2_hat", "d_q2_hat_ci_low", "d_q2_hat_ci_high",
+                 "d_observed_accuracy"]].to_string(index=False, float_format="%.3f"))
     print(f"device {info['device_name']}; wall {info['wall_time_s']} s; phases {timings}")
-    print(f"SFT {info['sft_steps']} steps at {info['sft_s_per_step']} s/step; GRPO "
-          f"{info['grpo_steps']} steps at {info['grpo_s_per_step']} s/step")
+    for name, m in manifests.items():
+        print(f"{name}: {m['global_step']} steps at {m['s_per_step']} s/step"
+              + (f" (time cap hit at step {m['stopped_by_time_budget_at']})"
+                 if m.get("stopped_by_time_budget_at") is not None else ""))
     print(f"GRPO moved q2 more than SFT: {json.dumps(verdict)}")
     print(f"wrote {out}/summary.csv, deltas.csv, curves.csv, run_info.json")
     return 0

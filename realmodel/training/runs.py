@@ -23,6 +23,7 @@ from realmodel.training.callbacks import (
     held_out_slice,
     make_calibration_callback,
     make_parquet_log_callback,
+    make_time_budget_callback,
     truncate_logs,
 )
 from realmodel.training.config import TrainRunConfig
@@ -142,14 +143,16 @@ def callbacks(cfg: TrainRunConfig, out: Path, tokenizer: Any,
     from realmodel.tasks import parse_ladder
 
     ids = [t.name for t in parse_ladder(cfg.id_tasks)]  # "1X1" -> "1x1", like the records
-    return [
-        make_parquet_log_callback(out),
-        make_calibration_callback(out, tokenizer, queries, every=cfg.calib_every,
-                                  max_new_tokens=cfg.calib_max_new_tokens,
-                                  temperature=cfg.calib_temperature,
-                                  batch_size=cfg.calib_batch_size, seed=cfg.seed,
-                                  id_tasks=ids, log=log),
-    ]
+    calibration = make_calibration_callback(out, tokenizer, queries, every=cfg.calib_every,
+                                            max_new_tokens=cfg.calib_max_new_tokens,
+                                            temperature=cfg.calib_temperature,
+                                            batch_size=cfg.calib_batch_size, seed=cfg.seed,
+                                            id_tasks=ids, log=log)
+    out_callbacks = [make_parquet_log_callback(out), calibration]
+    if cfg.max_train_seconds:
+        out_callbacks.append(make_time_budget_callback(cfg.max_train_seconds, [calibration],
+                                                       log))
+    return out_callbacks
 
 
 def versions() -> dict[str, str | None]:
@@ -195,6 +198,8 @@ def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
     result = trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.time() - start
     calib = sum(getattr(cb, "seconds", 0.0) for cb in trainer.callback_handler.callbacks)
+    budget_stop = next((cb.stopped_at for cb in trainer.callback_handler.callbacks
+                        if getattr(cb, "stopped_at", None) is not None), None)
     train_wall = wall - calib
     steps = trainer.state.global_step - first_step
     model = trainer.model
@@ -207,6 +212,7 @@ def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
     return write_manifest(
         out, cfg, status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
         global_step=trainer.state.global_step, steps_this_run=steps,
+        stopped_by_time_budget_at=budget_stop,
         wall_time_s=round(wall, 2), calibration_time_s=round(calib, 2),
         s_per_step=round(train_wall / steps, 3) if steps else None,
         train_metrics={k: float(v) for k, v in (result.metrics or {}).items()},
