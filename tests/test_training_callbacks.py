@@ -49,3 +49,50 @@ def test_run_callbacks_normalise_the_id_task_names(tmp_path: Path) -> None:
             (tmp_path / "calibration_responses.jsonl").read_text().splitlines()]
     assert {r["task"]: r["in_distribution"] for r in rows} == {"1x1": True, "1x2": True,
                                                                "2x2": False}
+
+
+class _Control:
+    should_training_stop = False
+
+
+class _State:
+    def __init__(self, step: int) -> None:
+        self.global_step = step
+
+
+def test_time_budget_stops_after_the_step_that_crosses_it_not_counting_calibration(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from realmodel.training import callbacks as cb
+
+    clock = [1000.0]
+    monkeypatch.setattr(cb.time, "time", lambda: clock[0])
+
+    class Calibration:
+        seconds = 0.0
+
+    calib = Calibration()
+    budget = cb.make_time_budget_callback(10.0, [calib], log=lambda m: None)
+    control = _Control()
+    budget.on_train_begin(None, _State(0), control)
+    clock[0] += 6
+    budget.on_step_end(None, _State(1), control)
+    assert not control.should_training_stop
+    clock[0] += 30  # 30 s more, 28 of them calibrating: 8 s of training in all
+    calib.seconds = 28.0
+    budget.on_step_end(None, _State(2), control)
+    assert not control.should_training_stop and budget.stopped_at is None
+    clock[0] += 3  # 11 s of training
+    budget.on_step_end(None, _State(3), control)
+    assert control.should_training_stop and budget.stopped_at == 3
+
+
+def test_run_callbacks_add_the_time_budget_only_when_set(tmp_path: Path) -> None:
+    from realmodel.training.config import sft_preset
+    from realmodel.training.runs import callbacks
+
+    _, tokenizer = tiny_random_model(seed=0)
+    plain = sft_preset("cpu-smoke")
+    capped = sft_preset("cpu-smoke", max_train_seconds=5.0)
+    assert len(callbacks(plain, tmp_path, tokenizer, [], log=print)) == 2
+    added = callbacks(capped, tmp_path, tokenizer, [], log=print)
+    assert len(added) == 3 and type(added[-1]).__name__ == "TimeBudgetCallback"

@@ -80,6 +80,9 @@ def test_overrides_apply_and_none_means_not_given() -> None:
         (GRPORunConfig, {"beta": -0.1}, "beta"),
         (GRPORunConfig, {"loss_type": "ppo"}, "loss_type"),
         (GRPORunConfig, {"use_vllm": "yes"}, "use_vllm"),
+        (SFTRunConfig, {"max_train_seconds": -1.0}, "max_train_seconds"),
+        (GRPORunConfig, {"max_train_seconds": float("inf")}, "max_train_seconds"),
+        (GRPORunConfig, {"max_train_seconds": float("nan")}, "max_train_seconds"),
     ],
 )
 def test_bad_settings_are_refused(cls: type, kwargs: dict, message: str) -> None:
