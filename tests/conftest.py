@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,17 +9,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def reference_dir() -> Path:
-    """The paper's reference tables: $DS_STUDY_REFERENCE or ../shared/reference."""
-    env = os.environ.get("DS_STUDY_REFERENCE")
-    return Path(env) if env else REPO.parent / "shared" / "reference"
-
-
 @pytest.fixture(scope="session")
 def reference() -> Path:
-    path = reference_dir()
+    """The paper's reference tables (DESIGN §6): the package data in `analysis/data/`, or
+    $DS_STUDY_REFERENCE where set (the same rule as `analysis.observed.reference_dir`)."""
+    from analysis.observed import ObservedDataError, reference_dir
+
+    try:
+        path = reference_dir()
+    except ObservedDataError as exc:
+        pytest.fail(str(exc))
     if not (path / "appendix_c.csv").exists():
-        pytest.fail(f"reference tables not found at {path} (set DS_STUDY_REFERENCE)")
+        pytest.fail(f"reference tables at {path} lack appendix_c.csv")
     return path
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import charts
+from analysis import charts, observed
 from analysis.observed import (
     BASE,
     REGIMES,
@@ -60,11 +62,28 @@ def test_paper_table1_is_tidy_fractions():
     assert len(load_kang2025()) == 6
 
 
+def test_reference_dir_is_package_data_unless_overridden(monkeypatch, tmp_path):
+    """DESIGN §6: the tables ship in analysis/data/; $DS_STUDY_REFERENCE overrides them."""
+    monkeypatch.delenv("DS_STUDY_REFERENCE", raising=False)
+    default = reference_dir()
+    assert default == Path(observed.__file__).resolve().parent / "data"
+    for name in ("paper_table1.csv", "appendix_c.csv", "appendix_c_net.csv", "kang2025_p_FT.csv"):
+        assert (default / name).is_file(), name
+    (tmp_path / "paper_table1.csv").write_text((default / "paper_table1.csv").read_text())
+    monkeypatch.setenv("DS_STUDY_REFERENCE", str(tmp_path))
+    assert reference_dir() == tmp_path
+
+
 def test_reference_dir_error_is_clear(monkeypatch, tmp_path):
     monkeypatch.setenv("DS_STUDY_REFERENCE", str(tmp_path / "nowhere"))
-    monkeypatch.setattr("analysis.observed.REPO_ROOT", tmp_path / "repo")
-    with pytest.raises(ObservedDataError, match="DS_STUDY_REFERENCE"):
+    with pytest.raises(ObservedDataError, match="DS_STUDY_REFERENCE") as err:
         reference_dir()
+    assert "\n" not in str(err.value) and "nowhere" in str(err.value)
+    monkeypatch.delenv("DS_STUDY_REFERENCE")
+    monkeypatch.setattr(observed, "REFERENCE_DATA", tmp_path / "missing")
+    with pytest.raises(ObservedDataError, match="DS_STUDY_REFERENCE") as err:
+        reference_dir()
+    assert "\n" not in str(err.value)
 
 
 def test_regime_colours_are_fixed_across_charts():
