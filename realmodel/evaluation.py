@@ -3,18 +3,28 @@
 `evaluate` writes under `outputs/real/<name>/`:
 * `responses.jsonl`: one line per (query, sample): id, task, a, b, answer, prompt, sample,
   response, n_tokens, truncated, parse (= ParsedResponse.to_dict()); appended and flushed after
-  every batch, so an interrupted run resumes where it stopped;
+  every batch, so an interrupted run resumes where it stopped. On resume the kept rows are
+  rewritten to a temporary file beside it that replaces it (os.replace): a crash during the
+  rewrite leaves the old file whole. Each query is sampled from its own seed (generation.py:
+  `sample_seed(seed, query id, sample)`), so a resumed run writes exactly the responses an
+  uninterrupted run with the same seed writes, whatever the batch size or the batches before;
 * `calibration.csv`: per task, observed accuracy (normal CI), p̂, q̂1, q̂2, predicted accuracy
   and the echo rate p(F→T) (bootstrap CIs over queries), pooled p, n and response statistics,
   all from `analysis.calibration` (the simulator's statistics);
-* `manifest.json`: configuration, resolved model, split spec (`realmodel.tasks.split_spec`),
-  package versions, git commit, wall time.
+* `manifest.json` (written atomically): configuration, resolved model, split spec
+  (`realmodel.tasks.split_spec`), package versions, git commit, wall time; `status` is
+  "running", then "done", or "failed" / "interrupted" (Ctrl-C) with `error`, the exception's
+  first line. A failed run that created its folder and wrote no response removes the folder
+  (and the parents it created) again, so the name stays free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +46,7 @@ from realmodel.tasks import (
     same_held_out,
     split_spec,
 )
-from sim.provenance import git_commit
+from sim.provenance import git_commit, write_json_atomic
 from sim.provenance import package_versions as _versions
 
 RESPONSES = "responses.jsonl"
@@ -80,6 +90,21 @@ def read_responses(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def write_responses_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write `rows` as JSON lines to a temporary file beside `path`, fsync, then os.replace:
+    a reader (or a crash) sees the old file or the new one, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _complete_rows(rows: list[dict[str, Any]], samples: int) -> list[dict[str, Any]]:
@@ -221,6 +246,77 @@ def trained_split_spec(model: Any) -> dict[str, Any] | None:
 
 
 
+def _takes_keys(generator: Generator) -> bool:
+    """The generator's `generate` accepts `keys` (per-query seeding, generation.py)."""
+    try:
+        params = inspect.signature(generator.generate).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "keys" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _one_line(exc: BaseException) -> str:
+    """'TypeName: first line of the message' (just the type name when there is none)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _drop_temp_files(out_dir: Path) -> None:
+    """This process's temporary files of an interrupted atomic write (".<name>.<pid>.tmp",
+    the naming of `write_responses_atomic` and `sim.provenance.write_json_atomic`)."""
+    for name in (RESPONSES, MANIFEST, CALIBRATION):
+        (out_dir / f".{name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+
+
+def _remove_created(out_dir: Path, created: Sequence[Path]) -> None:
+    """Undo the folder of a run that failed before writing any response: its own files,
+    then each folder it created, innermost first, where empty (never anything else)."""
+    for name in (RESPONSES, MANIFEST, CALIBRATION):
+        (out_dir / name).unlink(missing_ok=True)
+    _drop_temp_files(out_dir)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _generate_rows(generator: Generator, pending: Sequence[dict[str, Any]],
+                   config: GenerationConfig, marker_list: Sequence[str], resp_path: Path,
+                   keyed: bool, count: dict[str, int], total: int, initial: int,
+                   desc: str | None) -> None:
+    """Generate the pending queries batch by batch, appending (and flushing) their rows;
+    `count` tracks the queries and rows written so far (read by a failure handler)."""
+    s = config.samples_per_prompt
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="query", disable=desc is None)
+    try:
+        with resp_path.open("a", encoding="utf-8") as fh:
+            for startb in range(0, len(pending), config.batch_size):
+                batch = pending[startb : startb + config.batch_size]
+                prompts = [q["prompt"] for q in batch]
+                keys = {"keys": [q["id"] for q in batch]} if keyed else {}
+                results = generator.generate(prompts, **keys)
+                if len(results) != len(batch) * s:
+                    raise EvaluationError(
+                        f"generator returned {len(results)} results for {len(batch)} prompts "
+                        f"x {s} samples"
+                    )
+                for k, res in enumerate(results):
+                    q = batch[k // s]
+                    parsed = parse_response(res.text, q["a"], q["b"], marker_list,
+                                            res.truncated)
+                    row = {**q, "sample": k % s, "response": res.text,
+                           "n_tokens": res.n_tokens, "truncated": res.truncated,
+                           "parse": parsed.to_dict()}
+                    fh.write(json.dumps(row) + "\n")
+                    count["rows"] += 1
+                fh.flush()
+                count["queries"] += len(batch)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+
+
 def evaluate(
     model: Any = "smollm2-135m",
     tasks: str | Sequence[Any] = DEFAULT_LADDER,
@@ -316,12 +412,7 @@ def evaluate(
     pending = [q for q in queries if q["id"] not in done]
     if pending and generator is None:  # before the folder exists (a failure leaves none)
         generator = make_generator(model, config, backend=backend, device=device, log=log)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with resp_path.open("w", encoding="utf-8") as fh:  # drop partial or cut lines
-        fh.writelines(json.dumps(r) + "\n" for r in kept)
-    if done:
-        log(f"resuming {out_dir}: {len(done)} of {len(queries)} queries already answered")
+    keyed = generator is not None and _takes_keys(generator)
 
     manifest = {
         "run_key": run_key,
@@ -331,6 +422,8 @@ def evaluate(
         "markers": marker_list,
         "split_spec": split_spec(ladder, id_list, split_seed),
         "backend_requested": backend,
+        "seeding": "per query: sample_seed(seed, query id, sample)" if keyed
+                   else "the generator's own",
         "out_dir": str(out_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "packages": package_versions(),
@@ -343,47 +436,50 @@ def evaluate(
                                                "wall_time_s", "n_generated_this_run")}]
             if old_manifest else []),
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-
-    n_generated = 0
-    if pending:
-        assert generator is not None
-        manifest["backend"] = getattr(generator, "backend", "custom")
-        s = config.samples_per_prompt
-        bar = tqdm(total=len(queries), initial=len(done), desc=f"eval {name}",
-                   unit="query", disable=not progress)
-        with resp_path.open("a", encoding="utf-8") as fh:
-            for startb in range(0, len(pending), config.batch_size):
-                batch = pending[startb : startb + config.batch_size]
-                results = generator.generate([q["prompt"] for q in batch])
-                if len(results) != len(batch) * s:
-                    raise EvaluationError(
-                        f"generator returned {len(results)} results for {len(batch)} prompts "
-                        f"x {s} samples"
-                    )
-                for k, res in enumerate(results):
-                    q = batch[k // s]
-                    parsed = parse_response(res.text, q["a"], q["b"], marker_list,
-                                            res.truncated)
-                    row = {**q, "sample": k % s, "response": res.text,
-                           "n_tokens": res.n_tokens, "truncated": res.truncated,
-                           "parse": parsed.to_dict()}
-                    fh.write(json.dumps(row) + "\n")
-                fh.flush()
-                n_generated += len(batch)
-                bar.update(len(batch))
-        bar.close()
-
-    rows = read_responses(resp_path)
-    order = {t.name: k for k, t in enumerate(ladder)}
-    table = calibrate_responses(rows, by="task", n_boot=n_boot, seed=config.seed,
-                                max_attempts=max_attempts)
-    table = table.sort_values("task", key=lambda c: c.map(order)).reset_index(drop=True)
-    table.to_csv(out_dir / CALIBRATION, index=False)
-    wall = time.time() - start
-    manifest.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    wall_time_s=round(wall, 2), n_queries=len(queries),
-                    n_generated_this_run=n_generated, n_boot=n_boot,
-                    max_attempts=max_attempts)
-    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress_count = {"queries": 0, "rows": 0}
+    try:
+        write_responses_atomic(resp_path, kept)  # drop partial or cut lines
+        if done:
+            log(f"resuming {out_dir}: {len(done)} of {len(queries)} queries already answered")
+        write_json_atomic(manifest, manifest_path)
+        if pending:
+            assert generator is not None
+            manifest["backend"] = getattr(generator, "backend", "custom")
+            _generate_rows(generator, pending, config, marker_list, resp_path, keyed,
+                           progress_count, len(queries), len(done),
+                           f"eval {name}" if progress else None)
+        n_generated = progress_count["queries"]
+        rows = read_responses(resp_path)
+        order = {t.name: k for k, t in enumerate(ladder)}
+        table = calibrate_responses(rows, by="task", n_boot=n_boot, seed=config.seed,
+                                    max_attempts=max_attempts)
+        table = table.sort_values("task", key=lambda c: c.map(order)).reset_index(drop=True)
+        csv_tmp = out_dir / f".{CALIBRATION}.{os.getpid()}.tmp"
+        try:
+            table.to_csv(csv_tmp, index=False)
+            os.replace(csv_tmp, out_dir / CALIBRATION)
+        finally:
+            csv_tmp.unlink(missing_ok=True)
+        wall = time.time() - start
+        manifest.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        wall_time_s=round(wall, 2), n_queries=len(queries),
+                        n_generated_this_run=n_generated, n_boot=n_boot,
+                        max_attempts=max_attempts)
+        write_json_atomic(manifest, manifest_path)
+    except BaseException as exc:
+        if created and not kept and progress_count["rows"] == 0:
+            _remove_created(out_dir, created)
+        else:
+            manifest.update(
+                status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                error=_one_line(exc), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                wall_time_s=round(time.time() - start, 2), n_queries=len(queries),
+                n_generated_this_run=progress_count["queries"])
+            with contextlib.suppress(Exception):  # the original error is the one to raise
+                write_json_atomic(manifest, manifest_path)
+            with contextlib.suppress(OSError):
+                _drop_temp_files(out_dir)
+        raise
     return EvalResult(out_dir, table, n_generated, wall, manifest)

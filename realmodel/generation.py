@@ -7,10 +7,27 @@ prompt-major: results[i * s + j] is sample j of prompts[i].
 
 A response is *truncated* when it used all `max_new_tokens` without an end-of-sequence token
 (DESIGN §4: truncations are wrong and carry no decisions).
+
+Seeding. `generate(prompts, keys)` takes one key per prompt (evaluation passes the query id);
+sample j of a prompt draws its randomness from `sample_seed(config.seed, key, j)` only, so a
+response depends on (seed, key, sample, model), never on which other prompts share its batch,
+the batch size, or how many batches ran before (a resumed evaluation regenerates exactly what
+an uninterrupted run generates). Without keys, a prompt is keyed by its position in the call.
+* transformers: `generate` has no per-row random generators, so sampling is done by
+  `KeyedSampler`, the last logits processor: it applies the temperature and the nucleus
+  (top-p) cut, draws one uniform per row from that row's own CPU `torch.Generator`, picks the
+  token by inverse CDF, and hands `generate` a one-hot score that its greedy step takes. The
+  draws are identical on CPU and GPU; the logits of one row can still differ in the last bits
+  between batch compositions (padding), which moves a draw only when it falls within that
+  rounding of a token boundary. torch's global RNG is never touched.
+* vLLM: one `SamplingParams` per prompt with `seed=sample_seed(seed, key, 0)` (vLLM draws all
+  samples of a request from that request's own generator).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
@@ -52,10 +69,70 @@ class GenerationResult:
 
 
 class Generator(Protocol):
+    """`keys` (optional for other generators): one stable key per prompt (module docstring)."""
+
     config: GenerationConfig
     backend: str
 
     def generate(self, prompts: list[str]) -> list[GenerationResult]: ...
+
+
+def sample_seed(seed: int, key: str, sample: int) -> int:
+    """The 63-bit seed of sample `sample` of the prompt keyed `key` (sha256: stable across
+    processes and Python versions, unlike hash())."""
+    digest = hashlib.sha256(f"{int(seed)}\x1f{key}\x1f{int(sample)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _keys(prompts: Sequence[str], keys: Sequence[Any] | None) -> list[str]:
+    if keys is None:
+        return [str(k) for k in range(len(prompts))]
+    if len(keys) != len(prompts):
+        raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
+    return [str(k) for k in keys]
+
+
+@functools.cache
+def _keyed_sampler_class() -> type:
+    import torch
+    from transformers import LogitsProcessor
+
+    class KeyedSampler(LogitsProcessor):
+        """Multinomial sampling with one random generator per row (module docstring):
+        temperature, then the nucleus of mass `top_p` (the most probable tokens whose
+        mass before them is below `top_p`), then an inverse-CDF draw; returns scores that
+        are 0 at the drawn token and -inf elsewhere, for `generate`'s greedy step."""
+
+        def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+            self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+            self.temperature = float(temperature)
+            self.top_p = float(top_p)
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if scores.shape[0] != len(self.generators):
+                raise GenerationError(
+                    f"KeyedSampler has {len(self.generators)} generators for "
+                    f"{scores.shape[0]} rows"
+                )
+            probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+            if self.top_p < 1.0:
+                top, order = probs.sort(dim=-1, descending=True)
+                top = top.masked_fill(top.cumsum(dim=-1) - top >= self.top_p, 0.0)
+                probs = torch.zeros_like(probs).scatter_(-1, order, top)
+            cdf = probs.double().cumsum(dim=-1)
+            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64)
+                           for g in self.generators]).to(cdf.device)
+            token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True)
+            token = token.clamp_(max=scores.shape[-1] - 1)
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(1, token, 0.0)
+
+    return KeyedSampler
+
+
+def keyed_sampler(seeds: Sequence[int], temperature: float, top_p: float) -> Any:
+    """A `KeyedSampler` logits processor (transformers imported on first use)."""
+    return _keyed_sampler_class()(seeds, temperature, top_p)
 
 
 class GenerationError(RuntimeError):
@@ -82,7 +159,6 @@ class TransformersGenerator:
         self.model = model
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.config = config
-        self._calls = 0
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None:
@@ -95,25 +171,32 @@ class TransformersGenerator:
             messages, tokenize=False, add_generation_prompt=True
         )
 
-    def _generate_batch(self, prompts: Sequence[str]) -> list[GenerationResult]:
+    def _generate_batch(self, prompts: Sequence[str],
+                        keys: Sequence[str]) -> list[GenerationResult]:
         import torch
+        from transformers import LogitsProcessorList
 
         cfg = self.config
+        s = cfg.samples_per_prompt
+        # One row per sample, prompt-major (row i * s + j is sample j of prompt i): the steps
+        # are greedy (at temperature > 0 the KeyedSampler has already drawn the token), and
+        # greedy `generate` takes no num_return_sequences. No top-k (vLLM has none).
         enc = self.tokenizer(
-            [self.chat_text(p) for p in prompts],
+            [self.chat_text(p) for p in prompts for _ in range(s)],
             return_tensors="pt",
             padding=True,
             add_special_tokens=False,
         ).to(self.model.device)
-        kwargs: dict[str, Any] = {"do_sample": cfg.temperature > 0}
+        kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None,
+                                  "top_k": None}
         if cfg.temperature > 0:
-            # top_k=0 switches off transformers' default top-k of 50 (vLLM has none).
-            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+            seeds = [sample_seed(cfg.seed, key, j) for key in keys for j in range(s)]
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [keyed_sampler(seeds, cfg.temperature, cfg.top_p)])
         with torch.no_grad():
             out = self.model.generate(
                 **enc,
                 max_new_tokens=cfg.max_new_tokens,
-                num_return_sequences=cfg.samples_per_prompt,
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.tokenizer.pad_token_id,
                 **kwargs,
@@ -128,15 +211,16 @@ class TransformersGenerator:
             results.append(GenerationResult(text, len(kept), truncated))
         return results
 
-    def generate(self, prompts: list[str]) -> list[GenerationResult]:
-        import torch
-
+    def generate(self, prompts: list[str],
+                 keys: Sequence[Any] | None = None) -> list[GenerationResult]:
+        """`samples_per_prompt` results per prompt, prompt-major; sample j of a prompt is a
+        function of (config.seed, its key, j) alone (module docstring)."""
+        keys = _keys(prompts, keys)
         results: list[GenerationResult] = []
-        for start in range(0, len(prompts), self.config.batch_size):
-            # One seed per batch call: reproducible for a given batch composition.
-            torch.manual_seed(self.config.seed * 1_000_003 + self._calls)
-            self._calls += 1
-            results.extend(self._generate_batch(prompts[start : start + self.config.batch_size]))
+        size = self.config.batch_size
+        for start in range(0, len(prompts), size):
+            results.extend(self._generate_batch(prompts[start : start + size],
+                                                keys[start : start + size]))
         return results
 
 
@@ -151,22 +235,28 @@ class VLLMGenerator:
         self.config = config
         self.llm = LLM(model=str(model_path), seed=config.seed)
         self.tokenizer = self.llm.get_tokenizer()
-        self.params = SamplingParams(
-            n=config.samples_per_prompt,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_new_tokens,
-            seed=config.seed,
+        self._params = SamplingParams
+
+    def _sampling_params(self, key: str) -> Any:
+        cfg = self.config
+        return self._params(
+            n=cfg.samples_per_prompt,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_new_tokens,
+            seed=sample_seed(cfg.seed, key, 0),
         )
 
-    def generate(self, prompts: list[str]) -> list[GenerationResult]:
+    def generate(self, prompts: list[str],
+                 keys: Sequence[Any] | None = None) -> list[GenerationResult]:
+        params = [self._sampling_params(k) for k in _keys(prompts, keys)]
         texts = [
             self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
             )
             for p in prompts
         ]
-        outputs = self.llm.generate(texts, self.params, use_tqdm=False)
+        outputs = self.llm.generate(texts, params, use_tqdm=False)
         return [
             GenerationResult(o.text, len(o.token_ids), o.finish_reason == "length")
             for req in outputs
