@@ -2,18 +2,28 @@
 
 torch / transformers are imported inside the commands, so `python cli.py --help` and the
 simulator work without the `real` extra. Expected failures (a missing model, a bad ladder,
-vLLM without a GPU) end with a one-line message, not a traceback.
+vLLM without a GPU) end with a one-line message, not a traceback. Bad input is refused at the
+option that carries it, before anything is generated or written: text inputs must be UTF-8
+(files and stdin alike), floats finite, seeds non-negative, output names one folder name, and
+output folders creatable (DESIGN.md §5: a run is reproducible from its options).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
 from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER
+from realmodel.training.config import check_run_name
 
 
 def _fail(exc: BaseException) -> click.ClickException:
@@ -24,25 +34,122 @@ def _fail(exc: BaseException) -> click.ClickException:
     return click.ClickException(text)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and +-inf (NaN passes no range comparison)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+class DeviceType(click.ParamType):
+    """auto, cpu, cuda or cuda:K (a GPU index); anything else lists the choices."""
+
+    name = "device"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[auto|cpu|cuda|cuda:K]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            return value
+        self.fail(f"{value!r} is not one of auto, cpu, cuda, cuda:K (K a GPU index).",
+                  param, ctx)
+
+
+def _utf8_error(exc: UnicodeDecodeError) -> str:
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+
+
+def _read_utf8(path: str, option: str) -> str:
+    """The text of `path`, or a usage error naming `option` (not UTF-8, unreadable)."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{path} is {_utf8_error(exc)}", param_hint=option) from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}",
+                                 param_hint=option) from None
+
+
+def _utf8_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Option callback: a text file given must be UTF-8 (the marker list is text)."""
+    if value is not None:
+        _read_utf8(value, f"'{param.opts[0]}'")
+    return value
+
+
+def _output_name(ctx: click.Context, param: click.Parameter,
+                 value: str | None) -> str | None:
+    """Option callback: an output name is one folder name under the output root."""
+    if value is None:
+        return None
+    try:
+        return check_run_name(value, param.opts[0])
+    except ValueError as exc:  # its message names the option
+        raise click.UsageError(str(exc).splitlines()[0], ctx) from None
+
+
+def _output_folder(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Option callback: a folder that exists, or can be made below the nearest existing
+    folder (not under a regular file, not in a read-only folder). Probed by making and
+    removing an empty temporary folder there (permission bits do not stop root)."""
+    if not value:
+        raise click.BadParameter("expected a folder path, got ''")
+    path = Path(value).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        raise click.BadParameter(f"{value} cannot be a folder: {path} is a regular file")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=path))
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write under {path}: {exc.strerror or exc}") from None
+    return value
+
+
+def first_missing_folder(path: str | Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (None if it exists): what
+    creating `path` creates, hence what a failed command removes."""
+    path, top = Path(path).absolute(), None
+    while not path.exists() and path != path.parent:
+        top, path = path, path.parent
+    return top
+
+
 @click.group("realmodel")
 def realmodel() -> None:
     """Real language models: tasks, parsing, SFT data, evaluation and calibration."""
 
 
 @realmodel.command("parse")
-@click.option("--a", "a", type=int, required=True, help="First operand.")
-@click.option("--b", "b", type=int, required=True, help="Second operand.")
+@click.option("--a", "a", type=click.IntRange(0), required=True,
+              help="First operand (non-negative, as in the tasks).")
+@click.option("--b", "b", type=click.IntRange(0), required=True,
+              help="Second operand (non-negative, as in the tasks).")
 @click.option("--markers", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Extra revision markers, one a line (added to the default list).")
+              callback=_utf8_file,
+              help="Extra revision markers, one a line, UTF-8 (added to the default list).")
 @click.option("--truncated", is_flag=True, help="The response hit the token limit.")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
-              default=None, help="Response file (default: standard input).")
+              default=None, help="UTF-8 response file (default: standard input).")
 def parse_cmd(a: int, b: int, markers: str | None, truncated: bool,
               input_path: str | None) -> None:
-    """Parse a response to `a * b` from stdin; print the attempts as JSON."""
+    """Parse a UTF-8 response to `a * b` from stdin; print the attempts as JSON."""
     from realmodel.parsing import load_markers, parse_response
 
-    text = Path(input_path).read_text(encoding="utf-8") if input_path else sys.stdin.read()
+    if input_path:
+        text = _read_utf8(input_path, "'--input'")
+    else:  # bytes, decoded strictly: a text stdin may use surrogateescape (C/POSIX locale)
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise click.ClickException(f"stdin is {_utf8_error(exc)}; pass a UTF-8 "
+                                       f"response (or a file with --input)") from None
     marker_list = load_markers(markers) if markers else None
     click.echo(json.dumps(parse_response(text, a, b, marker_list, truncated).to_dict()))
 
@@ -54,31 +161,39 @@ def parse_cmd(a: int, b: int, markers: str | None, truncated: bool,
 @click.option("--n-train", default=20000, show_default=True, type=click.IntRange(0))
 @click.option("--n-test", default=100, show_default=True, type=click.IntRange(0),
               help="Test problems per task.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--ft-share", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--ft-share", default=0.5, show_default=True, type=FiniteFloatRange(0, 1),
               help="Share of F->T examples in the reflection SFT set.")
 @click.option("--n-reflections", default=1, show_default=True, type=click.IntRange(0),
               help="Attempts after the first in a reflection example (cut-at-k).")
 @click.option("--out", "out_dir", default="outputs/real/data", show_default=True,
-              type=click.Path(file_okay=False))
+              type=click.Path(file_okay=False), callback=_output_folder)
 def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft_share: float,
              n_reflections: int, out_dir: str) -> None:
     """Write the train/test splits and both SFT sets (JSONL + Parquet)."""
     from realmodel.synthesis import build_sft_dataset
     from realmodel.tasks import make_splits, write_records, write_splits
 
-    try:
+    try:  # everything is built before anything is written
         splits = make_splits(tasks, id_tasks, n_train=n_train, n_test=n_test, seed=seed)
+        sets = {kind: build_sft_dataset(splits["train"], kind, ft_share=ft_share,
+                                        n_reflections=n_reflections, seed=seed)
+                for kind in ("no-reflection", "reflection")}
     except ValueError as exc:
         raise _fail(exc) from None
     out = Path(out_dir)
-    paths = write_splits(splits, out)
-    for kind in ("no-reflection", "reflection"):
-        sft = build_sft_dataset(splits["train"], kind, ft_share=ft_share,
-                                n_reflections=n_reflections, seed=seed)
-        path = out / f"sft_{kind.replace('-', '_')}.jsonl"
-        write_records(sft, path)
-        paths.append(path)
+    created = first_missing_folder(out)
+    try:
+        paths = write_splits(splits, out)
+        for kind, sft in sets.items():
+            path = out / f"sft_{kind.replace('-', '_')}.jsonl"
+            write_records(sft, path)
+            paths.append(path)
+    except OSError as exc:
+        if created is not None:  # a failed command leaves no new folder
+            shutil.rmtree(created, ignore_errors=True)
+        raise click.BadParameter(f"cannot write {out_dir}: {exc.strerror or exc}",
+                                 param_hint="'--out'") from None
     for path in paths:
         click.echo(f"wrote {path} (+ .parquet)")
 
@@ -91,24 +206,27 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
               help="In-distribution tasks (held out the same way as the training splits).")
 @click.option("--n", default=100, show_default=True, type=click.IntRange(1),
               help="Test problems per task.")
-@click.option("--name", default=None, help="Output name (default: from the model).")
+@click.option("--name", default=None, callback=_output_name,
+              help="Output folder name under --out-root (default: from the model).")
 @click.option("--out-root", default="outputs/real", show_default=True,
-              type=click.Path(file_okay=False))
+              type=click.Path(file_okay=False), callback=_output_folder)
 @click.option("--max-new-tokens", default=1024, show_default=True, type=click.IntRange(1),
               help="Token limit per response (paper: 8192).")
-@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0))
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--temperature", default=1.0, show_default=True, type=FiniteFloatRange(0))
+@click.option("--top-p", default=1.0, show_default=True,
+              type=FiniteFloatRange(0, 1, min_open=True))
 @click.option("--samples-per-prompt", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
               help="Sampling and bootstrap seed.")
-@click.option("--split-seed", default=0, show_default=True, type=int,
+@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0),
               help="Seed of the problem splits.")
 @click.option("--backend", type=click.Choice(["auto", "vllm", "transformers"]),
               default="auto", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:k].")
+@click.option("--device", default="auto", show_default=True, type=DeviceType(),
+              help="auto, cpu or cuda[:k].")
 @click.option("--markers", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Extra revision markers, one a line.")
+              callback=_utf8_file, help="Extra revision markers, one a line, UTF-8.")
 @click.option("--n-boot", default=100, show_default=True, type=click.IntRange(1),
               help="Bootstrap resamples (paper: 100).")
 @click.option("--max-attempts", default=None, type=click.IntRange(1),

@@ -1,9 +1,11 @@
-"""`realmodel sft` and `realmodel grpo` (issue 6). A run = a preset + the options given.
+"""`realmodel sft` and `realmodel grpo` (DESIGN.md §5). A run = a preset + the options given.
 
 Every option defaults to "not given" (None), so the preset's value stands unless the user
-overrides it; `--print-config` shows the resolved run config and exits. Expected failures
-(bad settings, a missing model, bf16 without a GPU, --resume without a checkpoint) end with
-a one-line message.
+overrides it; `--print-config` shows the resolved run config and exits. The run config
+validates every setting (config.py); its message names the options (`OPTIONS`), e.g.
+"Error: --lr must be a finite number > 0, got inf". Expected failures (bad settings, a missing
+model, bf16 without a GPU, --resume without a checkpoint) end with a one-line message, before
+the run folder is made or with the folder removed again (runs.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from realmodel.training.config import (
     PAPER_MEMORY_NOTE,
     PRESET_NAMES,
     VLLM_CHOICES,
+    RunConfigError,
     TrainRunConfig,
+    check_run_name,
     grpo_preset,
     sft_preset,
 )
@@ -58,11 +62,32 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing",
      "Recompute activations in the backward pass."),
 ]
+# run-config field -> the option that sets it (error messages name options, not fields)
+OPTIONS: dict[str, str] = {
+    **{dest: opt for opt, dest, _, _ in _COMMON},
+    **{dest: opt.split("/")[0] for opt, dest, _ in _FLAGS},
+    "data": "--data", "ft_share": "--ft-share", "n_reflections": "--n-reflections",
+    "max_length": "--max-length", "num_generations": "--num-generations", "beta": "--beta",
+    "temperature": "--temperature", "max_completion_length": "--max-completion-length",
+    "loss_type": "--loss-type", "scale_rewards": "--scale-rewards", "use_vllm": "--vllm",
+}
+
+
+def _run_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--run-name, when given, is one folder name under --out-root ("" included: the default
+    name is what leaving the option out gives)."""
+    if value is None:
+        return None
+    try:
+        return check_run_name(value, "--run-name")
+    except ValueError as exc:  # its message names the option
+        raise click.UsageError(str(exc).splitlines()[0], ctx) from None
 
 
 def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for opt, dest, typ, text in reversed(_COMMON):
-        func = click.option(opt, dest, type=typ, default=None, help=text)(func)
+        func = click.option(opt, dest, type=typ, default=None, help=text,
+                            callback=_run_name if dest == "run_name" else None)(func)
     for opt, dest, text in reversed(_FLAGS):
         func = click.option(opt, dest, default=None, help=text)(func)
     func = click.option("--resume", is_flag=True,
@@ -85,10 +110,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def _execute(build: Callable[[], TrainRunConfig], run: Callable[..., dict[str, Any]],
              resume: bool, print_config: bool) -> None:
-    from realmodel.commands import _fail  # here: realmodel.commands imports this module
+    # here: realmodel.commands imports this module
+    from realmodel.commands import _fail, first_missing_folder
+    from realmodel.training.runs import remove_unstarted, run_dir
 
     try:
         cfg = build()
+    except RunConfigError as exc:
+        raise click.ClickException(exc.render(OPTIONS).splitlines()[0]) from None
     except ValueError as exc:
         raise _fail(exc) from None
     if print_config:
@@ -96,10 +125,15 @@ def _execute(build: Callable[[], TrainRunConfig], run: Callable[..., dict[str, A
         if cfg.preset == "paper":
             click.echo(PAPER_MEMORY_NOTE)
         return
+    out = run_dir(cfg)
+    created = first_missing_folder(out)
     try:
         manifest = run(cfg, resume=resume, log=lambda m: click.echo(m, err=True))
-    except _expected_errors() as exc:
-        raise _fail(exc) from None
+    except BaseException as exc:
+        remove_unstarted(out, created)  # a run that never started leaves no folder
+        if isinstance(exc, _expected_errors()):
+            raise _fail(exc) from None
+        raise
     click.echo(f"{cfg.METHOD} run {cfg.name()}: {manifest['global_step']} steps, "
                f"{manifest['s_per_step']} s/step ({manifest['device_name']}), wall "
                f"{manifest['wall_time_s']:.0f} s; final model {manifest['final_model']}")

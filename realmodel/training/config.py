@@ -1,4 +1,4 @@
-"""Run configurations for real-model training (issue 6), separate from the trainers.
+"""Run configurations for real-model training (DESIGN.md §5), separate from the trainers.
 
 As in TRL (``SFTConfig`` vs ``SFTTrainer``), a run is fully described by a frozen dataclass that
 validates itself on construction; the trainer modules translate it into TRL's own config. Three
@@ -14,18 +14,27 @@ presets per method (``PRESETS``):
     A few steps of SmolLM2-135M on the CPU, short generations, small slices.
 
 ``dataclasses.replace(cfg, **overrides)`` re-runs the validation, so the CLI builds a run as
-"preset, then the options the user gave".
+"preset, then the options the user gave". An invalid setting raises ``RunConfigError`` (a
+``ValueError`` naming the fields involved, so that the CLI can name its options instead); every
+float must be finite (NaN passes no comparison, and an infinite rate, epoch count or KL
+coefficient trains nonsense), the optimizer must be one transformers knows, and the run name is
+one folder name under ``output_root``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from realmodel.tasks import DEFAULT_ID, parse_ladder
 
-SMALL_LADDER = "1x1,1x2,2x2,2x3"  # the issue's GPU-validation ladder: ID 1x1,1x2; OOD 2x2,2x3
+SMALL_LADDER = "1x1,1x2,2x2,2x3"  # the GPU-validation ladder: ID 1x1,1x2; OOD 2x2,2x3
 PAPER_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 SMOL_MODEL = "smollm2-135m"
 DATA_KINDS = ("reflection", "no-reflection")
@@ -35,6 +44,53 @@ DEVICES = ("auto", "cpu", "cuda")
 # mean, "dr_grpo" drops the length normalisation, "dapo" is TRL's default.
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+DEFAULT_OPTIM = "adamw_torch"
+MAX_SEED = 2**32 - 1  # transformers.set_seed seeds numpy's legacy generator
+
+
+class RunConfigError(ValueError):
+    """An invalid run setting. `fields` are the config fields the message names (the first
+    occurrence of each); `render` words it with other names, e.g. the CLI's options."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+    def render(self, names: Mapping[str, str]) -> str:
+        text = str(self)
+        for field in self.fields:
+            if field in names:
+                text = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])",
+                              lambda _, name=names[field]: name, text, count=1)
+        return text
+
+
+try:  # the shared output-name rule, where sim/provenance.py has it
+    from sim.provenance import check_run_name  # type: ignore[attr-defined]
+except ImportError:
+
+    def check_run_name(name: str, option: str) -> str:
+        """`name` if it is one folder name (not empty, '.' or '..', no path separator or NUL),
+        so that `<root>/<name>` stays inside `<root>`; else a one-line ValueError naming
+        `option`."""
+        seps = {"/", "\\", "\0", os.sep, os.altsep or "/"}
+        if not name or name in (".", "..") or any(sep in name for sep in seps):
+            raise ValueError(f"{option} must be a single folder name (no '/', '.' or '..'), "
+                             f"got {name!r}")
+        return name
+
+
+@functools.cache
+def optimizer_names() -> tuple[str, ...] | None:
+    """The optimizer names transformers accepts (`TrainingArguments.optim`), or None when
+    transformers is not installed (nothing can train then anyway)."""
+    try:
+        from transformers.training_args import OptimizerNames
+    except ImportError:
+        return None
+    return tuple(o.value for o in OptimizerNames)
+
 
 PAPER_MEMORY_NOTE = """\
 The paper preset fits one 80 GB H100 with LoRA (rank 64 on all attention and MLP projections),
@@ -70,7 +126,7 @@ class TrainRunConfig:
     max_steps: int = -1  # > 0 overrides the epochs
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    optim: str = "adamw_torch"
+    optim: str = DEFAULT_OPTIM
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     bf16: bool = False
@@ -100,7 +156,8 @@ class TrainRunConfig:
         ids = [t.name for t in _parse("id_tasks", self.id_tasks)]
         missing = [t for t in ids if t not in tasks]
         if missing:
-            raise ValueError(f"id_tasks {missing} are not on the ladder {self.ladder!r}")
+            raise RunConfigError(f"id_tasks {missing} are not on the ladder {self.ladder!r}",
+                                 "id_tasks", "ladder")
         _check_choice("device", self.device, DEVICES)
         for name in ("n_train", "per_device_train_batch_size", "gradient_accumulation_steps",
                      "save_steps", "save_total_limit", "logging_steps", "calib_n",
@@ -108,27 +165,40 @@ class TrainRunConfig:
             _check_positive(name, getattr(self, name))
         for name in ("n_test", "calib_every", "seed"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise RunConfigError(f"{name} must be >= 0, got {getattr(self, name)}", name)
+        if self.seed > MAX_SEED:
+            raise RunConfigError(f"seed must be <= {MAX_SEED} (the trainer seeds numpy with it), "
+                                 f"got {self.seed}", "seed")
         if self.calib_n > self.n_test:
-            raise ValueError(f"calib_n ({self.calib_n}) exceeds n_test ({self.n_test})")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise RunConfigError(f"calib_n ({self.calib_n}) exceeds n_test ({self.n_test})",
+                                 "calib_n", "n_test")
+        _check_real("learning_rate", self.learning_rate, low=0, low_open=True)
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")
-        if self.max_steps == -1 and not self.num_train_epochs > 0:
-            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+            raise RunConfigError(
+                f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}", "max_steps")
+        # the epochs are ignored when max_steps > 0, but an infinite count is nonsense anyway
+        _check_real("num_train_epochs", self.num_train_epochs,
+                    low=0 if self.max_steps == -1 else None, low_open=True)
         for name in ("lora_dropout", "warmup_ratio"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not (0 <= self.max_train_seconds < float("inf")):
-            raise ValueError(f"max_train_seconds must be >= 0 and finite, got "
-                             f"{self.max_train_seconds}")
-        if self.weight_decay < 0 or self.calib_temperature < 0:
-            raise ValueError("weight_decay and calib_temperature must be >= 0")
+            _check_real(name, getattr(self, name), low=0, high=1, high_open=True)
+        for name in ("max_train_seconds", "weight_decay", "calib_temperature"):
+            _check_real(name, getattr(self, name), low=0)
+        if self.optim != DEFAULT_OPTIM:  # transformers is imported for another name only
+            names = optimizer_names()
+            if names is not None and self.optim not in names:
+                raise RunConfigError(f"optim must be one of transformers' optimizer names "
+                                     f"({', '.join(names)}); got {self.optim!r}", "optim")
         if self.use_lora and not self.lora_target_modules:
-            raise ValueError("use_lora needs at least one lora_target_module")
+            raise RunConfigError("use_lora needs at least one lora_target_module", "use_lora")
         if not self.model:
-            raise ValueError("model must be a name or a path")
+            raise RunConfigError("model must be a name or a path", "model")
+        if not self.output_root:
+            raise RunConfigError("output_root must be a folder path, got ''", "output_root")
+        if self.run_name:  # "" = the default name
+            try:
+                check_run_name(self.run_name, "run_name")
+            except ValueError as exc:
+                raise RunConfigError(str(exc).splitlines()[0], "run_name") from None
 
     METHOD: ClassVar[str] = ""
 
@@ -155,10 +225,10 @@ class SFTRunConfig(TrainRunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("data", self.data, DATA_KINDS)
-        if not 0 <= self.ft_share <= 1:
-            raise ValueError(f"ft_share must be in [0, 1], got {self.ft_share}")
+        _check_real("ft_share", self.ft_share, low=0, high=1)
         if self.n_reflections < 0:
-            raise ValueError(f"n_reflections must be >= 0, got {self.n_reflections}")
+            raise RunConfigError(f"n_reflections must be >= 0, got {self.n_reflections}",
+                                 "n_reflections")
         _check_positive("max_length", self.max_length)
 
     def name(self) -> str:
@@ -192,20 +262,25 @@ class GRPORunConfig(TrainRunConfig):
         for name in ("num_generations", "max_completion_length", "num_iterations"):
             _check_positive(name, getattr(self, name))
         if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2 (group-relative advantages)")
-        if self.beta < 0 or self.temperature <= 0 or self.epsilon <= 0:
-            raise ValueError("need beta >= 0, temperature > 0 and epsilon > 0")
+            raise RunConfigError(f"num_generations must be >= 2 (group-relative advantages), "
+                                 f"got {self.num_generations}", "num_generations")
+        _check_real("beta", self.beta, low=0)  # DESIGN §2: the KL coefficient
+        _check_real("temperature", self.temperature, low=0, low_open=True)
+        _check_real("epsilon", self.epsilon, low=0, low_open=True)
         if self.steps_per_generation < 0:
-            raise ValueError("steps_per_generation must be >= 0")
+            raise RunConfigError(
+                f"steps_per_generation must be >= 0, got {self.steps_per_generation}",
+                "steps_per_generation")
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
         _check_choice("use_vllm", self.use_vllm, VLLM_CHOICES)
-        if not 0 < self.vllm_gpu_memory_utilization < 1:
-            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1)")
+        _check_real("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, low=0,
+                    high=1, low_open=True, high_open=True)
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
-            raise ValueError(
+            raise RunConfigError(
                 f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
-                f"multiple of num_generations ({self.num_generations})"
+                f"multiple of num_generations ({self.num_generations})",
+                "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
             )
 
 
@@ -280,14 +355,30 @@ def _parse(name: str, spec: str) -> list:
     try:
         return parse_ladder(spec)
     except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
+        raise RunConfigError(f"{name}: {exc}", name) from None
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise RunConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}", name)
 
 
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise RunConfigError(f"{name} must be >= 1, got {value}", name)
+
+
+def _check_real(name: str, value: float, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """A finite number within the bounds (math.isfinite first: NaN fails no comparison)."""
+    ok = isinstance(value, int | float) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = [f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
+                  f"{'<' if high_open else '<='} {high:g}" if high is not None else ""]
+        where = " and ".join(b for b in bounds if b)
+        raise RunConfigError(
+            f"{name} must be a finite number{' ' + where if where else ''}, got {value!r}", name)

@@ -9,12 +9,18 @@ A run lives in `<output_root>/<run name>/`:
   status, steps, wall time and s/step, and `split_spec` (`realmodel.tasks.split_spec`: which
   problems training held out), also written as `final/split_spec.json` so that
   `realmodel eval` can warn when it evaluates on another split.
+
+A run that cannot start leaves nothing behind: the model, the device, bf16 and `--vllm on` are
+checked before the folder is made (`check_can_start`), and `remove_unstarted` removes a folder
+this command made when it fails before training. Once training has started the manifest
+records the outcome: "running", then "done", or "failed" with the error.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ from realmodel.training.callbacks import (
     make_time_budget_callback,
     truncate_logs,
 )
-from realmodel.training.config import TrainRunConfig
+from realmodel.training.config import GRPORunConfig, TrainRunConfig
 from sim.provenance import git_commit, package_versions
 
 CHECKPOINTS = "checkpoints"
@@ -43,11 +49,44 @@ def run_dir(cfg: TrainRunConfig) -> Path:
     return Path(cfg.output_root) / cfg.name()
 
 
+def check_can_start(cfg: TrainRunConfig) -> str:
+    """The device the run will use, once the model resolves and the device can run it (bf16
+    needs CUDA; GRPO's `use_vllm="on"` needs vLLM and CUDA); before any folder is made."""
+    from realmodel.models import resolve_model
+
+    resolve_model(cfg.model)  # cached and cheap; a missing model is a one-line error
+    device = _device(cfg)
+    if isinstance(cfg, GRPORunConfig):
+        from realmodel.training.grpo import use_vllm
+
+        use_vllm(cfg, device)
+    return device
+
+
+def remove_unstarted(out: Path, created: Path | None) -> None:
+    """After a failure: remove the run folder `out` if this command created it (`created`: the
+    outermost folder of `out` missing before the run) and training never started (no
+    manifest), then the empty folders above it up to `created`."""
+    out = Path(out).absolute()
+    if created is None or not out.is_dir() or (out / MANIFEST).exists():
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    for folder in out.parents:
+        if not folder.is_relative_to(created):
+            break
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            break
+
+
 def prepare_run_dir(cfg: TrainRunConfig, resume: bool) -> tuple[Path, str | None]:
     """(run folder, checkpoint to resume from or None). A fresh run refuses a folder that
-    already holds checkpoints; `resume` needs one and the same configuration."""
+    already holds checkpoints; `resume` needs one and the same configuration. Whether the run
+    can start at all is checked before the folder is made (`check_can_start`)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    check_can_start(cfg)
     out = run_dir(cfg)
     ckpt_dir = out / CHECKPOINTS
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
@@ -64,7 +103,11 @@ def prepare_run_dir(cfg: TrainRunConfig, resume: bool) -> tuple[Path, str | None
         raise TrainingError(
             f"{out} already holds checkpoints; pass --resume or choose another --run-name"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create the run folder {out} under --out-root "
+                            f"{cfg.output_root}: {exc.strerror or exc}") from None
     for stale in out.glob("*.parquet"):  # logs of a run that died before its first checkpoint
         stale.unlink()
     (out / "calibration_responses.jsonl").unlink(missing_ok=True)
@@ -89,14 +132,21 @@ def run_split_spec(cfg: TrainRunConfig) -> dict[str, Any]:
     return split_spec(cfg.ladder, cfg.id_tasks, cfg.seed)
 
 
-def load_policy(cfg: TrainRunConfig) -> tuple[Any, Any, str]:
-    """(model, tokenizer, device). Weights are bf16 only for a frozen LoRA base; otherwise
-    fp32 master weights (with bf16 autocast when `cfg.bf16`)."""
-    from realmodel.models import load_model_and_tokenizer, pick_device
+def _device(cfg: TrainRunConfig) -> str:
+    from realmodel.models import pick_device
 
     device = pick_device(cfg.device)
     if cfg.bf16 and not device.startswith("cuda"):
         raise TrainingError("bf16 needs a CUDA GPU; use --no-bf16 (or the cpu-smoke preset)")
+    return device
+
+
+def load_policy(cfg: TrainRunConfig) -> tuple[Any, Any, str]:
+    """(model, tokenizer, device). Weights are bf16 only for a frozen LoRA base; otherwise
+    fp32 master weights (with bf16 autocast when `cfg.bf16`)."""
+    from realmodel.models import load_model_and_tokenizer
+
+    device = _device(cfg)
     dtype = "bfloat16" if (cfg.use_lora and cfg.bf16) else "float32"
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device, dtype=dtype)
     return model, tokenizer, device
@@ -193,6 +243,17 @@ def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
     write_manifest(out, cfg, status="running", model_path=str(resolve_model(cfg.model)),
                    device=device, device_name=device_name(device),
                    started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed_from=checkpoint)
+    try:
+        return _train_and_save(trainer, tokenizer, cfg, out, checkpoint)
+    except BaseException as exc:  # KeyboardInterrupt too: the manifest must not stay "running"
+        text = str(exc).strip().splitlines()
+        write_manifest(out, cfg, status="failed", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       error=f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)
+        raise
+
+
+def _train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
+                    checkpoint: str | None) -> dict[str, Any]:
     first_step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
     start = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)
