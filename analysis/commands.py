@@ -1,83 +1,203 @@
-"""Click commands of the analysis package: report, fit, compare (issues 4 and 6).
+"""Click commands of the analysis package: report, fit, compare (DESIGN §6).
 
 Commands only parse options and call analysis.report / analysis.fit; errors surface as one-line
-click.ClickException messages.
+click.ClickException messages naming the option, checked before any work where they can be.
+A run that fails removes the output folder it created, so no half-written folder (one without
+its manifest.json, docs/ARCHITECTURE.md) is left behind.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
+
+from analysis.fit import (
+    BOUNDS,
+    MAX_FIT_ATTEMPTS,
+    MAX_FIT_LENGTH,
+    MAX_FIT_NFEV,
+    MAX_FIT_STEPS,
+)
+from sim.provenance import check_run_name
 
 # ReportError, FitError, ObservedDataError and JSON decode errors are ValueErrors
-ERRORS = (ValueError, OSError, NotImplementedError)
+ERRORS = (ValueError, OSError, NotImplementedError, OverflowError)
 
 
 def _fail(exc: Exception) -> click.ClickException:
     """One line: the first line of the message, else the exception's type."""
     text = str(exc).strip()
+    if isinstance(exc, MemoryError):
+        text = "out of memory" + (f": {text}" if text else "")
     return click.ClickException(text.splitlines()[0] if text else type(exc).__name__)
 
 
+def _number_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+               ) -> Callable[[click.Context, click.Parameter, float], float]:
+    """Click callback: a finite number in the interval (NaN passes click.FloatRange)."""
+    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        ok = (math.isfinite(value) and (value > lo if lo_open else value >= lo)
+              and (value < hi if hi_open else value <= hi))
+        if not ok:
+            raise click.BadParameter(f"must be a number in {text}, got {value}")
+        return value
+
+    return check
+
+
+def _path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """Click callback of every path option: '' is refused (Path('') would be the current
+    folder), anything else becomes a Path."""
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise click.BadParameter("must be a path, got an empty string")
+    return Path(value)
+
+
+def check_out_dir(path: Path, option: str) -> Path:
+    """An output folder that exists as a folder or can be made one: not a file, and no file
+    on its way (checked before any work)."""
+    path = Path(path)
+    for cand in (path, *path.parents):
+        if cand.exists():
+            if not cand.is_dir():
+                raise ValueError(f"{option} {path}: {cand} is a file, not a folder")
+            break
+    return path
+
+
+@contextmanager
+def removed_on_failure(path: Path, option: str) -> Iterator[Path]:
+    """Make the output folder now (a bad `option` fails before any work, as `train` and
+    `sweep` do) and run the command's work and writes inside; when they fail (or are
+    interrupted), remove what this run created: the folder and any parent it made. A folder
+    that existed before is left in place."""
+    path = check_out_dir(path, option)
+    created = None
+    for cand in (path, *path.parents):
+        if cand.exists():
+            break
+        created = cand
+    try:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{option} {path}: {exc.strerror or exc}") from None
+        yield path
+    except BaseException:
+        if created is not None and created.exists():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def load_checked_observed(path: Path, option: str = "--observed") -> Any:
+    """analysis.observed.load_observed, then analysis.fit.check_observed (accuracies in
+    [0, 1], a Base accuracy per task): one-line errors naming `option` and the file."""
+    from analysis.fit import check_observed
+    from analysis.observed import load_observed
+
+    try:
+        table = load_observed(path)
+        check_observed(table, path)
+    except (ValueError, OSError, TypeError, KeyError) as exc:  # parser errors name no file
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if msg.startswith(str(path)):
+            msg = f"{option} {msg}"
+        elif option not in msg:
+            msg = f"{option}: {msg}" if str(path) in msg else f"{option} {path}: {msg}"
+        raise ValueError(msg) from None
+    return table
+
+
 @click.command()
-@click.option("--sweep", type=click.Path(path_type=Path), default=None,
+@click.option("--sweep", type=click.Path(), callback=_path, default=None,
               help="outputs/sweeps/<name> (default: the newest; none: a built-in run).")
-@click.option("--train", type=click.Path(path_type=Path), default=None,
+@click.option("--train", type=click.Path(), callback=_path, default=None,
               help="outputs/train/<name> (default: the newest; none: a built-in run).")
-@click.option("--observed", type=click.Path(path_type=Path), default=None,
+@click.option("--observed", type=click.Path(), callback=_path, default=None,
               help="Observed accuracy CSV or real-model run (default: the paper's Table 1).")
-@click.option("--real", type=click.Path(path_type=Path), default=None,
+@click.option("--real", type=click.Path(), callback=_path, default=None,
               help="Folder of real-model calibrations (default: outputs/real if present).")
-@click.option("--fit", "fit_json", type=click.Path(path_type=Path), default=None,
+@click.option("--fit", "fit_json", type=click.Path(), callback=_path, default=None,
               help="A fit.json from `cli.py fit` (default: cached fit, else fit now).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path),
-              default=Path("outputs/report"), show_default=True)
-@click.option("--outputs", "outputs_root", type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(), callback=_path,
+              default=Path("outputs/report"), show_default=True,
+              help="Output folder (the report's own fit cache goes to <out>/fit/).")
+@click.option("--outputs", "outputs_root", type=click.Path(), callback=_path,
               default=Path("outputs"), show_default=True,
-              help="Root searched for the newest sweeps/, train/, real/ and fit/ outputs.")
+              help="Root searched (read only) for the newest sweeps/, train/, real/ and fit/ "
+                   "outputs; given, it must be an existing folder.")
 @click.option("--no-png", is_flag=True, help="Skip the PNG of each chart.")
 @click.option("--quick", is_flag=True, help="Tiny built-in runs and fit (tests).")
-def report(sweep, train, observed, real, fit_json, out_dir, outputs_root, no_png,
-           quick) -> None:
+@click.pass_context
+def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed: Path | None,
+           real: Path | None, fit_json: Path | None, out_dir: Path, outputs_root: Path,
+           no_png: bool, quick: bool) -> None:
     """Build outputs/report/index.html (self-contained) and a PNG per chart (DESIGN §6)."""
+    from analysis.observed import reference_dir
     from analysis.report import ReportConfig, write_report
 
     try:
+        if (ctx.get_parameter_source("outputs_root") is not ParameterSource.DEFAULT
+                and not outputs_root.is_dir()):
+            raise ValueError(f"--outputs {outputs_root} "
+                             f"{'is not a folder' if outputs_root.exists() else 'does not exist'}")
+        check_out_dir(out_dir, "--out")
         cfg = ReportConfig(out_dir=out_dir, outputs=outputs_root, sweep=sweep, train=train,
                            observed=observed, real=real, fit=fit_json, png=not no_png, quick=quick)
-        paths = write_report(cfg, log=click.echo)
-    except ERRORS as exc:
+        if fit_json is None:  # the fit needs a sound observed table (else --fit is used)
+            load_checked_observed(observed or reference_dir() / "paper_table1.csv")
+        with removed_on_failure(out_dir, "--out"):
+            paths = write_report(cfg, log=click.echo)
+    except ERRORS + (MemoryError,) as exc:
         raise _fail(exc) from None
     for name, path in paths.items():
         click.echo(f"  {name}: {path}")
 
 
-def _fit_options(func):
+def _fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
-        click.option("--steps", type=int, default=30, show_default=True,
+        click.option("--steps", type=click.IntRange(1, MAX_FIT_STEPS), default=30,
+                     show_default=True,
                      help="Training steps per regime (the learning rate is fitted)."),
-        click.option("--max-attempts", "-K", type=int, default=8, show_default=True),
+        click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_FIT_ATTEMPTS), default=8,
+                     show_default=True),
         click.option("--q1-base", type=float, default=0.9, show_default=True,
-                     help="Base model's q1 (not identified by accuracy; fixed)."),
+                     callback=_number_in(0, 1, lo_open=True, hi_open=True),
+                     help="Base model's q1 (not identified by accuracy; fixed), in (0, 1)."),
         click.option("--q2-base", type=float, default=0.1, show_default=True,
-                     help="Base model's q2 (not identified by accuracy; fixed)."),
+                     callback=_number_in(0, 1, lo_open=True, hi_open=True),
+                     help="Base model's q2 (not identified by accuracy; fixed), in (0, 1)."),
         click.option("--length", "-L", type=float, default=100.0, show_default=True,
+                     callback=_number_in(0, MAX_FIT_LENGTH, lo_open=True),
                      help="Tokens per candidate answer (per-token weighting)."),
-        click.option("--beta", type=float, default=0.001, show_default=True),
+        click.option("--beta", type=float, default=0.001, show_default=True,
+                     callback=_number_in(0, BOUNDS["beta"][1], lo_open=True)),
         click.option("--fit-beta", is_flag=True, help="Fit beta too."),
         click.option("--transfer", type=click.Choice(["shared", "per-regime"]),
                      default="shared", show_default=True,
                      help="shared: ell_s, ell_d for all regimes; per-regime: one ell each."),
-        click.option("--max-nfev", type=int, default=30, show_default=True),
+        click.option("--max-nfev", type=click.IntRange(1, MAX_FIT_NFEV), default=30,
+                     show_default=True),
         click.option("--quick", is_flag=True, help="Few steps and evaluations (tests)."),
-        click.option("--name", default=None, help="outputs/fit/<name> (default: from input)."),
+        click.option("--name", default=None,
+                     help="Output folder name, one path component (default: from the input)."),
     ]):
         func = opt(func)
     return func
 
 
-def _fit_config(**kw):
+def _fit_config(**kw: Any) -> Any:
     from analysis.fit import FitConfig
 
     return FitConfig(max_attempts=kw["max_attempts"], q1_base=kw["q1_base"],
@@ -86,45 +206,75 @@ def _fit_config(**kw):
                      max_nfev=kw["max_nfev"], quick=kw["quick"])
 
 
+def _run_name(name: str | None, default: str) -> str:
+    """--name, else the name derived from the input; one path component either way."""
+    if name is not None:
+        return check_run_name(name, "--name")
+    return check_run_name(default, "--name (default: from --observed)")
+
+
 @click.command()
-@click.option("--observed", type=click.Path(path_type=Path), default=None,
-              help="Observed accuracy table (default: the paper's Table 1) or a real run.")
+@click.option("--observed", type=click.Path(), callback=_path, default=None,
+              help="Observed accuracy table (default: the paper's Table 1) or a real run; "
+                   "accuracies in [0, 1] (or [0, 100] in a percent table).")
+@click.option("--out", "out_root", type=click.Path(), callback=_path,
+              default=Path("outputs/fit"), show_default=True,
+              help="Folder of fits: writes <out>/<name>/ (where `report` looks for fits).")
 @_fit_options
-def fit(observed, name, **kw) -> None:
+def fit(observed: Path | None, out_root: Path, name: str | None, **kw: Any) -> None:
     """Fit the simulator (base offsets, lr per regime, transfer scales) to observed curves."""
     from analysis.fit import fit_observed
-    from analysis.observed import load_observed, reference_dir
+    from analysis.observed import reference_dir
     from analysis.report import save_fit
 
     try:
+        if name is not None:
+            check_run_name(name, "--name")
         cfg = _fit_config(**kw)
-        path = observed or reference_dir() / "paper_table1.csv"
-        result = fit_observed(load_observed(path), cfg)
-        path = Path(path)
-        default = path.parent.name if path.name == "calibration.csv" else path.stem
-        out = Path("outputs/fit") / (name or default)
-        paths = save_fit(result, out, inputs={"observed": path})
-    except ERRORS as exc:
+        path = Path(observed) if observed is not None else reference_dir() / "paper_table1.csv"
+        default = (path.resolve().parent.name if path.name == "calibration.csv"
+                   else path.resolve().name if path.is_dir() else path.stem)
+        out = check_out_dir(Path(out_root) / _run_name(name, default), "--out")
+        table = load_checked_observed(path)
+        with removed_on_failure(out, "--out"):
+            result = fit_observed(table, cfg)
+            paths = save_fit(result, out, inputs={"observed": path})
+    except ERRORS + (MemoryError,) as exc:
         raise _fail(exc) from None
     click.echo(result.summary())
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 @click.command()
-@click.option("--observed", type=click.Path(path_type=Path), required=True,
-              help="outputs/real/<run> (calibration.csv per regime below it).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default: outputs/compare/<run>).")
+@click.option("--observed", type=click.Path(), callback=_path, required=True,
+              help="outputs/real/<run> (calibration.csv per regime below it) or a "
+                   "calibration.csv.")
+@click.option("--out", "out_dir", type=click.Path(), callback=_path, default=None,
+              help="Output folder (default: outputs/compare/<name>).")
 @_fit_options
-def compare(observed, out_dir, name, **kw) -> None:
+def compare(observed: Path, out_dir: Path | None, name: str | None, **kw: Any) -> None:
     """Measured (p, q1, q2) per task and regime beside the fitted simulator's predictions."""
     from analysis.report import write_compare
 
     try:
+        if name is not None:
+            check_run_name(name, "--name")
         cfg = _fit_config(**kw)
-        out_dir = out_dir or Path("outputs/compare") / (name or Path(observed).name)
-        result, table, paths = write_compare(Path(observed), out_dir, cfg)
-    except ERRORS as exc:
+        run = Path(observed)
+        if not run.exists():
+            raise ValueError(f"--observed {run} does not exist")
+        if run.is_file() and run.name != "calibration.csv":
+            raise ValueError(f"--observed {run} is a file, not a real-model run folder or its "
+                             "calibration.csv (fit an accuracy table with `cli.py fit "
+                             "--observed`)")
+        if out_dir is None:
+            default = (run.resolve().parent if run.is_file() else run.resolve()).name
+            out_dir = Path("outputs/compare") / _run_name(name, default)
+        check_out_dir(out_dir, "--out")
+        load_checked_observed(run)
+        with removed_on_failure(out_dir, "--out"):
+            result, table, paths = write_compare(run, out_dir, cfg)
+    except ERRORS + (MemoryError,) as exc:
         raise _fail(exc) from None
     click.echo(result.summary())
     cols = ["regime", "task", "p_hat", "p_sim", "q1_hat", "q1_sim", "q2_hat", "q2_sim",

@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,13 @@ GRID_LR = {SFT_NO_REFLECTION: (1e-4, 1e-3, 1e-2, 0.05),
 START = {"ell_s": 0.5, "ell_d": 3.0, "beta": 0.001, f"ell[{SFT_NO_REFLECTION}]": 2.0,
          f"ell[{SFT_REFLECTION}]": 1.0, f"ell[{RL}]": 3.0,
          f"lr[{SFT_NO_REFLECTION}]": 1e-3, f"lr[{SFT_REFLECTION}]": 1e-3, f"lr[{RL}]": 0.3}
+
+
+# Upper bounds of the fit's settings: beyond them a run takes hours or its numbers overflow
+MAX_FIT_ATTEMPTS = 12  # exact enumeration of 2^(K+1) trajectories per evaluation
+MAX_FIT_LENGTH = 1e6  # tokens per candidate answer (the paper's limit is 8,192, DESIGN §5)
+MAX_FIT_STEPS = 100_000  # training steps per regime and evaluation
+MAX_FIT_NFEV = 10_000  # least-squares evaluations
 
 
 class FitError(ValueError):
@@ -77,19 +85,33 @@ class FitConfig:
     quick: bool = False  # tests: few steps and evaluations
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_attempts <= 12:
-            raise ValueError("max_attempts must be in 1..12 (exact enumeration is 2^(K+1))")
-        for name in ("q1_base", "q2_base"):
+        # each message names the field and its CLI option (analysis/commands.py)
+        if not 1 <= self.max_attempts <= MAX_FIT_ATTEMPTS:
+            raise ValueError(f"max_attempts (--max-attempts) must be in 1..{MAX_FIT_ATTEMPTS} "
+                             f"(exact enumeration is 2^(K+1)), got {self.max_attempts}")
+        for name, option in (("q1_base", "--q1-base"), ("q2_base", "--q2-base")):
             if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in (0, 1)")
-        if not self.length > 0 or self.steps < 1 or self.max_nfev < 1:
-            raise ValueError("length must be > 0, steps and max_nfev >= 1")
+                raise ValueError(f"{name} ({option}) must be in (0, 1), "
+                                 f"got {getattr(self, name)}")
+        if not (math.isfinite(self.length) and 0 < self.length <= MAX_FIT_LENGTH):
+            raise ValueError(f"length (--length) must be a number in (0, {MAX_FIT_LENGTH:g}] "
+                             f"tokens, got {self.length}")
+        for name, option, top in (("steps", "--steps", MAX_FIT_STEPS),
+                                  ("max_nfev", "--max-nfev", MAX_FIT_NFEV)):
+            if not 1 <= getattr(self, name) <= top:
+                raise ValueError(f"{name} ({option}) must be in 1..{top}, "
+                                 f"got {getattr(self, name)}")
         if self.transfer not in TRANSFER_MODES:
-            raise ValueError(f"transfer must be one of {TRANSFER_MODES}")
+            raise ValueError(f"transfer (--transfer) must be one of {TRANSFER_MODES}")
         if self.optimiser not in ("sgd", "adam"):
             raise ValueError("optimiser must be sgd or adam")
-        if not (self.beta > 0 and 0 <= self.ft_share <= 1 and 0 < self.acc_floor < 0.5):
-            raise ValueError("need beta > 0, ft_share in [0, 1], acc_floor in (0, 0.5)")
+        if not 0 < self.beta <= BOUNDS["beta"][1]:  # NaN fails too
+            raise ValueError(f"beta (--beta) must be in (0, {BOUNDS['beta'][1]:g}], "
+                             f"got {self.beta}")
+        if not 0 <= self.ft_share <= 1:
+            raise ValueError(f"ft_share must be in [0, 1], got {self.ft_share}")
+        if not 0 < self.acc_floor < 0.5:
+            raise ValueError(f"acc_floor must be in (0, 0.5), got {self.acc_floor}")
 
     @property
     def effective_steps(self) -> int:
@@ -199,6 +221,77 @@ def observed_digest(observed: pd.DataFrame) -> str:
     lines = table.to_csv(index=False).splitlines()
     text = "\n".join([*lines[:1], *sorted(lines[1:])])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------- observed checks
+
+_ACCURACY_COLUMNS = ("accuracy_pct", "accuracy", "observed_accuracy", "acc")  # observed.py's
+
+
+def _raw_accuracy(path: Path) -> tuple[pd.Series, bool] | None:
+    """The accuracy column of a plain CSV table as written (strings) and whether the loader
+    read it as percent (analysis.observed.load_accuracy_table's rule); None when unknown."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError):
+        return None
+    cols = {c.lower(): c for c in raw.columns}
+    col = next((cols[c] for c in _ACCURACY_COLUMNS if c in cols), None)
+    if col is None:
+        return None
+    values = pd.to_numeric(raw[col], errors="coerce")
+    return raw[col], bool(col.lower().endswith("pct") or values.max() > 1.0)
+
+
+def check_observed(observed: pd.DataFrame, path: str | Path | None = None) -> None:
+    """Refuse an observed accuracy table the fit cannot use (DESIGN §4, §6): an accuracy
+    that is not a number or lies outside [0, 1] (outside [0, 100] in a percent table), a
+    Base row without an accuracy for every task, a (regime, task) given twice. A one-line
+    FitError naming the file (`path`, else the table's source), the row and the value;
+    rows are counted from 1 below the header of a CSV table."""
+    path = Path(path) if path is not None else None
+    plain_csv = (path is not None and path.is_file() and path.name != "calibration.csv"
+                 and path.suffix.lower() == ".csv")
+    raw = _raw_accuracy(path) if plain_csv else None
+    where_file = str(path) if path is not None else (
+        str(observed["source"].iloc[0]) if "source" in observed.columns and len(observed)
+        else "the observed table")
+    acc = pd.to_numeric(observed["accuracy"], errors="coerce").to_numpy(float)
+
+    def where(i: int) -> str:
+        row = observed.iloc[i]
+        label = f"{row['regime']}, {row['task']}"
+        if plain_csv:
+            return f"{where_file} row {observed.index[i] + 1} ({label})"
+        run = str(row["source"]) if "source" in observed.columns else ""
+        return f"{where_file} ({run + ': ' if run else ''}{label})"
+
+    for i, value in enumerate(acc):
+        written = None
+        if raw is not None and observed.index[i] in raw[0].index:
+            written = str(raw[0].loc[observed.index[i]]).strip()
+        if not np.isfinite(value):
+            if written:  # a cell with text that is not a number
+                raise FitError(f"{where(i)}: accuracy {written!r} is not a number")
+            if observed.iloc[i]["regime"] == BASE:
+                raise FitError(f"{where(i)}: the Base row has no accuracy (the base offsets "
+                               "need one per task)")
+            continue  # a missing trained cell is left out of the fit
+        if not 0.0 <= value <= 1.0:
+            pct = raw[1] if raw is not None else False
+            shown = written or (f"{value * 100:.4g}" if pct else f"{value:.4g}")
+            unit = "[0, 100] (the table is in percent)" if pct else "[0, 1]"
+            raise FitError(f"{where(i)}: accuracy {shown} is outside {unit}")
+    dup = observed.duplicated(["regime", "task"], keep=False).to_numpy()
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise FitError(f"{where(i)}: ({observed.iloc[i]['regime']}, "
+                       f"{observed.iloc[i]['task']}) is given more than once")
+    base_tasks = set(observed.loc[observed["regime"] == BASE, "task"])
+    missing = [t for t in dict.fromkeys(observed["task"]) if t not in base_tasks]
+    if base_tasks and missing:
+        raise FitError(f"{where_file}: the Base row has no accuracy for task(s) "
+                       f"{', '.join(map(str, missing))} (the base offsets need one per task)")
 
 
 # ------------------------------------------------------------------------------- model
@@ -323,6 +416,7 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
 
     cfg = cfg or FitConfig()
     t0 = time.time()
+    check_observed(observed)
     ladder = ladder_of(observed)
     obs = observed.set_index(["regime", "task"])
     if BASE not in observed["regime"].unique():
@@ -333,6 +427,9 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
     b_s = base_sampling_logits(base_acc, cfg)
     regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
+    if SFT_REFLECTION in regimes and cfg.max_attempts < 2:
+        raise FitError(f"the {SFT_REFLECTION} row needs max_attempts (--max-attempts) >= 2: "
+                       "a reflection chain has two attempts (DESIGN §2)")
     skipped = sorted(set(observed["regime"]) - set(regimes) - {BASE})
     if skipped:
         notes.append(f"no simulator objective for {skipped}: left out of the fit")

@@ -37,6 +37,7 @@ from analysis.observed import (
     SFT_REFLECTION,
     ObservedDataError,
     canonical_regime,
+    find_calibrations,
     load_calibrations,
     load_kang2025,
     load_observed,
@@ -72,6 +73,17 @@ class ReportConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
                 raise ValueError(f"--{name}: {value} does not exist")
+        # an input given explicitly is used, never silently replaced by the newest run or a
+        # built-in one (DESIGN §6: the report says where each chart comes from)
+        for name, filename in (("sweep", "results.parquet"), ("train", "history.parquet")):
+            value = getattr(self, name)
+            if value is not None and _run_dir(value, filename) is None:
+                raise ValueError(f"--{name}: {value} holds no {filename} (expected "
+                                 f"outputs/{'sweeps' if name == 'sweep' else name}/<name>/)")
+        if self.real is not None and not find_calibrations(self.real):
+            raise ValueError(f"--real: no calibration.csv found at or below {self.real}")
+        if self.fit is not None and not Path(self.fit).is_file():
+            raise ValueError(f"--fit: {self.fit} is not a file (a fit.json of `cli.py fit`)")
         if not self.png_scale > 0:
             raise ValueError("png_scale must be > 0")
 
@@ -338,9 +350,10 @@ def _ell_text(manifest: dict) -> str:
 
 def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], None],
                 inputs: dict[str, str] | None = None) -> FitResult:
-    """The fit of the simulator to `observed`: --fit, else a cached outputs/fit/<name>/
-    fit.json of the same data, source and config, else fit now and cache it. The fit.json
-    used is recorded in `inputs["fit"]`."""
+    """The fit of the simulator to `observed`: --fit, else a cached fit.json of the same
+    data, source and config (the report's own cache <out>/fit/<name>/, or a `cli.py fit`
+    under <outputs>/fit/<name>/), else fit now and cache it under <out>/fit/: the report
+    writes nothing outside its --out. The fit.json used is recorded in `inputs["fit"]`."""
     inputs = {} if inputs is None else inputs
     if cfg.fit is not None:
         inputs["fit"] = str(cfg.fit)
@@ -353,10 +366,11 @@ def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame, log: Callable[[str], 
     source = str(observed["source"].iloc[0])
     digest = observed_digest(observed)
     name = "quick" if cfg.quick else "report"
-    cache = cfg.outputs / "fit" / _slug(source + "-" + name) / "fit.json"
+    cache = cfg.out_dir / "fit" / (_slug(source + "-" + name) or name) / "fit.json"
     want = json.loads(json.dumps(finite_json(asdict(fit_cfg))))
-    cached = sorted((cfg.outputs / "fit").glob("*/fit.json"), key=lambda p: p.stat().st_mtime,
-                    reverse=True) if (cfg.outputs / "fit").is_dir() else []
+    roots = [r for r in dict.fromkeys((cfg.out_dir / "fit", cfg.outputs / "fit")) if r.is_dir()]
+    cached = sorted((p for r in roots for p in r.glob("*/fit.json")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
     for path in cached:  # the report's own cache or a `cli.py fit` with the same settings
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER
-from realmodel.training.config import check_run_name
+from sim.provenance import check_run_name
 
 
 def _fail(exc: BaseException) -> click.ClickException:

@@ -27,6 +27,28 @@ def check_output_name(name: str) -> str:
     return name
 
 
+def check_run_name(name: str, option: str) -> str:
+    """`name` when it is one folder name under an output root (outputs/<kind>/<name>/,
+    docs/ARCHITECTURE.md): not empty, not '.' or '..', no path separator ('/' or '\\'), no
+    control character, at most 255 bytes. Anything else would write outside the root or
+    nowhere; ValueError with a one-line message naming `option`."""
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "is empty"
+    elif name in (".", ".."):
+        problem = "is not a folder name"
+    elif any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/")):
+        problem = "holds a path separator"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        problem = "holds a control character"
+    elif len(name.encode("utf-8", "surrogateescape")) > 255:
+        problem = "is longer than 255 bytes"
+    if problem:
+        raise ValueError(f"{option} must be a single folder name (one path component, no "
+                         f"'/' or '..'); {name!r} {problem}")
+    return name
+
+
 def git_commit(path: Path | None = None) -> str | None:
     """HEAD of the checkout holding `path` (default: this repo), "-dirty" when tracked files
     differ from it; None outside a git checkout."""

@@ -115,7 +115,8 @@ def test_report_fit_cache_is_keyed_by_the_data(tmp_path):
 
     path = tmp_path / "obs.csv"
     _write_table(path, (80.0, 60.0, 20.0))
-    cfg = ReportConfig(outputs=tmp_path / "outputs", observed=path, quick=True)
+    cfg = ReportConfig(outputs=tmp_path / "outputs", observed=path, quick=True,
+                       out_dir=tmp_path / "report")
     logs: list[str] = []
     first = load_or_fit(cfg, load_observed(path), logs.append)
     assert first.observed_sha256 == observed_digest(load_observed(path))

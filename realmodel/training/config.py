@@ -26,13 +26,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from realmodel.tasks import DEFAULT_ID, parse_ladder
+from sim.provenance import check_run_name
 
 SMALL_LADDER = "1x1,1x2,2x2,2x3"  # the GPU-validation ladder: ID 1x1,1x2; OOD 2x2,2x3
 PAPER_MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -64,21 +64,6 @@ class RunConfigError(ValueError):
                 text = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])",
                               lambda _, name=names[field]: name, text, count=1)
         return text
-
-
-try:  # the shared output-name rule, where sim/provenance.py has it
-    from sim.provenance import check_run_name  # type: ignore[attr-defined]
-except ImportError:
-
-    def check_run_name(name: str, option: str) -> str:
-        """`name` if it is one folder name (not empty, '.' or '..', no path separator or NUL),
-        so that `<root>/<name>` stays inside `<root>`; else a one-line ValueError naming
-        `option`."""
-        seps = {"/", "\\", "\0", os.sep, os.altsep or "/"}
-        if not name or name in (".", "..") or any(sep in name for sep in seps):
-            raise ValueError(f"{option} must be a single folder name (no '/', '.' or '..'), "
-                             f"got {name!r}")
-        return name
 
 
 @functools.cache
