@@ -112,6 +112,23 @@ def _output_folder(ctx: click.Context, param: click.Parameter, value: str) -> st
     return value
 
 
+def _ladder(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Option callback: a task ladder ('1x1,2x3'); for --id-tasks, tasks of --tasks too."""
+    from realmodel.tasks import parse_ladder
+
+    try:
+        names = [t.name for t in parse_ladder(value)]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).splitlines()[0], ctx, param) from None
+    if param.name == "id_tasks" and "tasks" in ctx.params:
+        ladder = {t.name for t in parse_ladder(ctx.params["tasks"])}
+        missing = [n for n in names if n not in ladder]
+        if missing:
+            raise click.BadParameter(f"{', '.join(missing)} not on --tasks "
+                                     f"{ctx.params['tasks']!r}", ctx, param)
+    return value
+
+
 def first_missing_folder(path: str | Path) -> Path | None:
     """The outermost folder of `path` that does not exist yet (None if it exists): what
     creating `path` creates, hence what a failed command removes."""
@@ -155,8 +172,9 @@ def parse_cmd(a: int, b: int, markers: str | None, truncated: bool,
 
 
 @realmodel.command("data")
-@click.option("--tasks", default=DEFAULT_LADDER, show_default=True, help="Task ladder.")
-@click.option("--id-tasks", default=DEFAULT_ID, show_default=True,
+@click.option("--tasks", default=DEFAULT_LADDER, show_default=True, help="Task ladder.",
+              is_eager=True, callback=_ladder)
+@click.option("--id-tasks", default=DEFAULT_ID, show_default=True, callback=_ladder,
               help="In-distribution (training) tasks.")
 @click.option("--n-train", default=20000, show_default=True, type=click.IntRange(0))
 @click.option("--n-test", default=100, show_default=True, type=click.IntRange(0),
@@ -201,8 +219,9 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
 @realmodel.command("eval")
 @click.option("--model", default="smollm2-135m", show_default=True,
               help="smollm2-135m, a local checkpoint directory or a cached hub id.")
-@click.option("--tasks", default=DEFAULT_LADDER, show_default=True, help="Task ladder.")
-@click.option("--id-tasks", default=DEFAULT_ID, show_default=True,
+@click.option("--tasks", default=DEFAULT_LADDER, show_default=True, help="Task ladder.",
+              is_eager=True, callback=_ladder)
+@click.option("--id-tasks", default=DEFAULT_ID, show_default=True, callback=_ladder,
               help="In-distribution tasks (held out the same way as the training splits).")
 @click.option("--n", default=100, show_default=True, type=click.IntRange(1),
               help="Test problems per task.")

@@ -181,7 +181,13 @@ def test_cli_data(tmp_path: Path) -> None:
 
 def test_cli_bad_ladder_is_one_line() -> None:
     res = CliRunner().invoke(realmodel, ["data", "--tasks", "1x1,zz"])
-    assert res.exit_code == 1
-    assert not isinstance(res.exception, ValueError)  # a ClickException, no traceback
-    assert res.output.strip().splitlines() == ["Error: bad task 'zz' in ladder '1x1,zz'; "
-                                               "expected AxB, e.g. '2x3'"]
+    assert res.exit_code == 2
+    assert not isinstance(res.exception, ValueError)  # a usage error, no traceback
+    assert res.output.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--tasks': bad task 'zz' in ladder '1x1,zz'; "
+        "expected AxB, e.g. '2x3'")
+    for cmd in ("data", "eval"):
+        res = CliRunner().invoke(realmodel, [cmd, "--tasks", "1x1,2x2", "--id-tasks", "1x2"])
+        assert res.exit_code == 2
+        assert res.output.strip().splitlines()[-1] == (
+            "Error: Invalid value for '--id-tasks': 1x2 not on --tasks '1x1,2x2'")
