@@ -33,7 +33,7 @@ from sim.kernels import ESTIMATORS
 from sim.model import AgentSpec
 from sim.objectives import OBJECTIVE_KINDS, ObjectiveConfig, token_weights
 from sim.optim import OptimiserConfig
-from sim.rng import agent_state
+from sim.rng import agent_states
 
 COMPS = ("s", "1", "2")
 PROBS = ("p", "q1", "q2")
@@ -125,7 +125,7 @@ class PopulationModel(mesa.Model):
         self.adam_m = np.zeros_like(self.phi)
         self.adam_v = np.zeros_like(self.phi)
         # explicit per-agent streams: agent i of seed s is reproducible whatever the threads
-        self.states = np.array([agent_state(config.seed, i) for i in range(n)], dtype=np.uint64)
+        self.states = agent_states(config.seed, n)
         self.jac = np.ascontiguousarray(np.stack([lc.spec.jacobians() for lc in self.learners]))
         self.offsets = np.ascontiguousarray(np.stack([lc.spec.offsets() for lc in self.learners]))
         self.id_tasks = first.spec.ladder.id_indices.astype(np.int64)

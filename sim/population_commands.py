@@ -1,21 +1,27 @@
 """Click commands `train` and `sweep` (DESIGN.md §2-§4): parse, validate, call, report.
 
 All the work is in sim.training_run and sim.sweep; bad input becomes a one-line
-click.ClickException before any work starts.
+click.ClickException before any work starts: counts must fit MAX_COUNT, seeds 64 bits, rates
+be finite, answer lengths lie in sim.lengths' bounds. Running out of memory, results that are
+not finite, SIGINT and SIGTERM end a run with one line too (a sweep keeps its finished cells).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 
 import click
 
 from sim.commands import clear_errors
-from sim.lengths import parse_lengths
+from sim.lengths import MAX_LENGTH, parse_lengths
 from sim.provenance import check_output_name
+
+_OOM = "not enough memory for this run: lower --agents, --queries or the grid's size"
 
 
 def _csv(value: str | None, cast=str) -> tuple | None:
@@ -30,6 +36,23 @@ def _csv(value: str | None, cast=str) -> tuple | None:
         raise click.ClickException(f"cannot read {value!r} as a comma-separated list") from None
 
 
+def _check_counts(**options: tuple[int | None, int]) -> None:
+    """option name -> (value or None, smallest allowed): integers up to MAX_COUNT (agents:
+    MAX_AGENTS)."""
+    from sim.sweep import MAX_AGENTS, MAX_COUNT
+
+    for option, (value, lowest) in options.items():
+        highest = MAX_AGENTS if option == "--agents" else MAX_COUNT
+        if value is not None and not lowest <= value <= highest:
+            raise ValueError(f"{option} must be an integer in [{lowest}, {highest}], "
+                             f"got {value}")
+
+
+def _check_rate(value: float | None, option: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{option} must be a finite number > 0, got {value}")
+
+
 def _fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
@@ -40,7 +63,8 @@ def _fmt(x) -> str:
               help="terms, e.g. 'surrogate+kl', 'sft', 'surrogate+0.5*nsr'")
 @click.option("--beta", type=float, default=None,
               help="KL weight [0.01, or the coefficient written in --objective]")
-@click.option("--length", "length", type=float, default=100.0, show_default=True, help="L_C")
+@click.option("--length", "length", type=float, default=100.0, show_default=True,
+              help=f"L_C, in (0, {MAX_LENGTH}]")
 @click.option("--wrong-length", type=float, default=None, help="L_W (default: L_C)")
 @click.option("--token-model", type=click.Choice(["per-token", "sequence"]), default="per-token",
               show_default=True)
@@ -65,11 +89,19 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
           max_attempts, optimiser, lr, steps, ref_every, agents, queries, seed, ladder,
           out) -> None:
     """Train one configuration; default: the paper's Figure 1 (3-logit GRPO, reference resets)."""
+    from sim.sweep import check_seed
     from sim.training_run import TrainConfig, train_and_write
 
     if ref_every < 0:
         raise ValueError(f"--ref-every must be >= 0, got {ref_every}")
     check_output_name(name)
+    check_seed(seed, "--seed")
+    _check_counts(**{"--steps": (steps, 1), "--agents": (agents, 1), "--queries": (queries, 1),
+                     "--ref-every": (ref_every, 0), "-K/--max-attempts": (max_attempts, 1)})
+    _check_rate(lr, "--lr")
+    for option, value in (("--length", length), ("--wrong-length", wrong_length)):
+        if value is not None and not 0 < value <= MAX_LENGTH:  # NaN fails too
+            raise ValueError(f"{option} must be in (0, {MAX_LENGTH}] tokens, got {value}")
     cfg = TrainConfig(
         objective=objective, beta=beta, length=length, wrong_length=wrong_length,
         token_model=token_model, kl_estimator=kl_estimator, kl_placement=kl_placement,
@@ -77,8 +109,17 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
         steps=steps, ref_update_every=ref_every or None, n_agents=agents, seed=seed,
         ladder=ladder,
     )
-    Path(out, name).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before training
-    out_dir, meas = train_and_write(cfg, name, out)
+    run_dir = Path(out, name)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before training
+    try:
+        out_dir, meas = train_and_write(cfg, name, out)
+    except BaseException as exc:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)  # leave no empty folder behind
+        if isinstance(exc, MemoryError):
+            raise click.ClickException(_OOM) from None
+        raise
     click.echo(f"wrote {out_dir}/history.parquet and manifest.json")
     click.echo("mean |gradient| over training (agents x steps), per parameter:")
     click.echo(f"  {'term':<12}{'theta_s':>10}{'theta_1':>10}{'theta_2':>10}")
@@ -96,7 +137,8 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
 
 
 @click.command("sweep")
-@click.option("--lengths", default=None, help="A..B (log-spaced) or A..B:STEP [default 10..1000]")
+@click.option("--lengths", default=None,
+              help=f"A..B (log-spaced) or A..B:STEP [default 10..1000]; L <= {MAX_LENGTH}")
 @click.option("--points", type=int, default=None, help="points of a log-spaced range [16]")
 @click.option("--objectives", default=None,
               help="comma-separated: surrogate, surrogate+kl, kl, sft-no-reflection, "
@@ -106,7 +148,7 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
 @click.option("--optimisers", default=None, help="sgd,adam [sgd]")
 @click.option("--grid", "grid_file", default=None, help="TOML or YAML grid file")
 @click.option("--name", default=None, help="outputs/sweeps/<name>/ [from the grid's hash]")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="0 .. 2**64 - 1 [0]")
 @click.option("--steps", type=int, default=None)
 @click.option("--agents", "n_agents", type=int, default=None, help="agents per cell")
 @click.option("--queries", "n_queries", type=int, default=None)
@@ -124,7 +166,14 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
           steps, n_agents, n_queries, lr, max_attempts, executor, address, workers, out,
           overwrite, no_progress) -> None:
     """Run (or resume) a grid of population trainings and write results.parquet."""
-    from sim.sweep import build_grid, default_name, load_grid_file, run_sweep
+    from sim.sweep import (
+        build_grid,
+        check_ray_address,
+        check_seed,
+        default_name,
+        load_grid_file,
+        run_sweep,
+    )
 
     try:
         if lengths is not None:
@@ -133,17 +182,36 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
             raise ValueError(f"--points must be >= 1, got {points}")
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
+        most = 4 * (os.cpu_count() or 1)
+        if workers is not None and workers > most:
+            raise ValueError(f"--workers {workers} is more than 4 per core ({most} here); one "
+                             "process per core is the fastest")
+        if address is not None and executor != "ray":
+            raise ValueError("--address is only used with --executor ray")
+        if executor == "ray":
+            check_ray_address(address)  # before any work: ray.init retries for minutes
+        if name is not None:
+            if not name:
+                raise ValueError("--name must not be empty (leave it out for a name from the "
+                                 "grid's hash)")
+            check_output_name(name)
+        if seed is not None:
+            check_seed(seed, "--seed")
+        _check_counts(**{"--steps": (steps, 1), "--agents": (n_agents, 1),
+                         "--queries": (n_queries, 1), "-K/--max-attempts": (max_attempts, 1)})
+        _check_rate(lr, "--lr")
         file_data = load_grid_file(grid_file) if grid_file else None
         given_name, grid = build_grid(
-            file_data, name=name, lengths=lengths, points=points,
+            file_data, source=f"grid file {grid_file}" if grid_file else None,
+            name=name, lengths=lengths, points=points,
             objectives=_csv(objectives), betas=_csv(betas, float),
             token_models=_csv(token_models), optimisers=_csv(optimisers), seed=seed,
             steps=steps, n_agents=n_agents, n_queries=n_queries, lr=lr,
             max_attempts=max_attempts,
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:
         raise click.ClickException(" ".join(str(exc).split())) from None
-    name = check_output_name(given_name or default_name(grid))
+    name = check_output_name(given_name if given_name is not None else default_name(grid))
     Path(out, name).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before any work
     n_cells = len(grid.cells())
     click.echo(f"sweep {name}: {n_cells} cells x {grid.training.n_agents} agents, "
@@ -155,10 +223,13 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
         raise click.ClickException(" ".join(str(exc).split())) from None
     except RuntimeError as exc:
         raise click.ClickException(" ".join(str(exc).split())) from None
-    except KeyboardInterrupt:
+    except MemoryError:
+        raise click.ClickException(_OOM) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, or SIGTERM (sim.sweep.SweepInterrupted)
+        signum = getattr(exc, "signum", 2)
         click.echo(f"\ninterrupted; finished cells are kept in {out}/{name}/cells -- rerun the "
                    "same command to resume", err=True)
-        sys.exit(130)
+        sys.exit(128 + signum)
     click.echo(
         f"done in {result.wall_s:.1f} s: {len(result.computed)} cells computed, "
         f"{len(result.skipped)} resumed -> {result.out_dir}/results.parquet"

@@ -63,6 +63,9 @@ def agent_state(seed: int, agent: int) -> np.uint64:
 
 def agent_states(seed: int, n_agents: int) -> np.ndarray:
     """Vector of initial states, one per agent (uint64)."""
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return np.array([agent_state(seed, i) for i in range(n_agents)], dtype=np.uint64)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64 - 1], got {seed}")
+    # uint64 arguments, always: a Numba build for Python ints (int64) would otherwise be
+    # reused for a later seed >= 2**63 and overflow
+    s = np.uint64(seed)
+    return np.array([agent_state(s, np.uint64(i)) for i in range(n_agents)], dtype=np.uint64)

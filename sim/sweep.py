@@ -4,13 +4,24 @@ Each cell trains a population of DS learners (sim.population) on the in-distribu
 of a ladder and evaluates every agent on the whole ladder with the two-stage accuracy model
 (analysis.twostage, DESIGN §4). Outputs under outputs/sweeps/<name>/:
 
-  cells/<cell_id>.parquet  one row per agent; written atomically (tmp file, then os.replace)
+  cells/<cell_id>.parquet  one row per agent; written atomically (tmp file, then os.replace),
+                           with the sha256 of its content in the Parquet key-value metadata
   results.parquet          the concatenation of all cells
   manifest.json            grid, ladder, K, L_C/L_W rule, seeds, versions, git commit, wall time
 
-Resuming: a cell whose file exists is never recomputed, so an interrupted sweep restarted with
-the same arguments only runs the missing cells. The grid's hash is kept in the manifest; a
-restart with a different grid under the same name is refused (choose a new name or overwrite).
+Resuming: a cell whose file exists and matches its checksum is never recomputed, so an
+interrupted sweep restarted with the same arguments only runs the missing cells; a cell that
+fails its checksum (a corrupt file) or has none (an older version's) is recomputed, with a
+warning line. The grid's hash is kept in the manifest; a restart with a different grid under
+the same name is refused (choose a new name or overwrite).
+
+Robustness: a cell whose results are not finite (outside the ratio columns, which are inf or
+0/0 by definition where gradients vanish, DESIGN §3) stops the sweep with an error and is not
+written. Temporary files are named per host, process and write (".<file>.<host>.<pid>.<random>
+.tmp"), so concurrent runs of one sweep never touch each other's; a run removes only its own,
+and at start the leftovers of dead processes of this host. SIGTERM and SIGINT stop the local
+worker processes before the sweep exits, and workers die with their parent even when it is
+killed outright.
 
 Reproducibility: every cell uses the sweep seed for its agents' splitmix64 streams (common
 random numbers: agent i sees the same uniforms in every cell, which makes differences between
@@ -19,14 +30,19 @@ cells less noisy), so a cell's rows do not depend on which process ran it or in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+import secrets
+import signal
+import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -36,7 +52,7 @@ from scipy.special import logit
 
 from sim.attribution import attribution_ratio
 from sim.dynamics import expected_gradients
-from sim.lengths import parse_lengths
+from sim.lengths import MAX_LENGTH, MAX_POINTS, check_length, parse_lengths
 from sim.model import AgentSpec, TaskLadder, TransferConfig
 from sim.objectives import (
     MAX_EXACT_ATTEMPTS,
@@ -47,15 +63,49 @@ from sim.objectives import (
 )
 from sim.optim import OPTIMISERS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.provenance import (
-    check_output_name,
-    git_commit,
-    package_versions,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from sim.provenance import check_output_name, git_commit, package_versions, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# sim.rng seeds each agent's splitmix64 stream with np.uint64(seed) (DESIGN §2)
+MAX_SEED = 2**64 - 1
+# counts read from grid files and options (steps, agents, queries, K, ...): anything larger
+# is a typo, never a run that could finish
+MAX_COUNT = 2**31 - 1
+# agents of one population: each holds ~2 KB of Jacobians and arrays plus a Mesa agent, so a
+# million is already a few GB
+MAX_AGENTS = 10**6
+
+
+def _is_int(value: object) -> bool:
+    """An integer, and not a bool (True is an int to Python, never a count to a user)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_number(value: object) -> bool:
+    return _is_int(value) or isinstance(value, float | np.floating)
+
+
+def _finite(value: object) -> bool:
+    """A finite real number (not a bool); ints too large for a float are not."""
+    if not _is_number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """A run seed: an integer in [0, 2**64 - 1] (sim.rng's uint64 streams, DESIGN §2)."""
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} must be an integer in [0, {MAX_SEED}] (64 bits), got "
+                         f"{_show(seed)}")
+    return int(seed)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} chars)"
 
 # Named objectives of the default grid: name -> (human label, term spec, SFT data kind).
 # Any other spec is parsed by ObjectiveConfig.parse (e.g. "surrogate+0.5*nsr").
@@ -177,8 +227,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.n_agents < 1:
-            raise ValueError(f"n_agents must be >= 1, got {self.n_agents}")
+        if not 1 <= self.n_agents <= MAX_AGENTS:
+            raise ValueError(f"n_agents must be in [1, {MAX_AGENTS}], got {self.n_agents}")
         if self.n_queries < 1:
             raise ValueError(f"n_queries must be >= 1, got {self.n_queries}")
         if self.max_attempts < 1:
@@ -186,10 +236,14 @@ class TrainingConfig:
         if self.max_attempts > MAX_EXACT_ATTEMPTS:  # the exp_* columns enumerate trajectories
             raise ValueError(f"K (max_attempts) must be <= {MAX_EXACT_ATTEMPTS} in a sweep, "
                              f"got {self.max_attempts}")
-        if not (self.lr > 0 and self.adam_lr > 0):
-            raise ValueError("learning rates must be > 0")
-        if not self.wrong_length_ratio > 0:
-            raise ValueError("wrong_length_ratio must be > 0")
+        for name in ("lr", "adam_lr"):
+            value = getattr(self, name)
+            if not (_finite(value) and value > 0):
+                raise ValueError(f"learning rates must be finite numbers > 0, got {name} = "
+                                 f"{value!r}")
+        if not (_finite(self.wrong_length_ratio) and self.wrong_length_ratio > 0):
+            raise ValueError(f"wrong_length_ratio must be a finite number > 0, got "
+                             f"{self.wrong_length_ratio!r}")
         if self.ref_update_every is not None and self.ref_update_every < 1:
             raise ValueError("ref_update_every must be >= 1 (or omitted)")
         # the remaining fields are checked by the objects they build
@@ -265,11 +319,20 @@ class GridConfig:
             if len(getattr(self, axis)) == 0:
                 raise ValueError(f"empty grid axis: {axis}")
         for length in self.lengths:
-            if int(length) != length or length < 1:
-                raise ValueError(f"lengths must be integers >= 1, got {length}")
+            if not _is_int(length):
+                raise ValueError(f"lengths must be integers, got {length!r}")
+            check_length(length, "lengths")
+        longest_wrong = max(self.lengths) * self.training.wrong_length_ratio
+        if longest_wrong > MAX_LENGTH:
+            raise ValueError(f"L_W = wrong_length_ratio * L reaches {longest_wrong:g}, above the "
+                             f"largest answer length {MAX_LENGTH}")
         for beta in self.betas:
-            if not (math.isfinite(beta) and beta >= 0):
-                raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+            if not (_finite(beta) and beta >= 0):
+                raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        for axis in ("objectives", "token_models", "optimisers"):
+            for value in getattr(self, axis):
+                if not isinstance(value, str):
+                    raise ValueError(f"{axis} must be strings, got {value!r}")
         for tm in self.token_models:
             if tm not in TOKEN_MODELS:
                 raise ValueError(
@@ -287,8 +350,7 @@ class GridConfig:
                     raise ValueError(
                         f"unknown objective {name!r} ({exc}); named ones: {known}"
                     ) from None
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        check_seed(self.seed)
         for dup_axis in ("lengths", "objectives", "betas", "token_models", "optimisers"):
             values = getattr(self, dup_axis)
             if len(set(values)) != len(values):
@@ -334,20 +396,151 @@ def _coerce(cls, data: dict, where: str):
     return cls(**clean)
 
 
+# Grid files are typed strictly: a count is an integer (an integral float such as 10.0 is read
+# as 10, 10.7 is refused), a real is a finite number, and a bool is never taken for a number.
+def _read_int(value: object, key: str, lo: int = 0, hi: int = MAX_COUNT) -> int:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        value = int(value)  # exactly an integer (floats above 2**53 are not exact)
+    if not _is_int(value):
+        raise ValueError(f"{key} must be an integer, got {_show(value)}")
+    if value > hi:
+        raise ValueError(f"{key} must be at most {hi}, got {_show(value)}")
+    if value < lo:
+        raise ValueError(f"{key} must be at least {lo}, got {_show(value)}")
+    return int(value)
+
+
+def _read_float(value: object, key: str, allow_inf: bool = False) -> float:
+    if not _is_number(value):
+        raise ValueError(f"{key} must be a number, got {_show(value)}")
+    if _is_int(value):
+        if not _finite(value):
+            raise ValueError(f"{key} is too large, got {_show(value)}")
+        return value  # unchanged, so the grid's digest (resume check) is what it always was
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{key} must be a finite number, got {value}")
+    return float(value)
+
+
+def _read_bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {_show(value)}")
+    return value
+
+
+def _read_str(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {_show(value)}")
+    return value
+
+
+def _read_list(value: object, key: str, item: Callable[[object, str], object],
+               scalar_ok: bool = True, size: int | None = None) -> object:
+    """A list of items, or (where `scalar_ok`) one item standing for a list of one."""
+    if isinstance(value, list | tuple):
+        if size is not None and len(value) != size:
+            raise ValueError(f"{key} must have {size} entries, got {len(value)}")
+        return tuple(item(v, f"{key}[{i}]") for i, v in enumerate(value))
+    if scalar_ok:
+        return item(value, key)
+    raise ValueError(f"{key} must be a list, got {_show(value)}")
+
+
+# Field annotation (as written in the dataclasses above) -> reader of a grid-file value.
+_FIELD_READERS: dict[str, Callable[[object, str], object]] = {
+    "int": lambda v, k: _read_int(v, k, lo=-MAX_COUNT),  # ranges: the dataclass's own checks
+    "int | None": lambda v, k: None if v is None else _read_int(v, k, lo=-MAX_COUNT),
+    "float": _read_float,
+    "bool": _read_bool,
+    "str": _read_str,
+    "tuple[str, ...]": lambda v, k: _read_list(v, k, _read_str, scalar_ok=False),
+    "tuple[float, ...]": lambda v, k: _read_list(v, k, _read_float, scalar_ok=False),
+    "tuple[bool, ...]": lambda v, k: _read_list(v, k, _read_bool, scalar_ok=False),
+    "tuple[float, ...] | float": lambda v, k: _read_list(v, k, _read_float),
+    # ell = inf is a real setting (no transfer from the per-task u_x, DESIGN §1)
+    "tuple[float, float, float]": lambda v, k: _read_list(
+        v, k, lambda x, kk: _read_float(x, kk, allow_inf=True), scalar_ok=False, size=3),
+    "tuple[bool, bool, bool]": lambda v, k: _read_list(v, k, _read_bool, scalar_ok=False,
+                                                         size=3),
+}
+
+
+def _read_table(cls, value: object, table: str) -> dict:
+    """The `[table]` of a grid file, each value read by the type of `cls`'s field."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"[{table}] must be a table of settings, got {_show(value)}")
+    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(cls)}
+    unknown = set(value) - set(types)
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{table}]: {', '.join(sorted(map(str, unknown)))}")
+    # a field of a type not listed above is passed on to the dataclass's own checks
+    return {key: _FIELD_READERS.get(types[key], lambda v, k: v)(v, f"[{table}] {key}")
+            for key, v in value.items()}
+
+
+def _read_lengths(value: object, key: str = "lengths") -> object:
+    if isinstance(value, str):
+        return value  # a spec, parsed with `points` by build_grid
+    return _read_list(value, key, lambda v, k: _read_int(v, k, lo=1, hi=MAX_LENGTH))
+
+
+_TOP_READERS: dict[str, Callable[[object, str], object]] = {
+    "name": lambda v, k: check_output_name(_read_str(v, k)),
+    "lengths": _read_lengths,
+    "points": lambda v, k: _read_int(v, k, lo=1, hi=MAX_POINTS),
+    "objectives": lambda v, k: _read_list(v, k, _read_str),
+    "betas": lambda v, k: _read_list(v, k, _read_float),
+    "token_models": lambda v, k: _read_list(v, k, _read_str),
+    "optimisers": lambda v, k: _read_list(v, k, _read_str),
+    "seed": lambda v, k: _read_int(v, f"{k} (64 bits)", lo=0, hi=MAX_SEED),
+}
+
+
+def read_grid_data(data: object, source: str = "grid") -> dict:
+    """Check the types of a grid file's content and return it normalised (lists as tuples,
+    integral floats as ints); every error names the key and `source` (the file)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} must hold a mapping of grid keys, got {_show(data)}")
+    try:
+        unknown = set(data) - set(_TOP_READERS) - {"training", "ladder"}
+        if unknown:
+            raise ValueError(f"unknown grid key(s): {', '.join(sorted(map(str, unknown)))}")
+        out = {key: _TOP_READERS[key](value, key) for key, value in data.items()
+               if key in _TOP_READERS}
+        if "training" in data:
+            out["training"] = _read_table(TrainingConfig, data["training"], "training")
+        if "ladder" in data:
+            out["ladder"] = _read_table(LadderConfig, data["ladder"], "ladder")
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    return out
+
+
 def load_grid_file(path: str | Path) -> dict:
-    """Read a TOML (.toml) or YAML (.yaml/.yml) grid file into a plain dict."""
+    """Read a TOML (.toml) or YAML (.yaml/.yml) grid file into a plain dict, its values
+    checked and normalised by `read_grid_data` (errors name the key and the file)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"grid file not found: {path}")
-    text = path.read_text()
+    if not path.is_file():
+        raise ValueError(f"grid file is not a file: {path}")
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"grid file must end in .toml, .yaml or .yml: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"grid file {path} is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
     if path.suffix == ".toml":
         import tomllib
 
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"bad TOML in {path}: {exc}") from None
-    if path.suffix in (".yaml", ".yml"):
+    else:
         import yaml
 
         try:
@@ -356,26 +549,30 @@ def load_grid_file(path: str | Path) -> dict:
             raise ValueError(f"bad YAML in {path}: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
             raise ValueError(f"grid file {path} must hold a mapping")
-        return data
-    raise ValueError(f"grid file must end in .toml, .yaml or .yml: {path}")
+    return read_grid_data(data, f"grid file {path}")
 
 
-def build_grid(file_data: dict | None = None, **overrides) -> tuple[str | None, GridConfig]:
+def build_grid(file_data: dict | None = None, source: str | None = None,
+               **overrides) -> tuple[str | None, GridConfig]:
     """GridConfig from a grid file's dict and command-line overrides (None = not given).
 
     Recognised top-level keys: name, lengths (a spec string like "10..1000" or a list),
     points, objectives, betas, token_models, optimisers, seed, [training], [ladder].
-    Overrides: the same names plus any TrainingConfig field. Returns (name, grid).
+    Overrides: the same names plus any TrainingConfig field. `source` (the file) is named in
+    errors. Returns (name, grid).
     """
-    data = dict(file_data or {})
-    training = dict(data.pop("training", {}) or {})
-    ladder = dict(data.pop("ladder", {}) or {})
+    where = source or "grid"
+    data = read_grid_data(dict(file_data or {}), where)
+    training = dict(data.pop("training", {}))
+    ladder = dict(data.pop("ladder", {}))
     name = data.pop("name", None)
     points = data.pop("points", 16)
     train_fields = {f.name for f in fields(TrainingConfig)}
+    given = False
     for key, value in overrides.items():
         if value is None:
             continue
+        given = True
         if key == "name":
             name = value
         elif key == "points":
@@ -385,25 +582,32 @@ def build_grid(file_data: dict | None = None, **overrides) -> tuple[str | None, 
         else:
             data[key] = value
     lengths = data.pop("lengths", "10..1000")
-    if isinstance(lengths, str):
-        lengths = parse_lengths(lengths, int(points))
-    elif isinstance(lengths, int | float):
-        lengths = [lengths]
-    data["lengths"] = tuple(int(x) for x in lengths)
-    for axis in ("objectives", "betas", "token_models", "optimisers"):
-        if axis in data and isinstance(data[axis], str | int | float):
-            data[axis] = (data[axis],)
-    if "betas" in data:
-        data["betas"] = tuple(float(b) for b in data["betas"])
-    unknown = set(data) - {f.name for f in fields(GridConfig)}
-    if unknown:
-        raise ValueError(f"unknown grid key(s): {', '.join(sorted(unknown))}")
-    grid_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    grid = GridConfig(
-        training=_coerce(TrainingConfig, training, "[training]"),
-        ladder=_coerce(LadderConfig, ladder, "[ladder]"),
-        **grid_kwargs,
-    )
+    try:
+        if isinstance(lengths, str):
+            cli = overrides.get("lengths") is not None
+            lengths = parse_lengths(lengths, points, "--lengths" if cli else "lengths")
+        elif _is_number(lengths):
+            lengths = [lengths]
+        data["lengths"] = tuple(int(x) if _is_int(x) else x for x in lengths)
+        for axis in ("objectives", "betas", "token_models", "optimisers"):
+            if axis in data and not isinstance(data[axis], list | tuple):
+                data[axis] = (data[axis],)
+        if "betas" in data:  # floats, as cells and the grid's digest have always had them
+            data["betas"] = tuple(float(b) if _finite(b) else b for b in data["betas"])
+        unknown = set(data) - {f.name for f in fields(GridConfig)}
+        if unknown:
+            raise ValueError(f"unknown grid key(s): {', '.join(sorted(unknown))}")
+        grid_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        grid = GridConfig(
+            training=_coerce(TrainingConfig, training, "[training]"),
+            ladder=_coerce(LadderConfig, ladder, "[ladder]"),
+            **grid_kwargs,
+        )
+    except (ValueError, TypeError) as exc:
+        if source is None:
+            raise
+        context = f"{source} and the command line" if given else source
+        raise ValueError(f"{exc} (grid from {context})") from None
     return name, grid
 
 
@@ -447,7 +651,8 @@ def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
             "len_correct": np.full(n, spec.len_correct),
             "len_wrong": np.full(n, spec.len_wrong),
             "agent": summary.pop("agent").to_numpy(),
-            "seed": np.full(n, grid.seed, dtype=np.int64),
+            # int64 as always; seeds past int64 (up to 2**64 - 1) need uint64
+            "seed": np.full(n, grid.seed, dtype=np.int64 if grid.seed < 2**63 else np.uint64),
             "steps": np.full(n, tr.steps, dtype=np.int64),
             "lr": np.full(n, learner.optimiser.lr),
         }
@@ -494,16 +699,99 @@ def _order(summary: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ files
 
 
-def _cell_done(path: Path) -> bool:
-    if not path.is_file():
+CHECKSUM_KEY = b"ds_study.content_sha256"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:20] or "host"  # short names
+_TMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)"
+                       r"\.(?P<rand>[0-9a-f]{8})\.tmp$")
+
+
+def content_digest(table) -> str:
+    """sha256 of a cell's content: column names, Arrow types and values (exact float reprs),
+    independent of how Parquet pages, compresses or chunks them."""
+    digest = hashlib.sha256()
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        digest.update(json.dumps([name, str(column.type)]).encode())
+        digest.update(json.dumps(column.to_pylist(), default=repr).encode())
+    return digest.hexdigest()
+
+
+def _tmp_path(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this host, process and call."""
+    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_dead_tmp(folder: Path) -> None:
+    """Remove temporary files left by processes of this host that are no longer running;
+    another live run's files (or another host's) are never touched."""
+    for tmp in folder.glob(".*.tmp"):
+        match = _TMP_NAME.match(tmp.name)
+        if match and match["host"] == _HOST and not _pid_alive(int(match["pid"])):
+            tmp.unlink(missing_ok=True)
+
+
+def _write_parquet_atomic(df: pd.DataFrame, path: Path, checksum: bool = False) -> None:
+    """Write `df` to a temporary file of this process, fsync, os.replace: readers see the old
+    file or the whole new one. With `checksum`, the content's sha256 goes into the file's
+    key-value metadata (verified on resume). The temporary file is removed on any failure."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        if checksum:
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            meta = dict(table.schema.metadata or {})
+            meta[CHECKSUM_KEY] = content_digest(table).encode()
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+        else:
+            df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _cell_state(path: Path) -> str:
+    """'missing', 'ok' (readable, checksum matches), 'corrupt' (unreadable or checksum
+    mismatch) or 'unverified' (readable, no checksum: written by an older version)."""
+    if not path.is_file():
+        return "missing"
     try:
         import pyarrow.parquet as pq
 
-        pq.read_metadata(path)
-        return True
-    except Exception:  # unreadable leftovers are recomputed
-        return False
+        table = pq.read_table(path)
+    except Exception:  # noqa: BLE001 - any unreadable leftover is recomputed
+        return "corrupt"
+    stored = (table.schema.metadata or {}).get(CHECKSUM_KEY)
+    if stored is None:
+        return "unverified"
+    return "ok" if stored.decode(errors="replace") == content_digest(table) else "corrupt"
+
+
+def check_finite(df: pd.DataFrame, what: str) -> None:
+    """Refuse results with NaN or infinities outside the ratio columns (ratio*, exp_ratio*:
+    inf or 0/0 by definition where gradients vanish, DESIGN §3)."""
+    bad = [c for c in df.columns
+           if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+           and not c.startswith(("ratio", "exp_ratio"))
+           and not np.isfinite(df[c].to_numpy(dtype=float)).all()]
+    if bad:
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        raise ValueError(f"{what} gave non-finite values in {shown} (training diverged: "
+                         "lower the learning rate or the lengths); it was not written")
 
 
 def manifest(grid: GridConfig, name: str, **extra) -> dict:
@@ -547,15 +835,85 @@ def manifest(grid: GridConfig, name: str, **extra) -> dict:
 # ------------------------------------------------------------------------------ executors
 
 
-def _init_worker() -> None:
+class SweepInterrupted(KeyboardInterrupt):
+    """SIGTERM during a sweep, raised like Ctrl-C's KeyboardInterrupt: the workers are
+    stopped and the finished cells kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into SweepInterrupted while a sweep runs (in the main thread, unless the
+    program installed its own handler), so the workers are stopped on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - the signal module's signature
+        raise SweepInterrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when `parent_pid` does, even if it is killed outright:
+    Linux's PR_SET_PDEATHSIG, elsewhere a thread watching the parent's pid."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
+def _init_worker(parent_pid: int | None = None) -> None:
     # one process per core: threads inside a process would only oversubscribe the cores
     import numba
 
     numba.set_num_threads(1)
+    if parent_pid is not None:  # a pool worker: the parent alone handles Ctrl-C, then ends us
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent_pid)
 
 
 def _run_cell_worker(grid: GridConfig, cell: Cell) -> tuple[str, pd.DataFrame]:
     return cell.cell_id, run_cell(grid, cell)
+
+
+def _stop_workers(pool) -> None:
+    """Cancel what has not started and end the worker processes now (ProcessPoolExecutor
+    would otherwise let each finish its cell, and keep the interpreter waiting for them)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + 3.0
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
 
 
 def _execute_local(
@@ -574,15 +932,31 @@ def _execute_local(
         max_workers=min(workers, len(todo)),
         mp_context=mp.get_context("spawn"),
         initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
     try:
         futures = [pool.submit(_run_cell_worker, grid, cell) for cell in todo]
         for fut in as_completed(futures):
             on_done(*fut.result())
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
+    """Fail fast on a Ray address nothing answers at (ray.init would retry for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RuntimeError(f"--address must be HOST:PORT (or auto), got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address} ({exc})") from None
 
 
 def _execute_ray(
@@ -596,6 +970,7 @@ def _execute_ray(
     except ImportError:
         raise RuntimeError("the ray executor needs Ray: pip install 'ds-study[dist]'") from None
     if not ray.is_initialized():
+        check_ray_address(address)
         # Workers import this package from the repository (shared file system or the same
         # install on every node); one Numba thread each, Ray schedules one cell per CPU.
         env = {"PYTHONPATH": str(REPO_ROOT), "NUMBA_NUM_THREADS": "1"}
@@ -672,10 +1047,19 @@ def run_sweep(
         for f in cells_dir.glob("*.parquet"):
             f.unlink()
     cells_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cells_dir.glob(".*.tmp"):  # left by an interrupted write: never a result
-        stale.unlink()
+    _remove_dead_tmp(cells_dir)  # left by interrupted writes: never a result
+    _remove_dead_tmp(out_dir)
     cells = grid.cells()
-    skipped = [c.cell_id for c in cells if _cell_done(cells_dir / f"{c.cell_id}.parquet")]
+    states = {c.cell_id: _cell_state(cells_dir / f"{c.cell_id}.parquet") for c in cells}
+    skipped = [cell_id for cell_id, state in states.items() if state == "ok"]
+    for cell_id, state in states.items():
+        if state == "corrupt":
+            print(f"warning: cell {cell_id} is unreadable or fails its checksum (a corrupt "
+                  "file); recomputing it", file=sys.stderr)
+    unverified = [cell_id for cell_id, state in states.items() if state == "unverified"]
+    if unverified:
+        print(f"warning: {len(unverified)} cells have no checksum (written by an older "
+              "version); recomputing them", file=sys.stderr)
     done_ids = set(skipped)
     commit = git_commit()
     stale = _cells_from_other_commits(cells_dir, skipped, commit)
@@ -696,23 +1080,33 @@ def run_sweep(
         bar = tqdm(total=len(cells), initial=len(skipped), desc=f"sweep {name}", unit="cell")
 
     def on_done(cell_id: str, df: pd.DataFrame) -> None:
-        write_parquet_atomic(df.assign(git_commit=commit), cells_dir / f"{cell_id}.parquet")
+        check_finite(df, f"cell {cell_id}")
+        _write_parquet_atomic(df.assign(git_commit=commit), cells_dir / f"{cell_id}.parquet",
+                              checksum=True)
         computed.append(cell_id)
         if bar is not None:
             bar.update(1)
 
     try:
-        if executor == "local":
-            _execute_local(grid, todo, workers, on_done)
-        else:
-            _execute_ray(grid, todo, address, on_done)
+        with _signals_interrupt():
+            if executor == "local":
+                _execute_local(grid, todo, workers, on_done)
+            else:
+                _execute_ray(grid, todo, address, on_done)
+    except BaseException as exc:  # the manifest never stays at "running"
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        write_json_atomic(manifest(grid, name, status=status, executor=executor,
+                                   workers=workers, cells_computed=len(computed),
+                                   cells_resumed=len(skipped),
+                                   error=f"{type(exc).__name__}: {str(exc)[:200]}"), man_path)
+        raise
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - start
     frames = [pd.read_parquet(cells_dir / f"{c.cell_id}.parquet") for c in cells]
     results = pd.concat(frames, ignore_index=True, sort=False)
-    write_parquet_atomic(results, out_dir / "results.parquet")
+    _write_parquet_atomic(results, out_dir / "results.parquet")
     write_json_atomic(
         manifest(
             grid,
@@ -741,11 +1135,17 @@ __all__: Iterable[str] = (
     "GridConfig",
     "LadderConfig",
     "NAMED_OBJECTIVES",
+    "SweepInterrupted",
     "SweepResult",
     "TrainingConfig",
     "build_grid",
+    "check_finite",
+    "check_ray_address",
+    "check_seed",
+    "content_digest",
     "default_name",
     "load_grid_file",
+    "read_grid_data",
     "run_cell",
     "run_sweep",
 )

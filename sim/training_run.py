@@ -9,6 +9,8 @@ Monte-Carlo estimates from sampled groups (G = 8, 16 queries per step and agent)
 Outputs under outputs/train/<name>/: history.parquet (one row per recorded step and agent:
 step, agent, parameters, p/q1/q2 per task, g_s/g_1/g_2/ratio per term and total, ref_reset)
 and manifest.json (configuration, versions, git commit, wall time, headline measurements).
+A run whose history is not finite (outside the ratio columns, DESIGN §3, and the gradients of
+step 0, which has none) raises instead of writing anything.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from sim.attribution import attribution_ratio
+from sim.lengths import MAX_LENGTH
 from sim.model import AgentSpec, TaskLadder
 from sim.objectives import ObjectiveConfig
 from sim.optim import OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
 from sim.provenance import git_commit, package_versions, write_json_atomic, write_parquet_atomic
-from sim.sweep import LadderConfig
+from sim.sweep import MAX_AGENTS, LadderConfig, check_finite, check_seed
 
 DEFAULT_BETA = 0.01
 
@@ -60,8 +63,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.beta is not None and not (math.isfinite(self.beta) and self.beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta}")
+        for name in ("length", "wrong_length"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= MAX_LENGTH:  # NaN fails too
+                raise ValueError(f"{name} must be in (0, {MAX_LENGTH}] tokens (sim.lengths), "
+                                 f"got {value}")
+        if not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        check_seed(self.seed)
         if self.steps < 1 or self.n_agents < 1 or self.record_every < 1:
             raise ValueError("steps, n_agents and record_every must be >= 1")
+        if self.n_agents > MAX_AGENTS:
+            raise ValueError(f"n_agents must be <= {MAX_AGENTS}, got {self.n_agents}")
         if self.ladder not in ("single", "default"):
             raise ValueError(f"ladder must be 'single' or 'default', got {self.ladder!r}")
         self.learner()  # the objects' own validation
@@ -137,6 +150,10 @@ def train_and_write(
     start = time.perf_counter()
     model, history = run_training(cfg, progress=progress)
     wall = time.perf_counter() - start
+    # step 0 records the initial policy: its gradient columns are NaN by construction
+    check_finite(history[history["step"] > 0], "training")
+    check_finite(history[[c for c in history.columns if not c.startswith("g_")
+                          and c != "mean_reward"]], "training")
     out_dir = Path(out_root) / name
     write_parquet_atomic(history, out_dir / "history.parquet")
     meas = measurements(history, model.kinds)
