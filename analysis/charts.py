@@ -1,9 +1,10 @@
-"""Altair chart builders for the report (issue 4). Pure functions: DataFrame -> chart.
+"""Altair chart builders for the report (DESIGN §6). Pure functions: DataFrame -> chart.
 
 One builder per chart kind; every builder takes tidy data (see each docstring), does only the
 aggregation the chart needs, and returns an Altair chart. Regimes keep one colour everywhere
-(`regime_scale`): the paper's four rows (DESIGN.md §6) have fixed colours, any other label gets
-the next colour of a fallback palette in order of first appearance in `regime_domain`.
+(`regime_scale`): the paper's four rows (DESIGN.md §6) have the fixed colours of the regime
+table (core.regimes), any other label gets the next colour of a fallback palette in order of
+first appearance in `regime_domain`.
 Accuracies are shown in percent, probabilities (p, q1, q2) on 0..1.
 """
 
@@ -16,10 +17,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.observed import BASE, REGIMES, RL, SFT_NO_REFLECTION, SFT_REFLECTION
+from analysis.observed import REGIMES
+from core.regimes import REGIME_TABLE
 
-REGIME_COLOURS = {BASE: "#7f7f7f", SFT_NO_REFLECTION: "#e08214", SFT_REFLECTION: "#8c4fbf",
-                  RL: "#1f77b4"}
+# one colour per paper row (the `regime` value of the tidy tables), from core.regimes
+REGIME_COLOURS = {r.paper_row: r.colour for r in REGIME_TABLE}
 FALLBACK_COLOURS = ("#2ca02c", "#d62728", "#17becf", "#8c564b", "#e377c2", "#bcbd22",
                     "#393b79", "#ad494a", "#637939", "#7b4173")
 PANEL_W, PANEL_H = 250, 190
@@ -467,13 +469,13 @@ def echo_chart(simulated: pd.DataFrame, cited: pd.DataFrame,
     return alt.hconcat(sim, cit).resolve_scale(color="independent")
 
 
-# ---------------------------------------------------------------- compare (issue 6)
+# ---------------------------------------------------------------- compare (DESIGN §4, §5)
 
 
 def compare_chart(measured: pd.DataFrame, simulated: pd.DataFrame,
                   domain: Sequence[str] | None = None) -> alt.HConcatChart:
     """Measured (p̂, q̂1, q̂2) per task and regime (points, bootstrap CIs) beside the fitted
-    simulator's (p, q1, q2) for the same regimes (lines). DESIGN §4 calibration, issue 6.
+    simulator's (p, q1, q2) for the same regimes (lines). DESIGN §4 calibration, §5.
 
     `measured`: a calibration table (regime, task, task_index, p_hat, q1_hat, q2_hat + CIs);
     `simulated`: FitResult.curves (regime, task, task_index, p, q1, q2).

@@ -1,7 +1,8 @@
 """Click commands of the analysis package: report, fit, compare (DESIGN §6).
 
 Commands only parse options and call analysis.report / analysis.fit; errors surface as one-line
-click.ClickException messages naming the option, checked before any work where they can be.
+`Error:` messages naming the option (core.errors: ReportError, FitError, ObservedDataError and
+JSON decode errors are ValueErrors), checked before any work where they can be.
 A run that fails removes the output folder it created, so no half-written folder (one without
 its manifest.json, docs/ARCHITECTURE.md) is left behind.
 """
@@ -25,18 +26,8 @@ from analysis.fit import (
     MAX_FIT_NFEV,
     MAX_FIT_STEPS,
 )
-from sim.provenance import check_run_name
-
-# ReportError, FitError, ObservedDataError and JSON decode errors are ValueErrors
-ERRORS = (ValueError, OSError, NotImplementedError, OverflowError)
-
-
-def _fail(exc: Exception) -> click.ClickException:
-    """One line: the first line of the message, else the exception's type."""
-    text = str(exc).strip()
-    if isinstance(exc, MemoryError):
-        text = "out of memory" + (f": {text}" if text else "")
-    return click.ClickException(text.splitlines()[0] if text else type(exc).__name__)
+from core.errors import EXPECTED, fail
+from core.provenance import check_run_name
 
 
 def _number_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
@@ -159,8 +150,8 @@ def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed:
             load_checked_observed(observed or reference_dir() / "paper_table1.csv")
         with removed_on_failure(out_dir, "--out"):
             paths = write_report(cfg, log=click.echo)
-    except ERRORS + (MemoryError,) as exc:
-        raise _fail(exc) from None
+    except EXPECTED as exc:
+        raise fail(exc) from None
     for name, path in paths.items():
         click.echo(f"  {name}: {path}")
 
@@ -239,8 +230,8 @@ def fit(observed: Path | None, out_root: Path, name: str | None, **kw: Any) -> N
         with removed_on_failure(out, "--out"):
             result = fit_observed(table, cfg)
             paths = save_fit(result, out, inputs={"observed": path})
-    except ERRORS + (MemoryError,) as exc:
-        raise _fail(exc) from None
+    except EXPECTED as exc:
+        raise fail(exc) from None
     click.echo(result.summary())
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
@@ -274,8 +265,8 @@ def compare(observed: Path, out_dir: Path | None, name: str | None, **kw: Any) -
         load_checked_observed(run)
         with removed_on_failure(out_dir, "--out"):
             result, table, paths = write_compare(run, out_dir, cfg)
-    except ERRORS + (MemoryError,) as exc:
-        raise _fail(exc) from None
+    except EXPECTED as exc:
+        raise fail(exc) from None
     click.echo(result.summary())
     cols = ["regime", "task", "p_hat", "p_sim", "q1_hat", "q1_sim", "q2_hat", "q2_sim",
             "observed_accuracy", "accuracy_sim"]

@@ -30,19 +30,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import brentq, least_squares
 from scipy.special import logit
 
-from analysis.calibration import Z95
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
-from analysis.twostage import accuracy_forced_stop
-from sim.provenance import finite_json
+from core.calibration import Z95
+from core.provenance import finite_json
+from core.regimes import PAPER_RL_KL, TRAINED
+from core.twostage import accuracy_forced_stop
 
 TRANSFER_MODES = ("shared", "per-regime")
-TRAINED_REGIMES = (SFT_NO_REFLECTION, SFT_REFLECTION, RL)
+# the regimes a fit trains (core.regimes), by their paper row, in Table 1 order
+TRAINED_REGIMES = tuple(r.paper_row for r in TRAINED)
 BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
           "lr": (1e-6, 50.0), "beta": (1e-5, 10.0)}
 GRID_ELL_S = (0.7, 2.0, 7.0)
@@ -75,7 +78,7 @@ class FitConfig:
     length: float = 100.0  # L_C = L_W, tokens per candidate answer (per-token weighting, §2)
     steps: int = 30  # training steps per regime (the learning rate is the free "amount")
     optimiser: str = "sgd"
-    beta: float = 0.001  # KL coefficient of RL (paper's value) unless fit_beta
+    beta: float = PAPER_RL_KL.beta  # KL coefficient of RL (paper's 0.001) unless fit_beta
     fit_beta: bool = False
     ft_share: float = 0.5  # share of F->T chains in the reflection SFT data (DESIGN §2)
     acc_floor: float = 0.005  # observed accuracies clipped to [floor, 1 - floor] for b_s
@@ -325,18 +328,20 @@ def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
     return np.array(out)
 
 
-def regime_objective(regime: str, cfg: FitConfig, beta: float):
-    """The simulator objective reproducing a trained regime (see the module docstring)."""
+def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
+    """The simulator objective reproducing a trained regime, given by its paper row (see the
+    module docstring): the regime table's term spec (core.regimes) with the KL weight `beta`
+    and its SFT data (reflection data with `cfg.ft_share` F->T chains). KL estimator and
+    placement stay the ObjectiveConfig defaults (k1 in the reward, the paper's theory)."""
     from sim.objectives import ObjectiveConfig, SFTData
 
-    if regime == SFT_NO_REFLECTION:
-        return ObjectiveConfig(weights=(("sft", 1.0),), sft_data=SFTData("no-reflection"))
-    if regime == SFT_REFLECTION:
-        return ObjectiveConfig(weights=(("sft", 1.0),),
-                               sft_data=SFTData("reflection", ft_share=cfg.ft_share))
-    if regime == RL:
-        return ObjectiveConfig.parse("surrogate+kl", beta=beta)
-    raise FitError(f"no simulator objective for regime {regime!r}")
+    found = next((r for r in TRAINED if r.paper_row == regime), None)
+    if found is None or found.objective is None:
+        raise FitError(f"no simulator objective for regime {regime!r}")
+    extra = {}
+    if found.sft_data is not None:
+        extra["sft_data"] = SFTData(found.sft_data, ft_share=cfg.ft_share)
+    return ObjectiveConfig.parse(found.objective, beta=beta, **extra)
 
 
 @lru_cache(maxsize=4096)

@@ -24,14 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.regimes import REGIME_TABLE, TRAINED, lookup, regime
+
 REFERENCE_ENV = "DS_STUDY_REFERENCE"
 REFERENCE_DATA = Path(__file__).resolve().parent / "data"  # package data (DESIGN §6)
 
-BASE = "Base"
-SFT_NO_REFLECTION = "SFT (no reflection)"
-SFT_REFLECTION = "SFT (reflection)"
-RL = "RL"
-REGIMES = (BASE, SFT_NO_REFLECTION, SFT_REFLECTION, RL)  # the paper's Table 1 rows, in order
+# The `regime` values of the tidy tables: the paper's Table 1 rows, in order (core.regimes)
+BASE = regime("base").paper_row  # "Base"
+SFT_NO_REFLECTION = regime("sft-no-reflection").paper_row  # "SFT (no reflection)"
+SFT_REFLECTION = regime("sft-reflection").paper_row  # "SFT (reflection)"
+RL = regime("grpo").paper_row  # "RL"
+REGIMES = tuple(r.paper_row for r in REGIME_TABLE)
 
 CALIBRATION_STATS = ("observed_accuracy", "p_hat", "p_pooled", "q1_hat", "q2_hat",
                      "predicted_accuracy", "echo_p_ft")
@@ -58,26 +61,15 @@ def reference_dir() -> Path:
 
 
 def canonical_regime(label: str) -> str:
-    """Map a regime label (paper row, run name, CLI objective) onto the paper's four rows.
+    """Map a regime label (paper row, run name, CLI objective) onto the paper's four rows,
+    through the regime table's spellings and markers (core.regimes.lookup).
 
     'base' -> Base; 'sft...no-reflection' -> SFT (no reflection); 'sft...reflection' /
     'sft' -> SFT (reflection); 'rl', 'grpo', 'surrogate+kl' -> RL. Anything else is returned
     unchanged (it still gets a colour of its own).
     """
-    raw = str(label).strip()
-    s = re.sub(r"[^a-z0-9]+", " ", raw.lower()).strip()
-    words = set(s.split())
-    if raw in REGIMES:
-        return raw
-    if "base" in words or s in ("base model", "instruct"):
-        return BASE
-    if "sft" in words or s.startswith("sft"):
-        if re.search(r"\b(no|without|wo|noreflection|plain)\b", s) or "no reflection" in s:
-            return SFT_NO_REFLECTION
-        return SFT_REFLECTION
-    if words & {"rl", "grpo", "ppo"} or s.startswith("grpo") or s == "surrogate kl":
-        return RL
-    return raw
+    found = lookup(label)
+    return found.paper_row if found is not None else str(label).strip()
 
 
 def task_sort_key(names: pd.Series) -> pd.Series:
@@ -206,8 +198,9 @@ def _regime_of(path: Path) -> str:
 
 
 def _looks_like_base(name: str) -> bool:
+    """No trained regime's marker anywhere in `name` (core.regimes: sft, rl, grpo, ppo)."""
     s = name.lower()
-    return not any(k in s for k in ("sft", "grpo", "rl", "ppo"))
+    return not any(m in s for r in TRAINED for m in r.markers)
 
 
 def load_calibrations(root: str | Path) -> pd.DataFrame:

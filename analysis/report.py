@@ -1,4 +1,4 @@
-"""Assemble the study's report (issue 4): one self-contained HTML page plus a PNG per chart.
+"""Assemble the study's report (DESIGN §6): one self-contained HTML page plus a PNG per chart.
 
 Inputs (DESIGN.md §6 and the output contracts of sweep / train / realmodel):
   --sweep    outputs/sweeps/<name>/results.parquet (+ manifest.json)
@@ -29,12 +29,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import charts
-from analysis.fit import FitConfig, FitResult, fit_observed, observed_digest
+from analysis.fit import TRAINED_REGIMES, FitConfig, FitResult, fit_observed, observed_digest
 from analysis.observed import (
     BASE,
     REGIMES,
-    SFT_NO_REFLECTION,
-    SFT_REFLECTION,
     ObservedDataError,
     canonical_regime,
     find_calibrations,
@@ -43,8 +41,9 @@ from analysis.observed import (
     load_observed,
     reference_dir,
 )
+from core.provenance import finite_json, git_commit, package_versions, write_json_atomic
+from core.regimes import BY_NAME, PAPER_RL_KL
 from sim.attribution import APPENDIX_C_REF, APPENDIX_C_THETA  # DESIGN §3 worked example
-from sim.provenance import finite_json, git_commit, package_versions, write_json_atomic
 
 VL_VERSION = "6.4"
 
@@ -132,7 +131,8 @@ def builtin_sweep(lengths: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000),
                   steps: int = 30, lr: float = 0.05) -> pd.DataFrame:
     """A one-agent-per-cell sweep in the results.parquet layout (single task, K = 8): the
     attribution ratio at the Appendix C theta (DESIGN §3) and p, q2 after `steps` SGD steps,
-    for surrogate, kl and surrogate+kl (beta = 0.001) under both token models."""
+    for surrogate, kl and surrogate+kl (the paper's beta = 0.001, core.regimes) under both
+    token models."""
     from sim.dynamics import train_expected
     from sim.model import AgentSpec
     from sim.objectives import ObjectiveConfig
@@ -141,7 +141,8 @@ def builtin_sweep(lengths: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000),
     rows = []
     for tm in ("per-token", "sequence"):
         for objective in ("surrogate", "kl", "surrogate+kl"):
-            obj = ObjectiveConfig.parse(objective, beta=0.001 if "+" in objective else None,
+            obj = ObjectiveConfig.parse(objective,
+                                        beta=PAPER_RL_KL.beta if "+" in objective else None,
                                         token_model=tm)
             for length in lengths:
                 spec = AgentSpec(len_correct=float(length), len_wrong=float(length))
@@ -184,8 +185,8 @@ def simulated_calibration(curves: pd.DataFrame, max_attempts: int, n: int = 100,
                           n_boot: int = 100, seed: int = 0) -> pd.DataFrame:
     """Calibrate (DESIGN §4) on `n` sampled trajectories per (regime, task) of the fitted
     simulator: the same estimators and CIs as for a real model (sim.simulate's sampler and
-    counts, analysis.calibration.calibrate)."""
-    from analysis.calibration import calibrate
+    counts, core.calibration.calibrate)."""
+    from core.calibration import calibrate
     from sim.simulate import sample_trajectories, trajectory_counts
 
     rows = []
@@ -217,8 +218,9 @@ def simulated_echo(base_logit_s: float = 0.0, length: float = 100.0, steps: int 
     spec = AgentSpec(ladder=TaskLadder(("T1",), (1.0,), (True,), (b,)), len_correct=length,
                      len_wrong=length)
     rows = []
-    cases = [(SFT_REFLECTION, s, SFTData("reflection", ft_share=s)) for s in shares]
-    cases.append((SFT_NO_REFLECTION, 0.0, SFTData("no-reflection")))
+    refl, plain = BY_NAME["sft-reflection"], BY_NAME["sft-no-reflection"]  # core.regimes
+    cases = [(refl.paper_row, s, SFTData(refl.sft_data, ft_share=s)) for s in shares]
+    cases.append((plain.paper_row, 0.0, SFTData(plain.sft_data)))
     for regime, share, data in cases:
         obj = ObjectiveConfig(weights=(("sft", 1.0),), sft_data=data)
         _, hist = train_expected(spec, obj, spec.initial_params(), steps,
@@ -637,7 +639,7 @@ def _compare_section(real: pd.DataFrame, real_root: Path, fit: FitResult,
     regimes = set(real["regime"])
     caption = ("Measured calibrations of the real-model runs (points, bootstrap CIs) beside "
                "the simulator's p, q1, q2 for the same regimes (dashed). ")
-    if BASE in regimes and regimes & {SFT_NO_REFLECTION, SFT_REFLECTION, "RL"}:
+    if BASE in regimes and regimes & set(TRAINED_REGIMES):
         try:
             own = fit_observed(load_observed(real_root), FitConfig(quick=cfg.quick))
         except ValueError as exc:
@@ -735,9 +737,10 @@ def write_report(cfg: ReportConfig, log: Callable[[str], None] = print) -> dict[
 def write_compare(run: Path, out_dir: Path, fit_cfg: FitConfig | None = None,
                   log: Callable[[str], None] = print) -> tuple[FitResult, pd.DataFrame,
                                                               list[Path]]:
-    """Issue 6's compare: fit the simulator to a real run's observed accuracies (Base row
-    needed), then place measured (p̂, q̂1, q̂2) per task and regime beside the simulator's
-    (p, q1, q2). Writes comparison.csv, the fit files, compare.html and PNGs."""
+    """`cli.py compare` (DESIGN §4, §5): fit the simulator to a real run's observed
+    accuracies (Base row needed), then place measured (p̂, q̂1, q̂2) per task and regime
+    beside the simulator's (p, q1, q2). Writes comparison.csv, the fit files, compare.html
+    and PNGs."""
     import vl_convert as vlc
 
     t0 = time.time()

@@ -2,10 +2,11 @@
 
 torch / transformers are imported inside the commands, so `python cli.py --help` and the
 simulator work without the `real` extra. Expected failures (a missing model, a bad ladder,
-vLLM without a GPU) end with a one-line message, not a traceback. Bad input is refused at the
-option that carries it, before anything is generated or written: text inputs must be UTF-8
-(files and stdin alike), floats finite, seeds non-negative, output names one folder name, and
-output folders creatable (DESIGN.md §5: a run is reproducible from its options).
+vLLM without a GPU) end with a one-line message, not a traceback (core.errors). Bad input is
+refused at the option that carries it, before anything is generated or written: text inputs
+must be UTF-8 (files and stdin alike), floats finite, seeds non-negative, output names one
+folder name, and output folders creatable (DESIGN.md §5: a run is reproducible from its
+options). The training commands (`sft`, `grpo`) come from realmodel/training/commands.py.
 """
 
 from __future__ import annotations
@@ -22,16 +23,10 @@ from typing import Any
 
 import click
 
+from core.errors import clear_errors, fail
+from core.provenance import check_run_name, first_missing_folder
 from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER
-from sim.provenance import check_run_name
-
-
-def _fail(exc: BaseException) -> click.ClickException:
-    """A one-line CLI error from an expected exception (also used by the training commands)."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, ImportError):
-        text = f"{text} (training needs the real extra: pip install 'ds-study[real]')"
-    return click.ClickException(text)
+from realmodel.training.commands import TRAINING_COMMANDS
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -129,15 +124,6 @@ def _ladder(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def first_missing_folder(path: str | Path) -> Path | None:
-    """The outermost folder of `path` that does not exist yet (None if it exists): what
-    creating `path` creates, hence what a failed command removes."""
-    path, top = Path(path).absolute(), None
-    while not path.exists() and path != path.parent:
-        top, path = path, path.parent
-    return top
-
-
 @click.group("realmodel")
 def realmodel() -> None:
     """Real language models: tasks, parsing, SFT data, evaluation and calibration."""
@@ -198,7 +184,7 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
                                         n_reflections=n_reflections, seed=seed)
                 for kind in ("no-reflection", "reflection")}
     except ValueError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out = Path(out_dir)
     created = first_missing_folder(out)
     try:
@@ -255,55 +241,41 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
 @click.option("--reparse", is_flag=True,
               help="Kept for compatibility: stored responses are always re-parsed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@clear_errors(ImportError)
 def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, out_root: str,
              max_new_tokens: int, temperature: float, top_p: float, samples_per_prompt: int,
              batch_size: int, seed: int, split_seed: int, backend: str, device: str,
              markers: str | None, n_boot: int, max_attempts: int | None, threads: int | None,
              reparse: bool, quiet: bool) -> None:
     """Generate, parse and calibrate (p, q1, q2) per task -> outputs/real/<name>/."""
-    try:
-        from realmodel.evaluation import EvaluationError, evaluate, format_table
-        from realmodel.generation import GenerationConfig, GenerationError
-        from realmodel.models import ModelResolutionError
-        from realmodel.parsing import load_markers
-    except ModuleNotFoundError as exc:
-        raise click.ClickException(
-            f"{exc.name} is not installed: pip install 'ds-study[real]'") from None
+    # expected failures (a missing model or extra, a backend that cannot run here) are
+    # one-line errors (core.errors; the realmodel errors are ExpectedErrors)
+    from realmodel.evaluation import evaluate, format_table
+    from realmodel.generation import GenerationConfig
+    from realmodel.parsing import load_markers
+
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        config = GenerationConfig(temperature=temperature, top_p=top_p,
-                                  max_new_tokens=max_new_tokens,
-                                  samples_per_prompt=samples_per_prompt, seed=seed,
-                                  batch_size=batch_size)
-        result = evaluate(
-            model, tasks, id_tasks, n=n, name=name, out_root=out_root, config=config,
-            backend=backend, device=device,
-            markers=load_markers(markers) if markers else None, n_boot=n_boot,
-            max_attempts=max_attempts, split_seed=split_seed, reparse=reparse,
-            progress=not quiet,
-            log=lambda m: click.echo(m, err=True),
-        )
-    except ModuleNotFoundError as exc:
-        raise click.ClickException(
-            f"{exc.name} is not installed: pip install 'ds-study[real]'") from None
-    except (ValueError, ModelResolutionError, GenerationError, EvaluationError, OSError) as exc:
-        raise _fail(exc) from None
+    config = GenerationConfig(temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens,
+                              samples_per_prompt=samples_per_prompt, seed=seed,
+                              batch_size=batch_size)
+    result = evaluate(
+        model, tasks, id_tasks, n=n, name=name, out_root=out_root, config=config,
+        backend=backend, device=device,
+        markers=load_markers(markers) if markers else None, n_boot=n_boot,
+        max_attempts=max_attempts, split_seed=split_seed, reparse=reparse,
+        progress=not quiet,
+        log=lambda m: click.echo(m, err=True),
+    )
     click.echo(format_table(result.table))
     click.echo(f"wrote {result.out_dir} (responses.jsonl, calibration.csv, manifest.json); "
                f"generated {result.n_generated} queries in {result.wall_time_s:.1f} s")
 
 
-COMMANDS = [realmodel]
+for _command in TRAINING_COMMANDS:  # realmodel sft, realmodel grpo
+    realmodel.add_command(_command)
 
-# Hook for the training helper (realmodel/training/commands.py defines TRAINING_COMMANDS).
-try:
-    from realmodel.training.commands import TRAINING_COMMANDS
-except ModuleNotFoundError as _exc:
-    if _exc.name not in ("realmodel.training", "realmodel.training.commands"):
-        raise
-else:
-    for _command in TRAINING_COMMANDS:
-        realmodel.add_command(_command)
+COMMANDS = [realmodel]

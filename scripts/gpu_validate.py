@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 import pandas as pd  # noqa: E402
 
-from analysis.calibration import Z95  # noqa: E402
+from core.calibration import Z95  # noqa: E402
 from realmodel.training.config import SMALL_LADDER, grpo_preset, sft_preset  # noqa: E402
 
 COLUMNS = ["model", "task", "in_distribution", "n", "observed_accuracy",

@@ -1,21 +1,22 @@
 """CLI commands of the simulator core: illustrate, attribution, predict, simulate.
 
-Only parsing and printing here; the work is in sim.attribution, sim.simulate, analysis.
+Only parsing and printing here; the work is in sim.attribution, sim.simulate and
+core.twostage. Bad input ends in one `Error:` line (core.errors).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Callable
-from typing import Any
 
 import click
 import numpy as np
 import pandas as pd
 
-from analysis.twostage import two_stage_accuracy
+from core.errors import clear_errors
+from core.provenance import finite_json
+from core.twostage import two_stage_accuracy
 from sim.attribution import (
     APPENDIX_C_REF,
     APPENDIX_C_THETA,
@@ -27,30 +28,11 @@ from sim.kernels import MAX_ATTEMPTS
 from sim.lengths import parse_lengths
 from sim.model import AgentSpec
 from sim.objectives import MAX_EXACT_ATTEMPTS, OBJECTIVE_KINDS, ObjectiveConfig, SFTData
-from sim.provenance import finite_json
 from sim.simulate import MAX_SEED, simulate_and_calibrate
 
 FORMATS = click.Choice(["csv", "table", "json"])
 MAX_LENGTHS = 10_000  # rows of one attribution run: each is an exact enumeration (DESIGN §3)
 MAX_GROUP_SIZE = 10_000  # G of the surrogate's group advantage (DESIGN §2; the paper: 8)
-
-
-def clear_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad-input and file-system errors into one-line CLI errors (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, TypeError, NotImplementedError, OSError, OverflowError) as exc:
-            raise click.ClickException(" ".join(str(exc).split()) or type(exc).__name__) \
-                from None
-        except MemoryError as exc:
-            raise click.ClickException("out of memory: " + (" ".join(str(exc).split())
-                                                            or "the inputs are too large")) \
-                from None
-
-    return wrapper
 
 
 def parse_triple(text: str, name: str) -> tuple[float, float, float]:
@@ -172,7 +154,7 @@ def illustrate(fmt: str, net: bool) -> None:
 @click.option("--explain", is_flag=True,
               help="also print (stderr) the affine decomposition g(L) = g0 + L g1 and where the "
                    "ratio saturates")
-@clear_errors
+@clear_errors(TypeError)
 def attribution(objective: str, lengths: str, points: int, token_model: str, estimator: str,
                 placement: str, theta: str, theta_ref: str, max_attempts: int, gamma: float,
                 group_size: int, std_scaling: bool, sft_data: str, ft_share: float,
@@ -242,7 +224,7 @@ _Q2 = click.option("--q2", type=float, required=True, callback=_probability,
               help="forced stop at attempt K (default: infinite horizon)")
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json",
               show_default=True)
-@clear_errors
+@clear_errors(TypeError)
 def predict(p: float, q1: float, q2: float, max_attempts: int | None, fmt: str) -> None:
     """Accuracy of the two-stage model (DESIGN §4).
 
@@ -272,7 +254,7 @@ def predict(p: float, q1: float, q2: float, max_attempts: int | None, fmt: str) 
 @click.option("--n-boot", type=int, default=100, show_default=True, callback=_positive)
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json",
               show_default=True)
-@clear_errors
+@clear_errors(TypeError)
 def simulate(p: float, q1: float, q2: float, max_attempts: int, n: int, seed: int, n_boot: int,
              fmt: str) -> None:
     """Sample N trajectories, calibrate (p̂, q̂1, q̂2) and compare accuracies (DESIGN §4).

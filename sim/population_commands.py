@@ -1,7 +1,7 @@
 """Click commands `train` and `sweep` (DESIGN.md §2-§4): parse, validate, call, report.
 
 All the work is in sim.training_run and sim.sweep; bad input becomes a one-line
-click.ClickException before any work starts: counts must fit MAX_COUNT, seeds 64 bits, rates
+`Error:` (core.errors) before any work starts: counts must fit MAX_COUNT, seeds 64 bits, rates
 be finite, answer lengths lie in sim.lengths' bounds. Running out of memory, results that are
 not finite, SIGINT and SIGTERM end a run with one line too (a sweep keeps its finished cells).
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import click
 
-from sim.commands import clear_errors
+from core.errors import clear_errors, fail
+from core.provenance import check_output_name
 from sim.lengths import MAX_LENGTH, parse_lengths
-from sim.provenance import check_output_name
 
 _OOM = "not enough memory for this run: lower --agents, --queries or the grid's size"
 
@@ -84,7 +84,7 @@ def _fmt(x) -> str:
 @click.option("--ladder", type=click.Choice(["single", "default"]), default="single",
               show_default=True, help="3-logit agent, or the sweep's 7-task ladder")
 @click.option("--out", default="outputs/train", show_default=True)
-@clear_errors
+@clear_errors(TypeError)
 def train(name, objective, beta, length, wrong_length, token_model, kl_estimator, kl_placement,
           max_attempts, optimiser, lr, steps, ref_every, agents, queries, seed, ladder,
           out) -> None:
@@ -161,7 +161,7 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
 @click.option("--out", default="outputs/sweeps", show_default=True)
 @click.option("--overwrite", is_flag=True, help="discard an existing sweep of this name")
 @click.option("--no-progress", is_flag=True)
-@clear_errors
+@clear_errors(TypeError)
 def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_file, name, seed,
           steps, n_agents, n_queries, lr, max_attempts, executor, address, workers, out,
           overwrite, no_progress) -> None:
@@ -210,7 +210,7 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
             max_attempts=max_attempts,
         )
     except (ValueError, TypeError, RuntimeError) as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
+        raise fail(exc) from None
     name = check_output_name(given_name if given_name is not None else default_name(grid))
     Path(out, name).mkdir(parents=True, exist_ok=True)  # fail on a bad --out before any work
     n_cells = len(grid.cells())
@@ -219,10 +219,8 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
     try:
         result = run_sweep(grid, name, out, executor=executor, workers=workers,
                            address=address, overwrite=overwrite, progress=not no_progress)
-    except ValueError as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
-    except RuntimeError as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
+    except (ValueError, RuntimeError) as exc:
+        raise fail(exc) from None
     except MemoryError:
         raise click.ClickException(_OOM) from None
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, or SIGTERM (sim.sweep.SweepInterrupted)

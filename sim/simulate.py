@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.calibration import Estimate, TrajectoryCounts, calibrate
-from analysis.twostage import _check_probability
+from core.calibration import Estimate, TrajectoryCounts, calibrate
+from core.twostage import check_probability
 from sim import kernels as kn
 from sim.alias import MAX_ALIAS_ATTEMPTS, sample_population_alias
 from sim.rng import agent_states
@@ -87,7 +87,7 @@ def check_simulation_size(n: int, max_attempts: int, n_boot: int,
 
 def probability_logits(p: float, q1: float, q2: float) -> np.ndarray:
     """Logits of probabilities in [0, 1] (0 and 1 map to -inf / +inf, which the kernels take)."""
-    probs = np.array([float(_check_probability(n, v)) for n, v in
+    probs = np.array([float(check_probability(n, v)) for n, v in
                       (("p", p), ("q1", q1), ("q2", q2))])
     with np.errstate(divide="ignore"):
         return np.log(probs) - np.log1p(-probs)

@@ -2,7 +2,7 @@
 
 Each cell trains a population of DS learners (sim.population) on the in-distribution tasks
 of a ladder and evaluates every agent on the whole ladder with the two-stage accuracy model
-(analysis.twostage, DESIGN §4). Outputs under outputs/sweeps/<name>/:
+(core.twostage, DESIGN §4). Outputs under outputs/sweeps/<name>/:
 
   cells/<cell_id>.parquet  one row per agent; written atomically (tmp file, then os.replace),
                            with the sha256 of its content in the Parquet key-value metadata
@@ -50,6 +50,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import logit
 
+from core.provenance import check_output_name, git_commit, package_versions, write_json_atomic
+from core.regimes import PAPER_RL_KL, regime
+from core.twostage import two_stage_accuracy
 from sim.attribution import attribution_ratio
 from sim.dynamics import expected_gradients
 from sim.lengths import MAX_LENGTH, MAX_POINTS, check_length, parse_lengths
@@ -63,7 +66,6 @@ from sim.objectives import (
 )
 from sim.optim import OPTIMISERS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.provenance import check_output_name, git_commit, package_versions, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # sim.rng seeds each agent's splitmix64 stream with np.uint64(seed) (DESIGN §2)
@@ -107,19 +109,30 @@ def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} chars)"
 
-# Named objectives of the default grid: name -> (human label, term spec, SFT data kind).
+
+
+def _named(name: str) -> tuple[str, tuple[str, str, str | None]]:
+    """A trained regime of core.regimes as a named objective: (sweep name, entry)."""
+    r = regime(name)
+    if r.sweep_objective is None or r.objective is None:
+        raise ValueError(f"regime {name!r} has no simulator objective")
+    return r.sweep_objective, (r.label, r.objective, r.sft_data)
+
+
+# Named objectives of the default grid: name -> (human label, term spec, SFT data kind). The
+# paper's trained regimes come from the regime table (core.regimes); the rest are ablations.
 # Any other spec is parsed by ObjectiveConfig.parse (e.g. "surrogate+0.5*nsr").
-NAMED_OBJECTIVES: dict[str, tuple[str, str, str | None]] = {
-    "surrogate": ("Surrogate only", "surrogate", None),
-    "surrogate+kl": ("GRPO", "surrogate+kl", None),
-    "kl": ("KL only", "kl", None),
-    "sft-no-reflection": ("SFT (no reflection)", "sft", "no-reflection"),
-    "sft-reflection": ("SFT (reflection)", "sft", "reflection"),
-    "dft": ("DFT (reflection data)", "dft", "reflection"),
-    "dft-no-reflection": ("DFT (no reflection)", "dft", "no-reflection"),
-    "nsr": ("NSR", "nsr", None),
-    "psr": ("PSR", "psr", None),
-}
+NAMED_OBJECTIVES: dict[str, tuple[str, str, str | None]] = dict([
+    ("surrogate", ("Surrogate only", "surrogate", None)),
+    _named("grpo"),  # "surrogate+kl"
+    ("kl", ("KL only", "kl", None)),
+    _named("sft-no-reflection"),
+    _named("sft-reflection"),
+    ("dft", ("DFT (reflection data)", "dft", "reflection")),
+    ("dft-no-reflection", ("DFT (no reflection)", "dft", "no-reflection")),
+    ("nsr", ("NSR", "nsr", None)),
+    ("psr", ("PSR", "psr", None)),
+])
 DEFAULT_OBJECTIVES = (
     "surrogate",
     "surrogate+kl",
@@ -217,8 +230,8 @@ class TrainingConfig:
     # see sim.attribution.length_decomposition; already below L = 10 at the sweep's base
     # policy), and its sampled magnitudes stay flat because the same future-penalty term
     # makes the decisions' *noise* grow with L.
-    kl_estimator: str = "k3"
-    kl_placement: str = "in-loss"
+    kl_estimator: str = PAPER_RL_KL.estimator  # "k3" (core.regimes)
+    kl_placement: str = PAPER_RL_KL.placement  # "in-loss"
     std_scaling: bool = True
     ref_update_every: int | None = None  # None: the reference stays the initial policy
     sft_ft_share: float = 0.5  # reflection data: share of F->T chains
@@ -307,7 +320,7 @@ class GridConfig:
 
     lengths: tuple[int, ...] = tuple(int(x) for x in parse_lengths("10..1000"))
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
-    betas: tuple[float, ...] = (0.001,)
+    betas: tuple[float, ...] = (PAPER_RL_KL.beta,)  # 0.001, the paper's (core.regimes)
     token_models: tuple[str, ...] = ("per-token",)
     optimisers: tuple[str, ...] = ("sgd",)
     seed: int = 0
@@ -616,8 +629,6 @@ def build_grid(file_data: dict | None = None, source: str | None = None,
 
 def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
     """Train one cell's population and return one row per agent (the results schema)."""
-    from analysis.twostage import two_stage_accuracy
-
     tr = grid.training
     spec = tr.spec(grid.ladder, cell.length)
     learner = LearnerConfig(

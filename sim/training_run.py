@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.provenance import git_commit, package_versions, write_json_atomic, write_parquet_atomic
 from sim.attribution import attribution_ratio
 from sim.lengths import MAX_LENGTH
 from sim.model import AgentSpec, TaskLadder
 from sim.objectives import ObjectiveConfig
 from sim.optim import OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.provenance import git_commit, package_versions, write_json_atomic, write_parquet_atomic
 from sim.sweep import MAX_AGENTS, LadderConfig, check_finite, check_seed
 
 DEFAULT_BETA = 0.01

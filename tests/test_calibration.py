@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.calibration import TrajectoryCounts, calibrate
-from analysis.twostage import (
+from core.calibration import TrajectoryCounts, calibrate
+from core.twostage import (
     accuracy_forced_stop,
     accuracy_infinite_horizon,
     two_stage_accuracy,

@@ -193,7 +193,7 @@ def test_fit_and_compare_names_are_one_path_component(tmp_path, monkeypatch, com
 
 
 def test_check_run_name():
-    from sim.provenance import check_run_name
+    from core.provenance import check_run_name
 
     assert check_run_name("run-1.a_b", "--name") == "run-1.a_b"
     for bad in ("../x", "a/b", "a\\b", "", ".", "..", "/abs", "a\nb", "x" * 300):

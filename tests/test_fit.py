@@ -18,7 +18,7 @@ from analysis.fit import (
     simulate_regime,
 )
 from analysis.observed import BASE, RL, load_paper_table1
-from analysis.twostage import accuracy_forced_stop
+from core.twostage import accuracy_forced_stop
 
 
 def test_base_offsets_reproduce_the_base_row():

@@ -171,7 +171,7 @@ def test_sweep_accuracy_keeps_optimisers_apart():
 
 
 def test_simulated_calibration_is_sim_simulate():
-    """The report's simulated calibration is sim.simulate's sampler + analysis.calibration."""
+    """The report's simulated calibration is sim.simulate's sampler + core.calibration."""
     from analysis.report import simulated_calibration
     from sim.simulate import simulate_and_calibrate
 

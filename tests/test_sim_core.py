@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.twostage import accuracy_forced_stop
+from core.twostage import accuracy_forced_stop
 from sim import kernels as kn
 from sim.attribution import appendix_c, attribution_by_length, attribution_ratio
 from sim.model import AgentSpec, TaskLadder, TransferConfig

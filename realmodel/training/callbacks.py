@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from sim.provenance import write_parquet_atomic
+from core.provenance import write_parquet_atomic
 
 CALIBRATION_LOG = "calibration.parquet"
 CALIBRATION_RESPONSES = "calibration_responses.jsonl"

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from core.errors import EXPECTED, fail, one_line
+from core.provenance import first_missing_folder
 from realmodel.training.config import (
     DATA_KINDS,
     LOSS_TYPES,
@@ -98,28 +100,16 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         show_default=True, help="Preset the other options override.")(func)
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from realmodel.evaluation import EvaluationError
-    from realmodel.generation import GenerationError
-    from realmodel.models import ModelResolutionError
-    from realmodel.training.runs import TrainingError
-
-    return (ValueError, OSError, ImportError, TrainingError, ModelResolutionError,
-            GenerationError, EvaluationError)
-
-
 def _execute(build: Callable[[], TrainRunConfig], run: Callable[..., dict[str, Any]],
              resume: bool, print_config: bool) -> None:
-    # here: realmodel.commands imports this module
-    from realmodel.commands import _fail, first_missing_folder
     from realmodel.training.runs import remove_unstarted, run_dir
 
     try:
         cfg = build()
     except RunConfigError as exc:
-        raise click.ClickException(exc.render(OPTIONS).splitlines()[0]) from None
+        raise click.ClickException(one_line(exc.render(OPTIONS))) from None
     except ValueError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if print_config:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         if cfg.preset == "paper":
@@ -131,8 +121,10 @@ def _execute(build: Callable[[], TrainRunConfig], run: Callable[..., dict[str, A
         manifest = run(cfg, resume=resume, log=lambda m: click.echo(m, err=True))
     except BaseException as exc:
         remove_unstarted(out, created)  # a run that never started leaves no folder
-        if isinstance(exc, _expected_errors()):
-            raise _fail(exc) from None
+        # a missing model, bf16 without a GPU, --resume without a checkpoint, a missing
+        # extra: one line (core.errors; the realmodel errors are ExpectedErrors)
+        if isinstance(exc, EXPECTED + (ImportError,)):
+            raise fail(exc) from None
         raise
     click.echo(f"{cfg.METHOD} run {cfg.name()}: {manifest['global_step']} steps, "
                f"{manifest['s_per_step']} s/step ({manifest['device_name']}), wall "

@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from core.provenance import check_run_name
 from realmodel.tasks import DEFAULT_ID, parse_ladder
-from sim.provenance import check_run_name
 
 SMALL_LADDER = "1x1,1x2,2x2,2x3"  # the GPU-validation ladder: ID 1x1,1x2; OOD 2x2,2x3
 PAPER_MODEL = "Qwen/Qwen2.5-7B-Instruct"

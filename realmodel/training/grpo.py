@@ -51,17 +51,6 @@ def correctness_reward(
     return rewards
 
 
-def use_vllm(cfg: GRPORunConfig, device: str) -> bool:
-    from realmodel.generation import vllm_available
-
-    if cfg.use_vllm == "off":
-        return False
-    available = device.startswith("cuda") and vllm_available()
-    if cfg.use_vllm == "on" and not available:
-        raise runs.TrainingError("--vllm on needs the vllm package and a CUDA GPU")
-    return available
-
-
 def prompt_examples(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Conversational prompts (rendered by TRL with the model's chat template) + answer columns."""
     return [{"prompt": [{"role": "user", "content": r["prompt"]}], "a": int(r["a"]),
@@ -83,7 +72,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False, log: Callable[[str], None
     train, queries = runs.splits(cfg)
     dataset = Dataset.from_list(prompt_examples(train))
     model, tokenizer, device = runs.load_policy(cfg)
-    vllm = use_vllm(cfg, device)
+    vllm = runs.use_vllm(cfg, device)
     args = GRPOConfig(
         **runs.trainer_arguments(cfg, out, device),
         num_generations=cfg.num_generations,

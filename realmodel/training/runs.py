@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.errors import ExpectedError
+from core.provenance import git_commit, package_versions
 from realmodel.training.callbacks import (
     held_out_slice,
     make_calibration_callback,
@@ -33,7 +35,6 @@ from realmodel.training.callbacks import (
     truncate_logs,
 )
 from realmodel.training.config import GRPORunConfig, TrainRunConfig
-from sim.provenance import git_commit, package_versions
 
 CHECKPOINTS = "checkpoints"
 SPLIT_SPEC = "split_spec.json"  # beside the final model (realmodel.evaluation reads it)
@@ -41,7 +42,7 @@ FINAL = "final"
 MANIFEST = "manifest.json"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ExpectedError, RuntimeError):
     """A run that cannot start or continue (message is one line, for the CLI)."""
 
 
@@ -57,10 +58,21 @@ def check_can_start(cfg: TrainRunConfig) -> str:
     resolve_model(cfg.model)  # cached and cheap; a missing model is a one-line error
     device = _device(cfg)
     if isinstance(cfg, GRPORunConfig):
-        from realmodel.training.grpo import use_vllm
-
         use_vllm(cfg, device)
     return device
+
+
+def use_vllm(cfg: GRPORunConfig, device: str) -> bool:
+    """Whether GRPO generates with colocated vLLM on `device` (`cfg.use_vllm`: auto / on /
+    off); "on" where vLLM or CUDA is missing is a TrainingError."""
+    from realmodel.generation import vllm_available
+
+    if cfg.use_vllm == "off":
+        return False
+    available = device.startswith("cuda") and vllm_available()
+    if cfg.use_vllm == "on" and not available:
+        raise TrainingError("--vllm on needs the vllm package and a CUDA GPU")
+    return available
 
 
 def remove_unstarted(out: Path, created: Path | None) -> None:

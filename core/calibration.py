@@ -11,9 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from scipy.stats import norm
 
-from analysis.twostage import two_stage_accuracy
+from core.twostage import two_stage_accuracy
 
 STOP = "STOP"
 RESAMPLE = "RESAMPLE"
@@ -161,6 +160,10 @@ def calibrate(
         reps = boot[key][np.isfinite(boot[key])]
         lo, hi = (np.quantile(reps, [alpha, 1 - alpha]) if reps.size else (np.nan, np.nan))
         out[key] = Estimate(float(value), float(lo), float(hi))
+    # scipy.stats here, not at the top: it is slow to import, and `import cli` must not
+    # need it (it also fails where torch is stubbed out as missing, scipy 1.17)
+    from scipy.stats import norm
+
     z = float(norm.ppf(0.5 + confidence / 2))
     out["observed_accuracy"] = normal_ci(float(mat[:, 1].sum()), n, z)
     return out

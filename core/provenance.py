@@ -1,4 +1,6 @@
-"""Provenance written beside every output: git commit and package versions."""
+"""Provenance written beside every output (git commit, package versions) and the output
+helpers every writer shares: output-name checks, atomic JSON / Parquet writes, the folder a
+failed run removes (docs/ARCHITECTURE.md: every run writes its outputs and a manifest.json)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,15 @@ def check_run_name(name: str, option: str) -> str:
         raise ValueError(f"{option} must be a single folder name (one path component, no "
                          f"'/' or '..'); {name!r} {problem}")
     return name
+
+
+def first_missing_folder(path: str | Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (None if it exists): what
+    creating `path` creates, hence what a failed command removes."""
+    path, top = Path(path).absolute(), None
+    while not path.exists() and path != path.parent:
+        top, path = path, path.parent
+    return top
 
 
 def git_commit(path: Path | None = None) -> str | None:

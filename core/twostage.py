@@ -6,7 +6,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def _check_probability(name: str, value: ArrayLike) -> np.ndarray:
+def check_probability(name: str, value: ArrayLike) -> np.ndarray:
+    """`value` as a float array when every entry is a probability in [0, 1] (finite);
+    ValueError naming `name` else (DESIGN §4)."""
     arr = np.asarray(value, dtype=float)
     if np.any(~np.isfinite(arr)) or np.any((arr < 0.0) | (arr > 1.0)):
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
@@ -56,9 +58,9 @@ def two_stage_accuracy(
     p: ArrayLike, q1: ArrayLike, q2: ArrayLike, max_attempts: int | None = None
 ) -> np.ndarray:
     """Validated entry point: forced stop at K when given, else the infinite horizon."""
-    p = _check_probability("p", p)
-    q1 = _check_probability("q1", q1)
-    q2 = _check_probability("q2", q2)
+    p = check_probability("p", p)
+    q1 = check_probability("q1", q1)
+    q2 = check_probability("q2", q2)
     if max_attempts is None:
         return accuracy_infinite_horizon(p, q1, q2)
     return accuracy_forced_stop(p, q1, q2, max_attempts)
