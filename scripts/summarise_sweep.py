@@ -9,12 +9,16 @@ the objective has one), T1's learned p and q2, and in/out-of-distribution accura
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = {"ratio": "ratio", "exp_ratio": "exp_ratio", "ratio[kl]": "kl_ratio",
-           "exp_ratio[kl]": "kl_exp_ratio", "q2[T1]": "q2_T1", "p[T1]": "p_T1",
-           "id_accuracy": "id_acc", "ood_accuracy": "ood_acc"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sim.columns import column  # noqa: E402
+
+COLUMNS = {"ratio": "ratio", "exp_ratio": "exp_ratio", column("ratio", "kl"): "kl_ratio",
+           column("exp_ratio", "kl"): "kl_exp_ratio", column("q2", "T1"): "q2_T1",
+           column("p", "T1"): "p_T1", "id_accuracy": "id_acc", "ood_accuracy": "ood_acc"}
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sim.attribution import attribution_ratio
+from sim.columns import column
 from sim.model import AgentSpec
 from sim.objectives import ObjectiveConfig, combine, exact_logit_gradients
 from sim.optim import OptimiserConfig, ascent_step
@@ -72,13 +73,13 @@ def _record(spec: AgentSpec, obj: ObjectiveConfig, step: int, phi: np.ndarray,
     probs = 1 / (1 + np.exp(-spec.task_logits(phi)))
     for t, task in enumerate(spec.ladder.names):
         for x, comp in enumerate(("p", "q1", "q2")):
-            row[f"{comp}[{task}]"] = float(probs[t, x])
+            row[column(comp, task)] = float(probs[t, x])
     if on_logits is None:  # before the first update: no gradient yet
         on_logits = {k: np.full(3, np.nan) for k in obj.kinds}
     terms = dict(on_logits)
     terms["total"] = combine(on_logits, obj)
     for k, g in terms.items():
         for x, comp in enumerate(("s", "1", "2")):
-            row[f"g_{comp}[{k}]"] = float(g[x])
-        row[f"ratio[{k}]"] = attribution_ratio(g)
+            row[column(f"g_{comp}", k)] = float(g[x])
+        row[column("ratio", k)] = attribution_ratio(g)
     return row

@@ -1,8 +1,9 @@
 """Click commands `train` and `sweep` (DESIGN.md §2-§4): parse, validate, call, report.
 
-All the work is in sim.training_run and sim.sweep; bad input becomes a one-line
-`Error:` (core.errors) before any work starts: counts must fit MAX_COUNT, seeds 64 bits, rates
-be finite, answer lengths lie in sim.lengths' bounds. Running out of memory, results that are
+All the work is in sim.training_run and sim.sweep (grids from sim.grid and sim.grid_files,
+executors in sim.executors); bad input becomes a one-line `Error:` (core.errors) before any
+work starts: counts must fit MAX_COUNT, seeds 64 bits, rates be finite, answer lengths lie in
+sim.lengths' bounds. Running out of memory, results that are
 not finite, SIGINT and SIGTERM end a run with one line too (a sweep keeps its finished cells).
 """
 
@@ -19,6 +20,7 @@ import click
 
 from core.errors import clear_errors, fail
 from core.provenance import check_output_name
+from sim.columns import keyed_columns
 from sim.lengths import MAX_LENGTH, parse_lengths
 
 _OOM = "not enough memory for this run: lower --agents, --queries or the grid's size"
@@ -39,7 +41,7 @@ def _csv(value: str | None, cast=str) -> tuple | None:
 def _check_counts(**options: tuple[int | None, int]) -> None:
     """option name -> (value or None, smallest allowed): integers up to MAX_COUNT (agents:
     MAX_AGENTS)."""
-    from sim.sweep import MAX_AGENTS, MAX_COUNT
+    from sim.grid import MAX_AGENTS, MAX_COUNT
 
     for option, (value, lowest) in options.items():
         highest = MAX_AGENTS if option == "--agents" else MAX_COUNT
@@ -89,7 +91,7 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
           max_attempts, optimiser, lr, steps, ref_every, agents, queries, seed, ladder,
           out) -> None:
     """Train one configuration; default: the paper's Figure 1 (3-logit GRPO, reference resets)."""
-    from sim.sweep import check_seed
+    from sim.grid import check_seed
     from sim.training_run import TrainConfig, train_and_write
 
     if ref_every < 0:
@@ -125,15 +127,15 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
     click.echo(f"  {'term':<12}{'theta_s':>10}{'theta_1':>10}{'theta_2':>10}")
     for term, g in meas["mean_abs_gradient"].items():
         click.echo(f"  {term:<12}{_fmt(g['s']):>10}{_fmt(g['1']):>10}{_fmt(g['2']):>10}")
-    for key, r in meas.items():
-        if key.startswith("ratio["):
-            click.echo(
-                f"{key}: per agent-step min {_fmt(r['agent_steps_min'])}, median "
-                f"{_fmt(r['agent_steps_median'])}, max {_fmt(r['agent_steps_max'])}, share > 2 "
-                f"{_fmt(r['agent_steps_share_above_2'])}; population-mean min "
-                f"{_fmt(r['population_mean_min'])} max {_fmt(r['population_mean_max'])}; "
-                f"undefined (0/0) {r['undefined_steps']}"
-            )
+    for key in keyed_columns(meas, "ratio").values():  # ratio[surrogate], ..., ratio[total]
+        r = meas[key]
+        click.echo(
+            f"{key}: per agent-step min {_fmt(r['agent_steps_min'])}, median "
+            f"{_fmt(r['agent_steps_median'])}, max {_fmt(r['agent_steps_max'])}, share > 2 "
+            f"{_fmt(r['agent_steps_share_above_2'])}; population-mean min "
+            f"{_fmt(r['population_mean_min'])} max {_fmt(r['population_mean_max'])}; "
+            f"undefined (0/0) {r['undefined_steps']}"
+        )
 
 
 @click.command("sweep")
@@ -166,14 +168,10 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
           steps, n_agents, n_queries, lr, max_attempts, executor, address, workers, out,
           overwrite, no_progress) -> None:
     """Run (or resume) a grid of population trainings and write results.parquet."""
-    from sim.sweep import (
-        build_grid,
-        check_ray_address,
-        check_seed,
-        default_name,
-        load_grid_file,
-        run_sweep,
-    )
+    from sim.executors import check_ray_address
+    from sim.grid import check_seed
+    from sim.grid_files import build_grid, load_grid_file
+    from sim.sweep import default_name, run_sweep
 
     try:
         if lengths is not None:
@@ -218,12 +216,13 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
                f"executor {executor}")
     try:
         result = run_sweep(grid, name, out, executor=executor, workers=workers,
-                           address=address, overwrite=overwrite, progress=not no_progress)
+                           address=address, overwrite=overwrite, progress=not no_progress,
+                           inputs={"grid": grid_file} if grid_file else None)
     except (ValueError, RuntimeError) as exc:
         raise fail(exc) from None
     except MemoryError:
         raise click.ClickException(_OOM) from None
-    except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, or SIGTERM (sim.sweep.SweepInterrupted)
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGINT, or SIGTERM (sim.executors.SweepInterrupted)
         signum = getattr(exc, "signum", 2)
         click.echo(f"\ninterrupted; finished cells are kept in {out}/{name}/cells -- rerun the "
                    "same command to resume", err=True)

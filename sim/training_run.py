@@ -8,30 +8,37 @@ Monte-Carlo estimates from sampled groups (G = 8, 16 queries per step and agent)
 
 Outputs under outputs/train/<name>/: history.parquet (one row per recorded step and agent:
 step, agent, parameters, p/q1/q2 per task, g_s/g_1/g_2/ratio per term and total, ref_reset)
-and manifest.json (configuration, versions, git commit, wall time, headline measurements).
-A run whose history is not finite (outside the ratio columns, DESIGN §3, and the gradients of
-step 0, which has none) raises instead of writing anything.
+and manifest.json, the run record (core.records, kind "train"): config = the TrainConfig,
+results = the objective weights used, parameter, task and term names, headline measurements
+and the Mesa model variables. A run whose history is not finite (outside the ratio columns,
+DESIGN §3, and the gradients of step 0, which has none) raises before writing its history; a
+run that ends by an exception records "failed" (or "interrupted" for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from core.provenance import git_commit, package_versions, write_json_atomic, write_parquet_atomic
+from core.provenance import write_parquet_atomic
+from core.records import finish_record, record_outcome, start_record
 from sim.attribution import attribution_ratio
+from sim.cell import check_finite, column_stat
+from sim.columns import column
+from sim.grid import MAX_AGENTS, LadderConfig, check_seed
 from sim.lengths import MAX_LENGTH
 from sim.model import AgentSpec, TaskLadder
 from sim.objectives import ObjectiveConfig
 from sim.optim import OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
-from sim.sweep import MAX_AGENTS, LadderConfig, check_finite, check_seed
 
 DEFAULT_BETA = 0.01
 
@@ -81,6 +88,7 @@ class TrainConfig:
         PopulationConfig(self.n_queries, self.ref_update_every, self.seed, self.record_every)
 
     def learner(self) -> LearnerConfig:
+        """The learner every agent of the run is (DESIGN §1-§2)."""
         if self.ladder == "single":
             ladder, transfer = TaskLadder.single(), None
         else:
@@ -107,34 +115,37 @@ class TrainConfig:
         return LearnerConfig(spec, obj, OptimiserConfig(self.optimiser, self.lr), self.theta0)
 
 
-def measurements(history: pd.DataFrame, kinds: tuple[str, ...]) -> dict:
+def measurements(history: pd.DataFrame, kinds: tuple[str, ...]) -> dict[str, Any]:
     """Headline numbers of a run: mean |gradient| per term and component over steps > 0, and
     the KL attribution ratio's range over steps whose KL gradient is defined (right after a
     reference reset pi = pi_ref and the KL gradient is exactly 0: ratio 0/0, excluded)."""
     h = history[history["step"] > 0]
-    out: dict = {"mean_abs_gradient": {}}
+    out: dict[str, Any] = {"mean_abs_gradient": {}}
     for k in (*kinds, "total"):
+        g = [column(f"g_{c}", k) for c in ("s", "1", "2")]
+        ratio = column("ratio", k)
         out["mean_abs_gradient"][k] = {
-            c: float(np.abs(h[f"g_{c}[{k}]"]).mean()) for c in ("s", "1", "2")
+            c: float(np.abs(h[name]).mean()) for c, name in zip(("s", "1", "2"), g, strict=True)
         }
-        r = h[f"ratio[{k}]"].replace([np.inf, -np.inf], np.nan).dropna()
+        r = h[ratio].replace([np.inf, -np.inf], np.nan).dropna()
         # population-mean gradient per step: the curve Figure 1 shows
-        per_step = h.groupby("step")[[f"g_s[{k}]", f"g_1[{k}]", f"g_2[{k}]"]].mean().to_numpy()
+        per_step = h.groupby("step")[g].mean().to_numpy()
         pr = attribution_ratio(per_step)
         pr = pr[np.isfinite(pr)]
-        out[f"ratio[{k}]"] = {
+        out[ratio] = {
             "agent_steps_min": float(r.min()) if len(r) else None,
             "agent_steps_median": float(r.median()) if len(r) else None,
             "agent_steps_max": float(r.max()) if len(r) else None,
             "agent_steps_share_above_2": float((r > 2).mean()) if len(r) else None,
             "population_mean_min": float(pr.min()) if len(pr) else None,
             "population_mean_max": float(pr.max()) if len(pr) else None,
-            "undefined_steps": int(h[f"ratio[{k}]"].isna().sum()),
+            "undefined_steps": int(h[ratio].isna().sum()),
         }
     return out
 
 
 def run_training(cfg: TrainConfig, progress: bool = False) -> tuple[PopulationModel, pd.DataFrame]:
+    """Train the population of `cfg`; returns the model and its per-step history."""
     model = PopulationModel(
         homogeneous(cfg.learner(), cfg.n_agents),
         PopulationConfig(cfg.n_queries, cfg.ref_update_every, cfg.seed, cfg.record_every),
@@ -145,35 +156,39 @@ def run_training(cfg: TrainConfig, progress: bool = False) -> tuple[PopulationMo
 
 def train_and_write(
     cfg: TrainConfig, name: str, out_root: str | Path = "outputs/train", progress: bool = True
-) -> tuple[Path, dict]:
-    """Run `cfg` and write history.parquet and manifest.json; returns (folder, measurements)."""
-    start = time.perf_counter()
-    model, history = run_training(cfg, progress=progress)
-    wall = time.perf_counter() - start
-    # step 0 records the initial policy: its gradient columns are NaN by construction
-    check_finite(history[history["step"] > 0], "training")
-    check_finite(history[[c for c in history.columns if not c.startswith("g_")
-                          and c != "mean_reward"]], "training")
+) -> tuple[Path, dict[str, Any]]:
+    """Run `cfg` and write history.parquet and the run record; returns (folder, measurements)."""
     out_dir = Path(out_root) / name
-    write_parquet_atomic(history, out_dir / "history.parquet")
-    meas = measurements(history, model.kinds)
-    write_json_atomic(
-        {
-            "name": name,
-            "config": asdict(cfg),
-            # the weights actually used (beta may come from the objective string)
-            "objective_weights": dict(cfg.learner().objective.weights),
-            "parameter_names": model.param_names,
-            "tasks": list(model.task_names),
-            "terms": list(model.kinds),
-            "measurements": meas,
-            "model_vars": model.datacollector.get_model_vars_dataframe().to_dict("list")
-            if model.datacollector is not None
-            else None,
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "wall_time_s": round(wall, 3),
-        },
-        out_dir / "manifest.json",
+    start_record(out_dir, "train", asdict(cfg), name=name)
+    start = time.perf_counter()
+    try:
+        model, history = run_training(cfg, progress=progress)
+        wall = time.perf_counter() - start
+        # step 0 records the initial policy: its gradient columns are NaN by construction
+        check_finite(history[history["step"] > 0], "training")
+        check_finite(history[[c for c in history.columns
+                              if column_stat(c) not in ("g_s", "g_1", "g_2", "mean_reward")]],
+                     "training")
+        write_parquet_atomic(history, out_dir / "history.parquet")
+        meas = measurements(history, model.kinds)
+        model_vars = (model.datacollector.get_model_vars_dataframe().to_dict("list")
+                      if model.datacollector is not None else None)
+    except BaseException as exc:  # the record never stays at "running"
+        try:
+            record_outcome(out_dir, exc)
+        except (OSError, ValueError) as record_exc:  # the run's own error matters more
+            print(f"warning: could not record the outcome ({record_exc})", file=sys.stderr)
+        raise
+    finish_record(
+        out_dir,
+        "done",
+        wall_time_s=wall,
+        # the weights actually used (beta may come from the objective string)
+        objective_weights=dict(cfg.learner().objective.weights),
+        parameter_names=model.param_names,
+        tasks=list(model.task_names),
+        terms=list(model.kinds),
+        measurements=meas,
+        model_vars=model_vars,
     )
     return out_dir, meas

@@ -59,16 +59,16 @@ def test_unknown_regime_is_a_clear_error():
 
 def test_the_packages_read_the_table():
     from analysis import charts, fit, observed
-    from sim import sweep
+    from sim import grid as sim_grid
 
     assert observed.REGIMES == tuple(r.paper_row for r in REGIME_TABLE)
     assert fit.TRAINED_REGIMES == tuple(r.paper_row for r in TRAINED)
     assert charts.REGIME_COLOURS == {r.paper_row: r.colour for r in REGIME_TABLE}
     for r in TRAINED:
-        assert sweep.NAMED_OBJECTIVES[r.sweep_objective] == (r.label, r.objective, r.sft_data)
-        assert sweep.regime_label(r.sweep_objective) == r.label
+        assert sim_grid.NAMED_OBJECTIVES[r.sweep_objective] == (r.label, r.objective, r.sft_data)
+        assert sim_grid.regime_label(r.sweep_objective) == r.label
         assert observed.canonical_regime(r.sweep_objective) == r.paper_row
-    tr, grid = sweep.TrainingConfig(), sweep.GridConfig()
+    tr, grid = sim_grid.TrainingConfig(), sim_grid.GridConfig()
     assert (tr.kl_estimator, tr.kl_placement, grid.betas) == ("k3", "in-loss", (0.001,))
     assert (PAPER_RL_KL.estimator, PAPER_RL_KL.placement) == (tr.kl_estimator, tr.kl_placement)
 

@@ -3,7 +3,6 @@ resume after interruption, CLI errors."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from sim.sweep import GridConfig, TrainingConfig, build_grid, run_cell, run_sweep
+from core.records import read_record
+from sim.cell import run_cell
+from sim.grid import GridConfig, TrainingConfig
+from sim.grid_files import build_grid, load_grid_file
+from sim.sweep import run_sweep
 from tests.conftest import assert_clean_cli_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,8 +133,6 @@ def test_grid_files_toml_yaml(tmp_path) -> None:
         "betas = [0.0, 0.01]\n[training]\nsteps = 5\n[ladder]\n"
         "length_scales = [2.0, 2.0, 2.0]\n"
     )
-    from sim.sweep import load_grid_file
-
     name, grid = build_grid(load_grid_file(toml), steps=7)
     assert name == "t" and grid.lengths == (10, 55, 100) and grid.training.steps == 7
     assert len(grid.cells()) == 3 * 2 * 2 and grid.ladder.length_scales == (2.0, 2.0, 2.0)
@@ -163,8 +164,10 @@ def test_resume_only_missing_cells(tmp_path) -> None:
         if p.name != victim.name:
             assert p.stat().st_mtime_ns == mtimes[p.name]
     pd.testing.assert_frame_equal(first.results, second.results)
-    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    assert man["status"] == "complete" and man["ladder"]["names"][0] == "T1"
+    man = read_record(tmp_path / "r")
+    assert man["kind"] == "sweep" and man["status"] == "done"
+    assert man["results"]["ladder"]["names"][0] == "T1"
+    assert man["results"]["cells_computed"] == 1 and man["results"]["cells_resumed"] == 5
     assert man["git_commit"] is None or len(man["git_commit"].removesuffix("-dirty")) == 40
     with pytest.raises(ValueError, match="different grid"):
         run_sweep(_grid(lengths=(10,), training=SMALL), "r", tmp_path, workers=1)
@@ -247,5 +250,4 @@ def test_resume_warns_about_cells_from_another_commit(tmp_path, monkeypatch, cap
     monkeypatch.setattr(sweep_mod, "git_commit", lambda: "b" * 40)
     res = run_sweep(g, "c", out_root=tmp_path, workers=1, progress=False)
     assert len(res.skipped) == 2 and "2 of 2 resumed cells" in capsys.readouterr().err
-    man = json.loads((tmp_path / "c" / "manifest.json").read_text())
-    assert man["cells_from_other_commits"] == 2
+    assert read_record(tmp_path / "c")["results"]["cells_from_other_commits"] == 2

@@ -6,7 +6,6 @@ temporary files."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,8 +22,11 @@ from click.testing import CliRunner
 import cli
 import sim.lengths as lengths_mod
 import sim.sweep as sweep_mod
+from core.records import read_record
+from sim.grid import GridConfig, TrainingConfig
+from sim.grid_files import build_grid, load_grid_file
 from sim.lengths import parse_lengths
-from sim.sweep import GridConfig, TrainingConfig, build_grid, load_grid_file, run_sweep
+from sim.sweep import run_sweep
 from sim.training_run import TrainConfig
 from tests.conftest import assert_clean_cli_error
 
@@ -58,6 +60,16 @@ def _train(tmp_path: Path, *argv: str):
 def _nothing_written(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+
+
+def _only_a_failed_record(run: Path, kind: str, *fragments: str) -> None:
+    """A run that started and then failed leaves its run record, status "failed", and no
+    outputs (core.records)."""
+    assert [p.name for p in run.iterdir()] == ["manifest.json"], list(run.iterdir())
+    record = read_record(run)
+    assert record["kind"] == kind and record["status"] == "failed", record["status"]
+    for frag in fragments:
+        assert frag in record["error"], (frag, record["error"])
 
 
 # ------------------------------------------------------------------ seeds beyond 64 bits
@@ -287,7 +299,7 @@ def test_train_non_finite_history_fails_loudly(tmp_path, monkeypatch) -> None:
     assert_clean_cli_error(res)  # after the progress bar: the work had started
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("Error: ") and "non-finite" in last and "w_s" in last, res.output
-    _nothing_written(tmp_path)  # not even the empty run folder
+    _only_a_failed_record(tmp_path / "out" / "nf", "train", "non-finite", "w_s")
 
 
 # ------------------------------------------------------------------ cell checksums
@@ -402,9 +414,10 @@ def test_killed_sweep_leaves_no_workers(tmp_path, sig) -> None:
         if sig != signal.SIGKILL:
             assert proc.returncode == 128 + sig, proc.returncode
             assert b"rerun the same command to resume" in proc.stderr.read()
-            # the manifest says so: never left at "running"
-            man = json.loads((tmp_path / "o" / "manifest.json").read_text())
-            assert man["status"] == "interrupted", man["status"]
+            # the run record says so: never left at "running"
+            man = read_record(tmp_path / "o")
+            assert man["kind"] == "sweep" and man["status"] == "interrupted", man["status"]
+            assert man["error"].startswith(("KeyboardInterrupt", "SweepInterrupted"))
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -459,8 +472,7 @@ def test_two_concurrent_runs_of_one_sweep(tmp_path) -> None:
     df = pd.read_parquet(tmp_path / "two" / "results.parquet")
     assert len(df) == 80 * 2 and df["cell_id"].nunique() == 80
     assert not list((tmp_path / "two").rglob("*.tmp"))
-    man = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    assert man["status"] == "complete"
+    assert read_record(tmp_path / "two")["status"] == "done"
 
 
 # ------------------------------------------------------------------ other bad invocations
@@ -505,12 +517,14 @@ def test_out_of_memory_is_an_error_line(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(tr, "run_training", oom)
     res = _train(tmp_path)
     _one_line_error(res, "memory")
-    _nothing_written(tmp_path)
+    _only_a_failed_record(tmp_path / "out" / "fig1", "train", "MemoryError")
     monkeypatch.setattr(sweep_mod, "run_cell", oom)
-    res = _sweep(tmp_path, "--lengths", "10")
+    res = _sweep(tmp_path, "--lengths", "10", "--name", "oom")
     assert_clean_cli_error(res)  # after the header line: the work had started
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("Error: ") and "memory" in last, res.output
+    record = read_record(tmp_path / "out" / "oom")
+    assert record["status"] == "failed" and record["error"].startswith("MemoryError")
 
 
 @pytest.mark.parametrize("address, frag", [

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sim.sweep import GridConfig, TrainingConfig, run_sweep
+from sim.executors import REPO_ROOT
+from sim.grid import GridConfig, TrainingConfig
+from sim.sweep import run_sweep
 
 ray = pytest.importorskip("ray")
 
@@ -25,7 +27,7 @@ def test_ray_executor_matches_local(tmp_path, monkeypatch) -> None:
         _node_ip_address="127.0.0.1",
         runtime_env={
             "env_vars": {
-                "PYTHONPATH": str(__import__("sim.sweep").sweep.REPO_ROOT),
+                "PYTHONPATH": str(REPO_ROOT),
                 "NUMBA_NUM_THREADS": "1",
             }
         },

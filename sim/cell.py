@@ -1,0 +1,134 @@
+"""One sweep cell: train a population, measure it, return one row per agent (DESIGN.md §2-§4).
+
+`run_cell` builds a `PopulationModel` (sim.population) of identical learners from the grid's
+training settings and the cell's objective, beta, token model, optimiser and answer length
+(L_C = L, L_W = ratio * L, DESIGN §2), trains it on the in-distribution tasks and returns the
+results schema: the cell's coordinates, the per-agent summary (p, q1, q2 per task, sampled
+gradients per term), two-stage accuracies on the whole ladder (core.twostage, DESIGN §4) and
+the exact expected gradients at the trained policies (exp_* columns, DESIGN §3).
+
+`check_finite` is the gate every writer of results passes (sweep cells, training histories):
+NaN or infinities are refused, except in the ratio columns, which are inf or 0/0 by
+definition where gradients vanish (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.twostage import two_stage_accuracy
+from sim.attribution import attribution_ratio
+from sim.columns import column, split_column
+from sim.dynamics import expected_gradients
+from sim.grid import Cell, GridConfig, regime_label
+from sim.model import AgentSpec
+from sim.objectives import ObjectiveConfig, combine
+from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
+
+# statistics whose columns may be inf or NaN (0/0): the attribution ratios (DESIGN §3)
+RATIO_STATS = ("ratio", "exp_ratio")
+
+
+def column_stat(name: str) -> str:
+    """The statistic of a column: `g_s` for "g_s[kl]" (sim.columns), else the name itself."""
+    parts = split_column(name)
+    return name if parts is None else parts[0]
+
+
+def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
+    """Train one cell's population and return one row per agent (the results schema)."""
+    tr = grid.training
+    spec = tr.spec(grid.ladder, cell.length)
+    learner = LearnerConfig(
+        spec=spec,
+        objective=tr.objective(cell.objective, cell.beta, cell.token_model),
+        optimiser=tr.optimiser(cell.optimiser),
+    )
+    model = PopulationModel(
+        homogeneous(learner, tr.n_agents),
+        PopulationConfig(
+            n_queries=tr.n_queries,
+            ref_update_every=tr.ref_update_every,
+            seed=grid.seed,
+            record_every=None,
+        ),
+        collect_model_vars=False,
+    )
+    model.run(tr.steps)
+    summary = model.summary()
+    expected = expected_gradient_columns(spec, learner.objective, model.phi, model.ref_phi)
+    n = tr.n_agents
+    head = pd.DataFrame(
+        {
+            "cell_id": [cell.cell_id] * n,
+            "objective": [cell.objective] * n,
+            "regime": [regime_label(cell.objective)] * n,
+            "beta": np.full(n, cell.beta),
+            "token_model": [cell.token_model] * n,
+            "optimiser": [cell.optimiser] * n,
+            "length": np.full(n, cell.length, dtype=np.int64),
+            "len_correct": np.full(n, spec.len_correct),
+            "len_wrong": np.full(n, spec.len_wrong),
+            "agent": summary.pop("agent").to_numpy(),
+            # int64 as always; seeds past int64 (up to 2**64 - 1) need uint64
+            "seed": np.full(n, grid.seed, dtype=np.int64 if grid.seed < 2**63 else np.uint64),
+            "steps": np.full(n, tr.steps, dtype=np.int64),
+            "lr": np.full(n, learner.optimiser.lr),
+        }
+    )
+    ladder = spec.ladder
+    acc = {
+        column("acc", task): two_stage_accuracy(
+            summary[column("p", task)], summary[column("q1", task)],
+            summary[column("q2", task)], spec.max_attempts,
+        )
+        for task in ladder.names
+    }
+    acc_df = pd.DataFrame(acc)
+    ids = [column("acc", t) for t, i in zip(ladder.names, ladder.in_distribution, strict=True)
+           if i]
+    oods = [column("acc", t) for t, i in zip(ladder.names, ladder.in_distribution, strict=True)
+            if not i]
+    acc_df["id_accuracy"] = acc_df[ids].mean(axis=1)
+    acc_df["ood_accuracy"] = acc_df[oods].mean(axis=1) if oods else np.nan
+    return pd.concat([head, _order(summary, acc_df), expected], axis=1)
+
+
+def expected_gradient_columns(spec: AgentSpec, obj: ObjectiveConfig, phis: np.ndarray,
+                              ref_phis: np.ndarray) -> pd.DataFrame:
+    """Exact expected ID-mean logit gradients at each agent's final parameters (DESIGN §3):
+    exp_g_x[term], exp_ratio[term] per term and the total (exp_ratio). Unlike the sampled
+    magnitudes (ratio[term]), these carry no Monte-Carlo noise."""
+    rows = []
+    for phi, ref in zip(phis, ref_phis, strict=True):
+        on_logits, _ = expected_gradients(spec, obj, phi, ref)
+        on_logits["total"] = combine(on_logits, obj)
+        row = {}
+        for term, g in on_logits.items():
+            for x, comp in enumerate(("s", "1", "2")):
+                row[column(f"exp_g_{comp}", term)] = float(g[x])
+            row[column("exp_ratio", term)] = attribution_ratio(g)
+        row["exp_ratio"] = row[column("exp_ratio", "total")]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _order(summary: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
+    """The summary's p, q1, q2 columns, then the accuracies, then the rest (gradients)."""
+    probs = [c for c in summary.columns if column_stat(c) in ("p", "q1", "q2")]
+    rest = [c for c in summary.columns if c not in probs]
+    return pd.concat([summary[probs], acc, summary[rest]], axis=1)
+
+
+def check_finite(df: pd.DataFrame, what: str) -> None:
+    """Refuse results with NaN or infinities outside the ratio columns (ratio*, exp_ratio*:
+    inf or 0/0 by definition where gradients vanish, DESIGN §3)."""
+    bad = [c for c in df.columns
+           if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+           and column_stat(c) not in RATIO_STATS
+           and not np.isfinite(df[c].to_numpy(dtype=float)).all()]
+    if bad:
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        raise ValueError(f"{what} gave non-finite values in {shown} (training diverged: "
+                         "lower the learning rate or the lengths); it was not written")
