@@ -110,8 +110,8 @@ def record_outcome(out_dir: str | Path, exc: BaseException,
         return None
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return finish_record(out_dir, status, error=f"{type(exc).__name__}: {text}"[:500],
-                         **results)
+    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return finish_record(out_dir, status, error=error[:500], **results)
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import click
 
 from core.errors import clear_errors, fail
-from core.provenance import check_run_name, first_missing_folder
+from core.provenance import check_run_name
 from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER
 from realmodel.training.commands import TRAINING_COMMANDS
 
@@ -174,32 +173,24 @@ def parse_cmd(a: int, b: int, markers: str | None, truncated: bool,
               type=click.Path(file_okay=False), callback=_output_folder)
 def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft_share: float,
              n_reflections: int, out_dir: str) -> None:
-    """Write the train/test splits and both SFT sets (JSONL + Parquet)."""
-    from realmodel.synthesis import build_sft_dataset
-    from realmodel.tasks import make_splits, write_records, write_splits
+    """Write the train/test splits and both SFT sets (JSONL + Parquet) and manifest.json."""
+    from realmodel.data_run import DataRunError, build_data, check_out, write_data
 
+    config = dict(tasks=tasks, id_tasks=id_tasks, n_train=n_train, n_test=n_test, seed=seed,
+                  ft_share=ft_share, n_reflections=n_reflections)
     try:  # everything is built before anything is written
-        splits = make_splits(tasks, id_tasks, n_train=n_train, n_test=n_test, seed=seed)
-        sets = {kind: build_sft_dataset(splits["train"], kind, ft_share=ft_share,
-                                        n_reflections=n_reflections, seed=seed)
-                for kind in ("no-reflection", "reflection")}
-    except ValueError as exc:
+        data = build_data(**config)
+        check_out(out_dir)
+    except (ValueError, DataRunError) as exc:
         raise fail(exc) from None
-    out = Path(out_dir)
-    created = first_missing_folder(out)
     try:
-        paths = write_splits(splits, out)
-        for kind, sft in sets.items():
-            path = out / f"sft_{kind.replace('-', '_')}.jsonl"
-            write_records(sft, path)
-            paths.append(path)
+        paths = write_data(out_dir, data, config)
     except OSError as exc:
-        if created is not None:  # a failed command leaves no new folder
-            shutil.rmtree(created, ignore_errors=True)
         raise click.BadParameter(f"cannot write {out_dir}: {exc.strerror or exc}",
                                  param_hint="'--out'") from None
     for path in paths:
         click.echo(f"wrote {path} (+ .parquet)")
+    click.echo(f"wrote {Path(out_dir) / 'manifest.json'}")
 
 
 @realmodel.command("eval")
@@ -250,7 +241,8 @@ def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, ou
     """Generate, parse and calibrate (p, q1, q2) per task -> outputs/real/<name>/."""
     # expected failures (a missing model or extra, a backend that cannot run here) are
     # one-line errors (core.errors; the realmodel errors are ExpectedErrors)
-    from realmodel.evaluation import evaluate, format_table
+    from realmodel.calibration_table import format_table
+    from realmodel.evaluation import evaluate
     from realmodel.generation import GenerationConfig
     from realmodel.parsing import load_markers
 

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     tables: dict[str, pd.DataFrame] = {}
     run_dirs: dict[str, Path] = {}
-    manifests: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = {}  # run records (core.records) of the training runs
     info: dict[str, Any] = {
         "status": "running", "device": device, "device_name": device_name(device),
         "phases_s": timings, "settings": {**s, "model": args.model, "ladder": args.ladder,
@@ -327,14 +327,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def train(name: str, cfg: Any) -> str:
         runner = run_grpo if name == "grpo" else run_sft
-        manifest = timed(f"train {name}", runner, cfg, log=_log)
-        manifests[name] = manifest
-        run_dirs[name] = Path(manifest["final_model"]).parent
-        info["runs"] = {k: {f: m.get(f) for f in (
-            "global_step", "s_per_step", "wall_time_s", "calibration_time_s",
-            "stopped_by_time_budget_at", "train_metrics", "config")}
-            for k, m in manifests.items()}
-        return manifest["final_model"]
+        record = timed(f"train {name}", runner, cfg, log=_log)
+        records[name] = record
+        final = record["results"]["final_model"]
+        run_dirs[name] = Path(final).parent
+        info["runs"] = {k: {f: r["results"].get(f) for f in (
+            "global_step", "s_per_step", "train_time_s", "calibration_time_s",
+            "stopped_by_time_budget_at", "train_metrics")}
+            | {"wall_time_s": r["wall_time_s"], "config": r["config"]}
+            for k, r in records.items()}
+        return final
 
     def evaluate_and_write(model: str, name: str) -> None:
         tables[name] = timed(f"eval {name}", evaluate_model, model, name, args, s, out)
@@ -363,10 +365,11 @@ def main(argv: list[str] | None = None) -> int:
         print(d[["method", "from", "task", "d_q2_hat", "d_q2_hat_ci_low", "d_q2_hat_ci_high",
                  "d_observed_accuracy"]].to_string(index=False, float_format="%.3f"))
     print(f"device {info['device_name']}; wall {info['wall_time_s']} s; phases {timings}")
-    for name, m in manifests.items():
-        print(f"{name}: {m['global_step']} steps at {m['s_per_step']} s/step"
-              + (f" (time cap hit at step {m['stopped_by_time_budget_at']})"
-                 if m.get("stopped_by_time_budget_at") is not None else ""))
+    for name, record in records.items():
+        res = record["results"]
+        print(f"{name}: {res['global_step']} steps at {res['s_per_step']} s/step"
+              + (f" (time cap hit at step {res['stopped_by_time_budget_at']})"
+                 if res.get("stopped_by_time_budget_at") is not None else ""))
     print(f"GRPO moved q2 more than SFT: {json.dumps(verdict)}")
     print(f"wrote {out}/summary.csv, deltas.csv, curves.csv, run_info.json")
     return 0

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from realmodel import evaluation
-from realmodel.evaluation import MANIFEST, RESPONSES, evaluate, read_responses
+from core.records import MANIFEST, read_record
+from realmodel import responses
+from realmodel.evaluation import RESPONSES, evaluate, read_responses
 from realmodel.generation import GenerationConfig, GenerationResult
 
 LADDER = "1x1,1x2"
@@ -159,14 +160,14 @@ def test_responses_rewrite_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     fake = types.SimpleNamespace(dumps=dumps, loads=json.loads,
                                  JSONDecodeError=json.JSONDecodeError)
-    monkeypatch.setattr(evaluation, "json", fake)
+    monkeypatch.setattr(responses, "json", fake)
     with pytest.raises(OSError, match="No space left"):
         _run(tmp_path, _Scripted(config))
     monkeypatch.undo()
     assert path.read_text() == before  # not truncated to the two rows written before it
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
-    manifest = json.loads((tmp_path / "r" / MANIFEST).read_text())
-    assert manifest["status"] == "failed" and "No space left" in manifest["error"]
+    record = read_record(tmp_path / "r")
+    assert record["status"] == "failed" and "No space left" in record["error"]
     assert _run(tmp_path, _Scripted(config)).n_generated == 0  # resumes from the intact file
 
 
@@ -196,24 +197,24 @@ def test_failed_eval_marks_its_manifest(tmp_path: Path) -> None:
     config = GenerationConfig(batch_size=2)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         _run(tmp_path, _Scripted(config, fail_at=1))
-    manifest = json.loads((tmp_path / "r" / MANIFEST).read_text())
-    assert manifest["status"] == "failed"
-    assert manifest["error"] == "RuntimeError: CUDA error: an illegal memory access"
-    assert manifest["n_generated_this_run"] == 2
+    record = read_record(tmp_path / "r")
+    assert record["status"] == "failed"
+    assert record["error"] == "RuntimeError: CUDA error: an illegal memory access"
+    assert record["results"]["n_generated_this_run"] == 2
     assert len(read_responses(tmp_path / "r" / RESPONSES)) == 2  # the first batch is kept
     res = _run(tmp_path, _Scripted(config))
     assert res.n_generated == 6
-    manifest = json.loads((tmp_path / "r" / MANIFEST).read_text())
-    assert manifest["status"] == "done" and "error" not in manifest
-    assert [s["status"] for s in manifest["previous_sessions"]] == ["failed"]
+    record = read_record(tmp_path / "r")
+    assert record["status"] == "done" and record["error"] is None
+    assert [s["status"] for s in record["results"]["previous_sessions"]] == ["failed"]
 
 
 def test_interrupted_eval_is_marked_interrupted(tmp_path: Path) -> None:
     config = GenerationConfig(batch_size=2)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, _Scripted(config, fail_at=2, exc=KeyboardInterrupt()))
-    manifest = json.loads((tmp_path / "r" / MANIFEST).read_text())
-    assert manifest["status"] == "interrupted" and manifest["error"] == "KeyboardInterrupt"
+    record = read_record(tmp_path / "r")
+    assert record["status"] == "interrupted" and record["error"].startswith("KeyboardInterrupt")
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("out of memory"), KeyboardInterrupt()])
@@ -234,8 +235,7 @@ def test_failed_eval_keeps_a_folder_it_did_not_create(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         _run(tmp_path, _Scripted(config, fail_at=0))
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
-    manifest = json.loads((tmp_path / "r" / MANIFEST).read_text())
-    assert manifest["status"] == "failed"
+    assert read_record(tmp_path / "r")["status"] == "failed"
 
 
 def test_eval_survives_an_over_long_number(tmp_path: Path) -> None:

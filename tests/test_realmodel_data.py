@@ -69,8 +69,9 @@ def test_splits_balanced_disjoint_deterministic() -> None:
 
 @pytest.mark.parametrize("n_test, n", [(100, 30), (100, 200), (4, 100), (30, 1), (100, 100)])
 def test_eval_queries_never_training_problems(n_test: int, n: int) -> None:
-    """`realmodel eval --n n` holds out what a run with `n_test` held out (B2: the test draws
-    used to depend on n_test, so 13/30 1x1 eval queries were training problems)."""
+    """`realmodel eval --n n` holds out what a run with `n_test` held out (DESIGN.md §5):
+    the test draws do not depend on n_test (when they did, 13/30 1x1 eval queries were
+    training problems)."""
     ladder, ids = "1x1,1x2,2x2", "1x1,1x2"
     train = make_splits(ladder, ids, n_train=4000, n_test=n_test, seed=1)["train"]
     seen = {(r["a"], r["b"]) for r in train}

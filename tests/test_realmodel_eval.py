@@ -1,4 +1,5 @@
-"""Evaluation, resume and calibration (realmodel/evaluation.py; DESIGN.md §4, §5).
+"""Evaluation, resume and calibration (realmodel/evaluation.py, realmodel/calibration_table.py;
+DESIGN.md §4, §5).
 
 Most tests use a scripted generator (fast, exact expectations); one runs the tiny random Qwen2
 end to end through the CLI.
@@ -14,13 +15,13 @@ import pytest
 from click.testing import CliRunner
 from realmodel_fixtures import save_tiny_checkpoint
 
+from core.records import read_record
+from realmodel.calibration_table import calibrate_responses
 from realmodel.commands import realmodel
 from realmodel.evaluation import (
     CALIBRATION,
-    MANIFEST,
     RESPONSES,
     EvaluationError,
-    calibrate_responses,
     evaluate,
     read_responses,
 )
@@ -86,16 +87,17 @@ def test_evaluate_writes_outputs(tmp_path: Path) -> None:
             assert r["q2_hat"] == 1.0 and r["echo_p_ft"] == 1.0
     csv = (out / CALIBRATION).read_text()
     assert csv.startswith("task,n,in_distribution,observed_accuracy,observed_accuracy_ci_low")
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["status"] == "done" and manifest["backend"] == "scripted"
-    assert "packages" in manifest and "git_commit" in manifest and manifest["wall_time_s"] >= 0
+    record = read_record(out)
+    assert record["kind"] == "eval" and record["status"] == "done"
+    assert record["results"]["backend"] == "scripted" and res.record == record
+    assert "packages" in record and "git_commit" in record and record["wall_time_s"] >= 0
     # Re-parsing without markers: each response is one attempt ending on the right answer.
     again = evaluate("scripted", LADDER, "1x1,1x2", n=10, name="run", out_root=tmp_path,
                      config=config, generator=gen, markers=[], reparse=True, progress=False,
                      log=lambda m: None)
     assert again.n_generated == 0 and (again.table["p_hat"] == 1.0).all()
     assert all(len(r["parse"]["attempts"]) == 1 for r in read_responses(out / RESPONSES))
-    sessions = json.loads((out / MANIFEST).read_text())["previous_sessions"]
+    sessions = read_record(out)["results"]["previous_sessions"]
     assert [x["n_generated_this_run"] for x in sessions] == [30]
 
 
@@ -143,7 +145,8 @@ def test_evaluate_resumes(tmp_path: Path) -> None:
 
 
 def test_resume_reparses_with_the_current_markers(tmp_path: Path) -> None:
-    """B5: a resumed run used to keep the old parses beside new ones (two marker lists)."""
+    """A resumed run re-parses the kept responses: never old parses beside new ones (two
+    marker lists in one calibration)."""
     config = GenerationConfig(batch_size=4)
     with pytest.raises(KeyboardInterrupt):
         evaluate("scripted", LADDER, "1x1,1x2", n=5, name="m", out_root=tmp_path,
@@ -156,12 +159,12 @@ def test_resume_reparses_with_the_current_markers(tmp_path: Path) -> None:
              log=lambda m: None)
     rows = read_responses(path)
     assert len(rows) == 15 and all(len(r["parse"]["attempts"]) == 1 for r in rows)
-    assert json.loads((tmp_path / "m" / MANIFEST).read_text())["markers"] == []
+    assert read_record(tmp_path / "m")["results"]["markers"] == []
 
 
 def test_resume_refuses_another_model(tmp_path: Path) -> None:
-    """B5: the run key had no weights fingerprint, so retrained weights in the same folder
-    reused the old model's answers."""
+    """The run key holds a weights fingerprint: weights retrained in place do not reuse the
+    old model's answers."""
     model = tmp_path / "ckpt"
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -235,9 +238,10 @@ def test_cli_eval_tiny_model(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert all(r["n_tokens"] <= 12 for r in rows)
     assert all(r["truncated"] == (r["n_tokens"] == 12) for r in rows if r["truncated"])
     assert "wrote" in res.output and "1x1" in res.output
-    manifest = json.loads((tmp_path / "tiny" / MANIFEST).read_text())
-    assert manifest["backend"] == "transformers"
-    assert manifest["model_path"] == str(tiny_checkpoint)
+    record = read_record(tmp_path / "tiny")
+    assert record["results"]["backend"] == "transformers"
+    assert record["config"]["model_path"] == str(tiny_checkpoint)
+    assert record["inputs"] == {"model": str(tiny_checkpoint)}
 
 
 def test_cli_eval_missing_model_is_one_line(tmp_path: Path,
@@ -250,7 +254,7 @@ def test_cli_eval_missing_model_is_one_line(tmp_path: Path,
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: model 'no-such-org/no-such-model'")
-    assert list(tmp_path.iterdir()) == []  # B8: no half-made output folder blocks the name
+    assert list(tmp_path.iterdir()) == []  # no half-made folder blocks the name
 
 
 def test_cli_eval_vllm_without_gpu(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -17,7 +17,7 @@ from realmodel.training.callbacks import calibrate_model, held_out_slice  # noqa
 
 def test_calibration_leaves_the_global_torch_rng_alone() -> None:
     """Sampling seeds torch; a calibration during training must not reset the training's
-    stream (B3: every calibration restarted GRPO rollouts and dropout from one state)."""
+    stream (else every calibration would restart GRPO rollouts and dropout from one state)."""
     model, tokenizer = tiny_random_model(seed=0)
     queries = held_out_slice(make_splits("1x1,1x2", "1x1", n_train=0, n_test=2)["test"], 2)
     after = []
@@ -34,7 +34,8 @@ def test_calibration_leaves_the_global_torch_rng_alone() -> None:
 
 
 def test_run_callbacks_normalise_the_id_task_names(tmp_path: Path) -> None:
-    """--id-tasks 1X1 must mark the 1x1 queries in-distribution (B7: split by hand)."""
+    """--id-tasks 1X1 must mark the 1x1 queries in-distribution (the names are parsed, not
+    split by hand)."""
     from realmodel.training.config import sft_preset
     from realmodel.training.runs import callbacks
 

@@ -1,4 +1,4 @@
-"""Run configs and presets validate (issue 6); no torch needed."""
+"""Run configs and presets validate (DESIGN.md §5); no torch needed."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ pytest.importorskip("trl")
 
 import pandas as pd  # noqa: E402
 
+from core.records import read_record  # noqa: E402
 from realmodel.models import tiny_random_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,15 @@ def test_validation_script_on_the_cpu_with_a_tiny_model(tmp_path: Path) -> None:
     assert info["runs"]["grpo"]["config"]["model"].endswith("warm-sft-reflection/final")
     assert set(info["phases_s"]) == {"eval base", "train warm", "eval warm", "train sft-more",
                                      "eval sft-more", "train grpo", "eval grpo"}
+    # every output folder carries its run record (core.records), and run_info reads them
+    for name in ("base", "warm", "sft-more", "grpo"):
+        record = read_record(out / "eval" / name)
+        assert record["kind"] == "eval" and record["status"] == "done"
+    records = {p.name: read_record(p) for p in (out / "runs").iterdir()}
+    assert {k: r["kind"] for k, r in records.items()} == {
+        "warm-sft-reflection": "sft", "sft-more": "sft", "grpo": "grpo"}
+    assert info["runs"]["grpo"]["s_per_step"] == records["grpo"]["results"]["s_per_step"]
+    assert info["runs"]["grpo"]["wall_time_s"] == records["grpo"]["wall_time_s"]
 
 
 def _deltas(grpo: list[float], sft: list[float]) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The GRPO reward on hand-made responses (issue 6); no torch needed."""
+"""The GRPO reward on hand-made responses (DESIGN.md §2, §5); no torch needed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""CPU smoke paths of SFT and GRPO on a tiny random model (issue 6): a few steps complete,
-the weights change, the logs and the manifest are written, --resume continues."""
+"""CPU smoke paths of SFT and GRPO on a tiny random model (DESIGN.md §5): a few steps
+complete, the weights change, the logs and the run record are written, --resume continues."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from core.records import read_record  # noqa: E402
 from realmodel.models import tiny_random_model  # noqa: E402
 from realmodel.training.config import grpo_preset, sft_preset  # noqa: E402
 from realmodel.training.grpo import correctness_reward, run_grpo  # noqa: E402
@@ -54,9 +55,15 @@ def digit_share(completions: list, **_: object) -> list[float]:
     return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
 
 
-def _check_run(out: Path, manifest: dict, steps: int, tasks: list[str]) -> None:
-    assert manifest["status"] == "done" and manifest["global_step"] == steps
-    assert json.loads((out / "manifest.json").read_text())["config"]["max_steps"] == steps
+def _check_run(out: Path, record: dict, steps: int, tasks: list[str], kind: str) -> None:
+    assert record == read_record(out)  # what run_sft / run_grpo return is the stored record
+    assert record["kind"] == kind and record["status"] == "done" and record["error"] is None
+    res = record["results"]
+    assert res["global_step"] == steps and res["steps_this_run"] == steps
+    assert record["config"]["max_steps"] == steps and record["wall_time_s"] > 0
+    assert res["final_model"] == str(out / "final") and res["s_per_step"] > 0
+    assert res["device"] == "cpu" and res["resumed_from"] is None
+    assert res["previous_sessions"] == [] and res["stopped_by_time_budget_at"] is None
     calib = pd.read_parquet(out / "calibration.parquet")
     assert sorted(calib["step"].unique()) == list(range(steps + 1))  # 0, every step, end
     assert set(calib["task"]) == set(tasks)
@@ -70,14 +77,14 @@ def _check_run(out: Path, manifest: dict, steps: int, tasks: list[str]) -> None:
 def test_sft_cpu_smoke_changes_the_weights(tiny_path: Path, tmp_path: Path) -> None:
     cfg = sft_preset("cpu-smoke", model=str(tiny_path), output_root=str(tmp_path),
                      max_length=256, learning_rate=1e-2, **TINY)
-    manifest = run_sft(cfg, log=lambda m: None)
+    record = run_sft(cfg, log=lambda m: None)
     out = tmp_path / cfg.name()
-    _check_run(out, manifest, 2, ["1x1", "1x2", "2x2"])
+    _check_run(out, record, 2, ["1x1", "1x2", "2x2"], "sft")
     assert _changed(_weights(tiny_path), _weights(out / "final")) > 0
     spec = json.loads((out / "final" / "split_spec.json").read_text())
-    assert spec == manifest["split_spec"]
+    assert spec == record["results"]["split_spec"]
     assert spec["id_tasks"] == ["1x1", "1x2"] and spec["seed"] == cfg.seed
-    # evaluating it on another split warns in one line (B2)
+    # evaluating it on another split warns in one line
     from realmodel.evaluation import evaluate
     from realmodel.generation import GenerationConfig, GenerationResult
 
@@ -100,9 +107,9 @@ def test_grpo_cpu_smoke_changes_the_weights_and_resumes(tiny_path: Path,
     cfg = grpo_preset("cpu-smoke", model=str(tiny_path), output_root=str(tmp_path),
                       num_generations=2, max_completion_length=8, learning_rate=1e-2, **TINY)
     assert cfg.beta == 0.001  # the reference model is loaded from the model's path
-    manifest = run_grpo(cfg, log=lambda m: None, reward_funcs=[digit_share, correctness_reward])
+    record = run_grpo(cfg, log=lambda m: None, reward_funcs=[digit_share, correctness_reward])
     out = tmp_path / cfg.name()
-    _check_run(out, manifest, 2, ["1x1", "1x2", "2x2"])
+    _check_run(out, record, 2, ["1x1", "1x2", "2x2"], "grpo")
     log = pd.read_parquet(out / "train_log.parquet")
     assert {"kl", "reward", "rewards/correctness_reward/mean"} <= set(log.columns)
     assert log["reward_std"].max() > 0
@@ -129,8 +136,11 @@ def test_sft_lora_resume_continues_from_the_last_checkpoint(tiny_path: Path,
     assert not any("lora" in k for k in final)
     assert _changed(_weights(tiny_path), final) > 0
     # resuming a finished run replays nothing and keeps the logs consistent
-    manifest = run_sft(cfg, resume=True, log=lambda m: None)
-    assert manifest["resumed_from"].endswith("checkpoint-2")
+    record = run_sft(cfg, resume=True, log=lambda m: None)
+    assert record["results"]["resumed_from"].endswith("checkpoint-2")
+    # the first session is kept in the record of the resumed one
+    first, = record["results"]["previous_sessions"]
+    assert first["status"] == "done" and first["global_step"] == 2
     calib = pd.read_parquet(out / "calibration.parquet")
     assert calib.groupby(["step", "task"]).size().max() == 1
 

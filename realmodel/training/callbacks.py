@@ -1,11 +1,12 @@
-"""Trainer callbacks: periodic calibration of (p, q1, q2) and Parquet logs (issue 6).
+"""Trainer callbacks: periodic calibration of (p, q1, q2) and Parquet logs (DESIGN.md §4, §5).
 
 `CalibrationCallback` samples the current model on a held-out slice of every ladder task
 (the first `calib_n` test problems of each, which training never sees), parses the responses
-with `realmodel.parsing` and calibrates them with `realmodel.evaluation.calibrate_responses`
-(the same estimators as `realmodel eval`). It runs before the first step, every
-`calib_every` optimizer steps and after the last one, so a run shows step by step which
-component - sampling p, or the decisions q1, q2 - the training moves.
+with `realmodel.parsing` and calibrates them with
+`realmodel.calibration_table.calibrate_responses` (the same estimators as `realmodel eval`).
+It runs before the first step, every `calib_every` optimizer steps and after the last one,
+so a run shows step by step which component - sampling p, or the decisions q1, q2 - the
+training moves.
 
 Files (beside the run's manifest.json):
 * `calibration.parquet`: one row per (step, task): the calibration table's columns;
@@ -86,7 +87,7 @@ def calibrate_model(
     """
     import torch
 
-    from realmodel.evaluation import calibrate_responses
+    from realmodel.calibration_table import calibrate_responses
     from realmodel.generation import GenerationConfig, TransformersGenerator
     from realmodel.parsing import parse_response
 

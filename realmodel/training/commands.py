@@ -118,7 +118,7 @@ def _execute(build: Callable[[], TrainRunConfig], run: Callable[..., dict[str, A
     out = run_dir(cfg)
     created = first_missing_folder(out)
     try:
-        manifest = run(cfg, resume=resume, log=lambda m: click.echo(m, err=True))
+        record = run(cfg, resume=resume, log=lambda m: click.echo(m, err=True))
     except BaseException as exc:
         remove_unstarted(out, created)  # a run that never started leaves no folder
         # a missing model, bf16 without a GPU, --resume without a checkpoint, a missing
@@ -126,9 +126,10 @@ def _execute(build: Callable[[], TrainRunConfig], run: Callable[..., dict[str, A
         if isinstance(exc, EXPECTED + (ImportError,)):
             raise fail(exc) from None
         raise
-    click.echo(f"{cfg.METHOD} run {cfg.name()}: {manifest['global_step']} steps, "
-               f"{manifest['s_per_step']} s/step ({manifest['device_name']}), wall "
-               f"{manifest['wall_time_s']:.0f} s; final model {manifest['final_model']}")
+    res = record["results"]  # the run record (core.records; runs.py lists its fields)
+    click.echo(f"{cfg.METHOD} run {cfg.name()}: {res['global_step']} steps, "
+               f"{res['s_per_step']} s/step ({res['device_name']}), wall "
+               f"{record['wall_time_s']:.0f} s; final model {res['final_model']}")
 
 
 @click.command("sft")

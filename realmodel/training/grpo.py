@@ -1,4 +1,4 @@
-"""GRPO with a correctness reward, TRL's GRPOTrainer (issue 6, DESIGN.md §2, §5).
+"""GRPO with a correctness reward, TRL's GRPOTrainer (DESIGN.md §2, §5).
 
 Reward: 1.0 when the completion's final answer - parsed by `realmodel.parsing` (the parser the
 calibration uses) - equals a * b, else 0.0. Group of `num_generations` (paper: 8) completions
@@ -60,7 +60,8 @@ def prompt_examples(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_grpo(cfg: GRPORunConfig, resume: bool = False, log: Callable[[str], None] = print,
              reward_funcs: Sequence[Callable[..., list[float]]] = (correctness_reward,),
              ) -> dict[str, Any]:
-    """Train `cfg.model` with GRPO; returns the run's manifest (see runs.py for the files).
+    """Train `cfg.model` with GRPO; returns the run record (`core.records`; runs.py
+    lists the files and the record's fields).
 
     `reward_funcs` (TRL reward functions, summed) default to the correctness reward; a
     random test model never answers correctly, so its smoke test passes a denser one.

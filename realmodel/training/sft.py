@@ -1,4 +1,4 @@
-"""SFT on the synthesized trajectory sets with TRL's SFTTrainer (issue 6, DESIGN.md §2, §5).
+"""SFT on the synthesized trajectory sets with TRL's SFTTrainer (DESIGN.md §2, §5).
 
 The training set is `realmodel.synthesis.build_sft_dataset` over the ID training problems
 ("reflection": W -> RESAMPLE -> C -> STOP chains and verified T -> T chains; "no-reflection":
@@ -30,7 +30,8 @@ def conversational_examples(cfg: SFTRunConfig, train: list[dict[str, Any]]) -> l
 
 def run_sft(cfg: SFTRunConfig, resume: bool = False,
             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tune `cfg.model`; returns the run's manifest (see runs.py for the files)."""
+    """Fine-tune `cfg.model`; returns the run record (`core.records`; runs.py
+    lists the files and the record's fields)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
