@@ -1,6 +1,7 @@
 """Click commands of the analysis package: report, fit, compare (DESIGN §6).
 
-Commands only parse options and call analysis.report / analysis.fit; errors surface as one-line
+Commands only parse options and call analysis.report / analysis.fit_io / analysis.compare;
+errors surface as one-line
 `Error:` messages naming the option (core.errors: ReportError, FitError, ObservedDataError and
 JSON decode errors are ValueErrors), checked before any work where they can be.
 A run that fails removes the output folder it created, so no half-written folder (one without
@@ -25,6 +26,8 @@ from analysis.fit import (
     MAX_FIT_LENGTH,
     MAX_FIT_NFEV,
     MAX_FIT_STEPS,
+    TRANSFER_MODES,
+    FitConfig,
 )
 from core.errors import EXPECTED, fail
 from core.provenance import check_run_name
@@ -92,10 +95,9 @@ def removed_on_failure(path: Path, option: str) -> Iterator[Path]:
 
 
 def load_checked_observed(path: Path, option: str = "--observed") -> Any:
-    """analysis.observed.load_observed, then analysis.fit.check_observed (accuracies in
-    [0, 1], a Base accuracy per task): one-line errors naming `option` and the file."""
-    from analysis.fit import check_observed
-    from analysis.observed import load_observed
+    """analysis.observed.load_observed, then check_observed (accuracies in [0, 1], a Base
+    accuracy per task): one-line errors naming `option` and the file."""
+    from analysis.observed import check_observed, load_observed
 
     try:
         table = load_observed(path)
@@ -158,27 +160,28 @@ def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed:
 
 def _fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed([
-        click.option("--steps", type=click.IntRange(1, MAX_FIT_STEPS), default=30,
+        click.option("--steps", type=click.IntRange(1, MAX_FIT_STEPS), default=FitConfig.steps,
                      show_default=True,
                      help="Training steps per regime (the learning rate is fitted)."),
-        click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_FIT_ATTEMPTS), default=8,
+        click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_FIT_ATTEMPTS),
+                     default=FitConfig.max_attempts,
                      show_default=True),
-        click.option("--q1-base", type=float, default=0.9, show_default=True,
+        click.option("--q1-base", type=float, default=FitConfig.q1_base, show_default=True,
                      callback=_number_in(0, 1, lo_open=True, hi_open=True),
                      help="Base model's q1 (not identified by accuracy; fixed), in (0, 1)."),
-        click.option("--q2-base", type=float, default=0.1, show_default=True,
+        click.option("--q2-base", type=float, default=FitConfig.q2_base, show_default=True,
                      callback=_number_in(0, 1, lo_open=True, hi_open=True),
                      help="Base model's q2 (not identified by accuracy; fixed), in (0, 1)."),
-        click.option("--length", "-L", type=float, default=100.0, show_default=True,
+        click.option("--length", "-L", type=float, default=FitConfig.length, show_default=True,
                      callback=_number_in(0, MAX_FIT_LENGTH, lo_open=True),
                      help="Tokens per candidate answer (per-token weighting)."),
-        click.option("--beta", type=float, default=0.001, show_default=True,
+        click.option("--beta", type=float, default=FitConfig.beta, show_default=True,
                      callback=_number_in(0, BOUNDS["beta"][1], lo_open=True)),
         click.option("--fit-beta", is_flag=True, help="Fit beta too."),
-        click.option("--transfer", type=click.Choice(["shared", "per-regime"]),
-                     default="shared", show_default=True,
+        click.option("--transfer", type=click.Choice(TRANSFER_MODES),
+                     default=FitConfig.transfer, show_default=True,
                      help="shared: ell_s, ell_d for all regimes; per-regime: one ell each."),
-        click.option("--max-nfev", type=click.IntRange(1, MAX_FIT_NFEV), default=30,
+        click.option("--max-nfev", type=click.IntRange(1, MAX_FIT_NFEV), default=FitConfig.max_nfev,
                      show_default=True),
         click.option("--quick", is_flag=True, help="Few steps and evaluations (tests)."),
         click.option("--name", default=None,
@@ -188,9 +191,7 @@ def _fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _fit_config(**kw: Any) -> Any:
-    from analysis.fit import FitConfig
-
+def _fit_config(**kw: Any) -> FitConfig:
     return FitConfig(max_attempts=kw["max_attempts"], q1_base=kw["q1_base"],
                      q2_base=kw["q2_base"], length=kw["length"], steps=kw["steps"],
                      beta=kw["beta"], fit_beta=kw["fit_beta"], transfer=kw["transfer"],
@@ -214,9 +215,8 @@ def _run_name(name: str | None, default: str) -> str:
 @_fit_options
 def fit(observed: Path | None, out_root: Path, name: str | None, **kw: Any) -> None:
     """Fit the simulator (base offsets, lr per regime, transfer scales) to observed curves."""
-    from analysis.fit import fit_observed
+    from analysis.fit_io import fit_and_save
     from analysis.observed import reference_dir
-    from analysis.report import save_fit
 
     try:
         if name is not None:
@@ -228,8 +228,7 @@ def fit(observed: Path | None, out_root: Path, name: str | None, **kw: Any) -> N
         out = check_out_dir(Path(out_root) / _run_name(name, default), "--out")
         table = load_checked_observed(path)
         with removed_on_failure(out, "--out"):
-            result = fit_observed(table, cfg)
-            paths = save_fit(result, out, inputs={"observed": path})
+            result, paths = fit_and_save(table, cfg, out, path)
     except EXPECTED as exc:
         raise fail(exc) from None
     click.echo(result.summary())
@@ -245,7 +244,7 @@ def fit(observed: Path | None, out_root: Path, name: str | None, **kw: Any) -> N
 @_fit_options
 def compare(observed: Path, out_dir: Path | None, name: str | None, **kw: Any) -> None:
     """Measured (p, q1, q2) per task and regime beside the fitted simulator's predictions."""
-    from analysis.report import write_compare
+    from analysis.compare import write_compare
 
     try:
         if name is not None:

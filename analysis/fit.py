@@ -1,4 +1,5 @@
-"""Fit the simulator to observed OOD curves (issue 4: "mapping simulation onto observation").
+"""Fit the simulator to observed OOD curves (DESIGN §1, §2, §4: simulation mapped onto
+observation).
 
 Model (DESIGN.md §1, §2, §4):
 
@@ -29,7 +30,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,11 +37,11 @@ import pandas as pd
 from scipy.optimize import brentq, least_squares
 from scipy.special import logit
 
-from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
+from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
 from core.calibration import Z95
-from core.provenance import finite_json
 from core.regimes import PAPER_RL_KL, TRAINED
 from core.twostage import accuracy_forced_stop
+from sim.columns import column, split_column
 
 TRANSFER_MODES = ("shared", "per-regime")
 # the regimes a fit trains (core.regimes), by their paper row, in Table 1 order
@@ -52,9 +52,10 @@ GRID_ELL_S = (0.7, 2.0, 7.0)
 GRID_ELL_D = (1.0, 4.0, 16.0)
 GRID_LR = {SFT_NO_REFLECTION: (1e-4, 1e-3, 1e-2, 0.05),
            SFT_REFLECTION: (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3), RL: (0.3, 1.0, 3.0, 10.0, 30.0)}
-START = {"ell_s": 0.5, "ell_d": 3.0, "beta": 0.001, f"ell[{SFT_NO_REFLECTION}]": 2.0,
-         f"ell[{SFT_REFLECTION}]": 1.0, f"ell[{RL}]": 3.0,
-         f"lr[{SFT_NO_REFLECTION}]": 1e-3, f"lr[{SFT_REFLECTION}]": 1e-3, f"lr[{RL}]": 0.3}
+START = {"ell_s": 0.5, "ell_d": 3.0, "beta": 0.001, column("ell", SFT_NO_REFLECTION): 2.0,
+         column("ell", SFT_REFLECTION): 1.0, column("ell", RL): 3.0,
+         column("lr", SFT_NO_REFLECTION): 1e-3, column("lr", SFT_REFLECTION): 1e-3,
+         column("lr", RL): 0.3}
 
 
 # Upper bounds of the fit's settings: beyond them a run takes hours or its numbers overflow
@@ -135,7 +136,7 @@ class Ladder:
 
 @dataclass
 class FitResult:
-    """Fitted values, per-task curves and residuals; JSON round-trip for the report's cache."""
+    """Fitted values, per-task curves and residuals (JSON round trip: analysis.fit_io)."""
 
     params: pd.DataFrame  # name, value, stderr, ci_low, ci_high, at_bound, free
     curves: pd.DataFrame  # regime, task, task_index, in_distribution, p, q1, q2, accuracy,
@@ -150,29 +151,6 @@ class FitResult:
     wall_s: float = 0.0
     observed_source: str = ""
     observed_sha256: str = ""  # observed_digest of the fitted table (the cache key's data part)
-
-    def to_dict(self) -> dict:
-        """Strict-JSON-ready: NaN and infinities become None (null)."""
-        return finite_json({"params": self.params.to_dict(orient="records"),
-                          "curves": self.curves.to_dict(orient="records"), "rmse": self.rmse,
-                          "rmse_all": self.rmse_all, "n_free": self.n_free,
-                          "n_params": self.n_params, "n_obs": self.n_obs,
-                          "config": self.config, "notes": self.notes, "wall_s": self.wall_s,
-                          "observed_source": self.observed_source,
-                          "observed_sha256": self.observed_sha256})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FitResult:
-        """Inverse of to_dict: None is read back as NaN, except an interval's upper end
-        with a finite standard error, which is null only because it overflowed to inf."""
-        params = _frame(d["params"])
-        if {"ci_high", "stderr"} <= set(params.columns):
-            overflow = params["ci_high"].isna() & np.isfinite(params["stderr"])
-            params.loc[overflow, "ci_high"] = np.inf
-        return cls(params, _frame(d["curves"]), _float(d["rmse"]),
-                   _float(d["rmse_all"]), d["n_free"], d["n_params"], d["n_obs"], d["config"],
-                   list(d.get("notes", [])), d.get("wall_s", 0.0), d.get("observed_source", ""),
-                   d.get("observed_sha256", ""))
 
     def summary(self) -> str:
         """Plain-text report: parameters with uncertainty, residuals, RMSE, parameter count."""
@@ -202,21 +180,6 @@ class FitResult:
         return int(sub.iloc[0]) if len(sub) else 0
 
 
-def _float(v) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def _frame(records: list[dict]) -> pd.DataFrame:
-    """Records read back from JSON: a column of numbers and nulls is a float column."""
-    df = pd.DataFrame(records)
-    for c in df.columns:
-        if df[c].dtype == object and df[c].map(
-                lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool))
-        ).all():
-            df[c] = df[c].astype(float)
-    return df
-
-
 def observed_digest(observed: pd.DataFrame) -> str:
     """sha256 of an observed table's content (columns by name, rows sorted): what a cached
     fit must match to be reused, whatever the table's file is called."""
@@ -224,77 +187,6 @@ def observed_digest(observed: pd.DataFrame) -> str:
     lines = table.to_csv(index=False).splitlines()
     text = "\n".join([*lines[:1], *sorted(lines[1:])])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------------- observed checks
-
-_ACCURACY_COLUMNS = ("accuracy_pct", "accuracy", "observed_accuracy", "acc")  # observed.py's
-
-
-def _raw_accuracy(path: Path) -> tuple[pd.Series, bool] | None:
-    """The accuracy column of a plain CSV table as written (strings) and whether the loader
-    read it as percent (analysis.observed.load_accuracy_table's rule); None when unknown."""
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError):
-        return None
-    cols = {c.lower(): c for c in raw.columns}
-    col = next((cols[c] for c in _ACCURACY_COLUMNS if c in cols), None)
-    if col is None:
-        return None
-    values = pd.to_numeric(raw[col], errors="coerce")
-    return raw[col], bool(col.lower().endswith("pct") or values.max() > 1.0)
-
-
-def check_observed(observed: pd.DataFrame, path: str | Path | None = None) -> None:
-    """Refuse an observed accuracy table the fit cannot use (DESIGN §4, §6): an accuracy
-    that is not a number or lies outside [0, 1] (outside [0, 100] in a percent table), a
-    Base row without an accuracy for every task, a (regime, task) given twice. A one-line
-    FitError naming the file (`path`, else the table's source), the row and the value;
-    rows are counted from 1 below the header of a CSV table."""
-    path = Path(path) if path is not None else None
-    plain_csv = (path is not None and path.is_file() and path.name != "calibration.csv"
-                 and path.suffix.lower() == ".csv")
-    raw = _raw_accuracy(path) if plain_csv else None
-    where_file = str(path) if path is not None else (
-        str(observed["source"].iloc[0]) if "source" in observed.columns and len(observed)
-        else "the observed table")
-    acc = pd.to_numeric(observed["accuracy"], errors="coerce").to_numpy(float)
-
-    def where(i: int) -> str:
-        row = observed.iloc[i]
-        label = f"{row['regime']}, {row['task']}"
-        if plain_csv:
-            return f"{where_file} row {observed.index[i] + 1} ({label})"
-        run = str(row["source"]) if "source" in observed.columns else ""
-        return f"{where_file} ({run + ': ' if run else ''}{label})"
-
-    for i, value in enumerate(acc):
-        written = None
-        if raw is not None and observed.index[i] in raw[0].index:
-            written = str(raw[0].loc[observed.index[i]]).strip()
-        if not np.isfinite(value):
-            if written:  # a cell with text that is not a number
-                raise FitError(f"{where(i)}: accuracy {written!r} is not a number")
-            if observed.iloc[i]["regime"] == BASE:
-                raise FitError(f"{where(i)}: the Base row has no accuracy (the base offsets "
-                               "need one per task)")
-            continue  # a missing trained cell is left out of the fit
-        if not 0.0 <= value <= 1.0:
-            pct = raw[1] if raw is not None else False
-            shown = written or (f"{value * 100:.4g}" if pct else f"{value:.4g}")
-            unit = "[0, 100] (the table is in percent)" if pct else "[0, 1]"
-            raise FitError(f"{where(i)}: accuracy {shown} is outside {unit}")
-    dup = observed.duplicated(["regime", "task"], keep=False).to_numpy()
-    if dup.any():
-        i = int(np.argmax(dup))
-        raise FitError(f"{where(i)}: ({observed.iloc[i]['regime']}, "
-                       f"{observed.iloc[i]['task']}) is given more than once")
-    base_tasks = set(observed.loc[observed["regime"] == BASE, "task"])
-    missing = [t for t in dict.fromkeys(observed["task"]) if t not in base_tasks]
-    if base_tasks and missing:
-        raise FitError(f"{where_file}: the Base row has no accuracy for task(s) "
-                       f"{', '.join(map(str, missing))} (the base offsets need one per task)")
 
 
 # ------------------------------------------------------------------------------- model
@@ -379,12 +271,12 @@ def simulate_regime(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig
         q1, q2 = np.full_like(p, 1 / (1 + math.exp(-b1))), np.full_like(p, 1 / (1 + math.exp(-b2)))
         return np.column_stack([p, q1, q2, accuracy_forced_stop(p, q1, q2, cfg.max_attempts)])
     if cfg.transfer == "per-regime":
-        ell_s = ell_d = values[f"ell[{regime}]"]
+        ell_s = ell_d = values[column("ell", regime)]
     else:
         ell_s, ell_d = values["ell_s"], values["ell_d"]
     return _simulate_cached(regime, ladder, tuple(round(float(b), 12) for b in b_s), cfg,
                             _r(ell_s), _r(ell_d),
-                            _r(values[f"lr[{regime}]"]), _r(values.get("beta", cfg.beta)))
+                            _r(values[column("lr", regime)]), _r(values.get("beta", cfg.beta)))
 
 
 def _exp(x: float) -> float:
@@ -397,16 +289,17 @@ def _r(x: float) -> float:
 
 def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
     if cfg.transfer == "per-regime":
-        names = [n for r in regimes for n in (f"ell[{r}]", f"lr[{r}]")]
+        names = [n for r in regimes for n in (column("ell", r), column("lr", r))]
     else:
-        names = ["ell_s", "ell_d"] + [f"lr[{r}]" for r in regimes]
+        names = ["ell_s", "ell_d"] + [column("lr", r) for r in regimes]
     if cfg.fit_beta and RL in regimes:
         names.append("beta")
     return names
 
 
 def _bounds(name: str) -> tuple[float, float]:
-    return BOUNDS[name.split("[")[0]]
+    parts = split_column(name)  # lr[RL] -> lr; ell_s -> ell_s
+    return BOUNDS[parts[0] if parts else name]
 
 
 def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
@@ -473,11 +366,11 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
                 cands = []
                 for lr in GRID_LR[r]:
                     for ell in (GRID_ELL_S if cfg.transfer == "per-regime" else (None,)):
-                        vals = {**start, **ells, f"lr[{r}]": lr}
+                        vals = {**start, **ells, column("lr", r): lr}
                         if ell is not None:
-                            vals[f"ell[{r}]"] = ell
-                        cands.append((regime_sse(r, vals), {f"lr[{r}]": lr} |
-                                      ({} if ell is None else {f"ell[{r}]": ell})))
+                            vals[column("ell", r)] = ell
+                        cands.append((regime_sse(r, vals), {column("lr", r): lr} |
+                                      ({} if ell is None else {column("ell", r): ell})))
                 sse, pick = min(cands, key=lambda c: c[0])
                 total += sse
                 chosen |= pick

@@ -9,14 +9,14 @@ calibration tables (`load_calibrations`): one row per (regime, task) with the co
   `realmodel.evaluation.calibrate_responses` (observed_accuracy, p_hat, q1_hat, q2_hat,
   predicted_accuracy, echo_p_ft, each with _ci_low/_ci_high), plus regime, task_index, source.
 
-The loaders are tolerant: a missing CI becomes NaN, percentages are detected and divided by
-100, and the regime is taken from a `regime`/`model` column, else the run's manifest.json, else
-the directory name.
+The loaders accept the table layouts, not any manifest: a missing CI becomes NaN,
+percentages are detected and divided by 100, and the regime is taken from a `regime`/`model`
+column, else the run record (core.records) of the folder holding a calibration.csv
+(`run_regime`), else the folder name. `check_observed` refuses a table the fit cannot use.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.records import manifest_path, read_record
 from core.regimes import REGIME_TABLE, TRAINED, lookup, regime
 
 REFERENCE_ENV = "DS_STUDY_REFERENCE"
@@ -36,6 +37,8 @@ SFT_REFLECTION = regime("sft-reflection").paper_row  # "SFT (reflection)"
 RL = regime("grpo").paper_row  # "RL"
 REGIMES = tuple(r.paper_row for r in REGIME_TABLE)
 
+# the accuracy column of an accuracy table, first found (percent where the name ends in pct)
+ACCURACY_COLUMNS = ("accuracy_pct", "accuracy", "observed_accuracy", "acc")
 CALIBRATION_STATS = ("observed_accuracy", "p_hat", "p_pooled", "q1_hat", "q2_hat",
                      "predicted_accuracy", "echo_p_ft")
 
@@ -108,8 +111,7 @@ def load_accuracy_table(path: str | Path, source: str | None = None) -> pd.DataF
     regime_col = cols.get("regime") or cols.get("model")
     if "task" not in cols:
         raise ObservedDataError(f"{path} has no 'task' column (columns: {list(raw.columns)})")
-    acc_col = next((cols[c] for c in ("accuracy_pct", "accuracy", "observed_accuracy", "acc")
-                    if c in cols), None)
+    acc_col = next((cols[c] for c in ACCURACY_COLUMNS if c in cols), None)
     if acc_col is None:
         raise ObservedDataError(f"{path} has no accuracy column (accuracy_pct / accuracy / "
                                 "observed_accuracy)")
@@ -163,6 +165,76 @@ def load_kang2025(path: str | Path | None = None) -> pd.DataFrame:
                          "source": "Kang et al. 2025 (cited study)"})
 
 
+# ------------------------------------------------------------------ accuracy-table checks
+
+
+def _raw_accuracy(path: Path) -> tuple[pd.Series, bool] | None:
+    """The accuracy column of a plain CSV table as written (strings) and whether the loader
+    read it as percent (load_accuracy_table's rule); None when unknown."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError):
+        return None
+    cols = {c.lower(): c for c in raw.columns}
+    col = next((cols[c] for c in ACCURACY_COLUMNS if c in cols), None)
+    if col is None:
+        return None
+    values = pd.to_numeric(raw[col], errors="coerce")
+    return raw[col], bool(col.lower().endswith("pct") or values.max() > 1.0)
+
+
+def check_observed(observed: pd.DataFrame, path: str | Path | None = None) -> None:
+    """Refuse an observed accuracy table the fit (analysis.fit) cannot use (DESIGN §4, §6):
+    an accuracy that is not a number or lies outside [0, 1] (outside [0, 100] in a percent
+    table), a Base row without an accuracy for every task, a (regime, task) given twice. A
+    one-line ObservedDataError naming the file (`path`, else the table's source), the row
+    and the value; rows are counted from 1 below the header of a CSV table."""
+    path = Path(path) if path is not None else None
+    plain_csv = (path is not None and path.is_file() and path.name != "calibration.csv"
+                 and path.suffix.lower() == ".csv")
+    raw = _raw_accuracy(path) if plain_csv else None
+    where_file = str(path) if path is not None else (
+        str(observed["source"].iloc[0]) if "source" in observed.columns and len(observed)
+        else "the observed table")
+    acc = pd.to_numeric(observed["accuracy"], errors="coerce").to_numpy(float)
+
+    def where(i: int) -> str:
+        row = observed.iloc[i]
+        label = f"{row['regime']}, {row['task']}"
+        if plain_csv:
+            return f"{where_file} row {observed.index[i] + 1} ({label})"
+        run = str(row["source"]) if "source" in observed.columns else ""
+        return f"{where_file} ({run + ': ' if run else ''}{label})"
+
+    for i, value in enumerate(acc):
+        written = None
+        if raw is not None and observed.index[i] in raw[0].index:
+            written = str(raw[0].loc[observed.index[i]]).strip()
+        if not np.isfinite(value):
+            if written:  # a cell with text that is not a number
+                raise ObservedDataError(f"{where(i)}: accuracy {written!r} is not a number")
+            if observed.iloc[i]["regime"] == BASE:
+                raise ObservedDataError(f"{where(i)}: the Base row has no accuracy (the base "
+                                        "offsets need one per task)")
+            continue  # a missing trained cell is left out of the fit
+        if not 0.0 <= value <= 1.0:
+            pct = raw[1] if raw is not None else False
+            shown = written or (f"{value * 100:.4g}" if pct else f"{value:.4g}")
+            unit = "[0, 100] (the table is in percent)" if pct else "[0, 1]"
+            raise ObservedDataError(f"{where(i)}: accuracy {shown} is outside {unit}")
+    dup = observed.duplicated(["regime", "task"], keep=False).to_numpy()
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise ObservedDataError(f"{where(i)}: ({observed.iloc[i]['regime']}, "
+                                f"{observed.iloc[i]['task']}) is given more than once")
+    base_tasks = set(observed.loc[observed["regime"] == BASE, "task"])
+    missing = [t for t in dict.fromkeys(observed["task"]) if t not in base_tasks]
+    if base_tasks and missing:
+        raise ObservedDataError(f"{where_file}: the Base row has no accuracy for task(s) "
+                                f"{', '.join(map(str, missing))} (the base offsets need one "
+                                "per task)")
+
+
 # ---------------------------------------------------------------- real-model calibrations
 
 
@@ -180,19 +252,30 @@ def find_calibrations(root: str | Path, max_depth: int = 3) -> list[Path]:
     return found
 
 
+def run_regime(record: dict) -> str | None:
+    """The paper row a real-model run record (core.records; DESIGN §5) names, else None: an
+    sft / grpo run by its kind and SFT data (`config["data"]`: "sft reflection" ->
+    SFT (reflection)), an eval by the model it evaluated (`config["model"]`, e.g. the
+    checkpoint "outputs/real/grpo-smol/final" -> RL); a base model's name names none."""
+    config, kind = record["config"], record["kind"]
+    if kind in ("sft", "grpo"):
+        label = f"{kind} {config.get('data') or ''}"
+    elif kind == "eval":
+        label = str(config.get("model") or "")
+    else:
+        return None
+    found = lookup(label)
+    return found.paper_row if found is not None else None
+
+
 def _regime_of(path: Path) -> str:
-    manifest = path.parent / "manifest.json"
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            data = {}
-        for key in ("regime", "method", "run_name"):
-            value = data.get(key) or (data.get("run_key") or {}).get(key)
-            if isinstance(value, str) and value:
-                label = canonical_regime(value)
-                if label in REGIMES:
-                    return label
+    """The regime of the calibration.csv at `path`: from its folder's run record where that
+    names one (run_regime), else from the folder name. A manifest.json that is not a run
+    record of this version is an error (core.records.RecordError: rerun the command)."""
+    if manifest_path(path.parent).is_file():
+        label = run_regime(read_record(path.parent))
+        if label in REGIMES:
+            return label
     label = canonical_regime(path.parent.name)
     return label if label in REGIMES else BASE if _looks_like_base(path.parent.name) else label
 

@@ -1,4 +1,5 @@
-"""Chart builders (analysis.charts) and observed-data loaders (analysis.observed)."""
+"""Chart builders (analysis.charts, charts_sim, charts_accuracy) and observed-data loaders
+(analysis.observed)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import charts, observed
+from analysis import charts, charts_accuracy, charts_sim, observed
 from analysis.observed import (
     BASE,
     REGIMES,
@@ -88,10 +89,10 @@ def test_reference_dir_error_is_clear(monkeypatch, tmp_path):
 
 def test_regime_colours_are_fixed_across_charts():
     t = load_paper_table1()
-    ood = charts.ood_curves(t[t["regime"].isin([RL, BASE])]).to_dict()
+    ood = charts_accuracy.ood_curves(t[t["regime"].isin([RL, BASE])]).to_dict()
     curves = t.rename(columns={"accuracy": "observed"}).assign(
         accuracy=lambda d: d["observed"] * 0.9, residual=lambda d: d["observed"] * 0.1)
-    fitc = charts.fit_overlay(curves).to_dict()
+    fitc = charts_accuracy.fit_overlay(curves).to_dict()
     a, b = _colour_map(ood), _colour_map(fitc)
     assert a[RL] == b[RL] == charts.REGIME_COLOURS[RL]
     assert a[BASE] == b[BASE] == charts.REGIME_COLOURS[BASE]
@@ -114,10 +115,11 @@ def test_every_builder_produces_a_valid_spec(tmp_path):
                            "p": [0.5, 0.6], "q1": 0.9, "q2": 0.2})
     echo = pd.DataFrame({"regime": [SFT_REFLECTION] * 2, "ft_ratio_pct": [0, 100],
                          "p_ft": [0.5, 0.4]})
-    built = [charts.attribution_landscape(sweep, ["T1"]),
-             charts.training_dynamics(hist, {"surrogate": 1.0, "kl": 0.01}),
-             charts.calibration_chart(cal), charts.echo_chart(echo, load_kang2025()),
-             charts.compare_chart(cal, curves), charts.message_chart("nothing here")]
+    built = [charts_sim.attribution_landscape(sweep, ["T1"]),
+             charts_sim.training_dynamics(hist, {"surrogate": 1.0, "kl": 0.01}),
+             charts_accuracy.calibration_chart(cal),
+             charts_accuracy.echo_chart(echo, load_kang2025()),
+             charts_accuracy.compare_chart(cal, curves), charts.message_chart("nothing here")]
     for chart in built:
         spec = chart.to_dict()  # validates against the Vega-Lite schema
         assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/v6")
@@ -134,9 +136,9 @@ def test_training_dynamics_bands_over_agents():
                       "g_s[surrogate]": 1.0, "g_1[surrogate]": 1.0, "g_2[surrogate]": 1.0,
                       "g_s[total]": 1.0, "g_1[total]": 1.0, "g_2[total]": 1.0,
                       "ratio[surrogate]": 1.0, "ratio[total]": [1.0, np.inf, 2.0, 2.0]})
-    spec = charts.training_dynamics(h).to_dict()
+    spec = charts_sim.training_dynamics(h).to_dict()
     assert spec["vconcat"]
-    band = charts._agent_band(h.melt(id_vars=["step", "agent"], value_vars=["w_s"],
+    band = charts_sim.agent_band(h.melt(id_vars=["step", "agent"], value_vars=["w_s"],
                                      var_name="parameter"), ["step", "parameter"])
     assert band["value"].tolist() == [0.5, 2.0] and band["hi"].iloc[1] > band["lo"].iloc[1]
 
@@ -160,7 +162,7 @@ def test_ood_curves_draw_each_series_of_a_regime() -> None:
                         "accuracy": [0.2, 0.1, 0.9, 0.5], "ci_low": 0.0, "ci_high": 1.0,
                         "source": "simulated (sweep)"})
     obs = load_paper_table1()
-    spec = charts.ood_curves(pd.concat([acc, obs[obs["regime"] == RL]])).to_dict()
+    spec = charts_accuracy.ood_curves(pd.concat([acc, obs[obs["regime"] == RL]])).to_dict()
     text = str(spec)
     assert "'detail': {'field': 'series'" in text and "strokeDash" in text
     assert _colour_map(spec) == {RL: charts.REGIME_COLOURS[RL]}

@@ -237,7 +237,7 @@ def test_failed_fit_leaves_no_folder(tmp_path, monkeypatch):
         (out_dir / "fit.json").write_text("{")
         raise OSError("disk full")
 
-    monkeypatch.setattr("analysis.report.save_fit", broken)
+    monkeypatch.setattr("analysis.fit_io.save_fit", broken)
     res = run("fit", "--quick", "--max-nfev", "1", "--steps", "2", "--name", "t")
     one_error_line(res, "disk full")
     assert not (tmp_path / "outputs").exists()
@@ -285,7 +285,7 @@ def test_failed_compare_leaves_no_folder(tmp_path, monkeypatch):
         (out_dir / "fit.json").write_text("{")
         raise OSError("disk full")
 
-    monkeypatch.setattr("analysis.report.write_compare", broken)
+    monkeypatch.setattr("analysis.compare.write_compare", broken)
     one_error_line(run("compare", "--observed", str(real), "--quick", "--out", str(out)),
                    "disk full")
     assert not (tmp_path / "new").exists()

@@ -1,8 +1,10 @@
-"""Fitting the simulator to observed OOD curves (analysis.fit; issue 4)."""
+"""Fitting the simulator to observed OOD curves (analysis.fit, DESIGN §4) and saving, loading
+and caching fits (analysis.fit_io)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -11,13 +13,14 @@ from click.testing import CliRunner
 
 from analysis.fit import (
     FitConfig,
-    FitResult,
     Ladder,
     base_sampling_logits,
     fit_observed,
     simulate_regime,
 )
+from analysis.fit_io import fit_from_json, fit_to_json
 from analysis.observed import BASE, RL, load_paper_table1
+from core.records import read_record
 from core.twostage import accuracy_forced_stop
 
 
@@ -75,7 +78,7 @@ def test_quick_fit_of_table1_reports_everything():
     assert np.abs(base["residual"]).max() < 0.006  # Base row fitted up to the 0.5% clipping
     text = res.summary()
     assert "RMSE" in text and "T7" in text and "q1_base" in text
-    again = FitResult.from_dict(res.to_dict())
+    again = fit_from_json(fit_to_json(res))
     pd.testing.assert_frame_equal(again.curves, res.curves)
     assert again.summary() == text
 
@@ -89,10 +92,12 @@ def test_fit_command_quick_and_errors(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "RMSE (trained regimes)" in res.output and "parameters:" in res.output
     assert (tmp_path / "outputs/fit/t/fit.json").is_file()
-    man = json.loads((tmp_path / "outputs/fit/t/manifest.json").read_text(encoding="utf-8"))
-    assert man["command"] == "fit" and man["inputs"]["observed"].endswith("paper_table1.csv")
-    assert man["config"]["quick"] is True and "git_commit" in man and "wall_time_s" in man
-    assert man["versions"]["python"]
+    rec = read_record(tmp_path / "outputs/fit/t")
+    assert rec["kind"] == "fit" and rec["status"] == "done"
+    assert rec["inputs"]["observed"].endswith("paper_table1.csv")
+    assert rec["config"] == asdict(FitConfig(quick=True))
+    assert rec["results"]["n_obs"] == 28 and len(rec["results"]["observed_sha256"]) == 64
+    assert rec["packages"]["python"] and rec["wall_time_s"] >= 0
     bad = runner.invoke(main, ["fit", "--observed", str(tmp_path / "missing.csv")])
     # CliRunner catches a crash too (exit code 1): only a ClickException exits via SystemExit
     assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit), bad.exception
@@ -118,13 +123,14 @@ def test_report_fit_cache_is_keyed_by_the_data(tmp_path):
     cfg = ReportConfig(outputs=tmp_path / "outputs", observed=path, quick=True,
                        out_dir=tmp_path / "report")
     logs: list[str] = []
-    first = load_or_fit(cfg, load_observed(path), logs.append)
+    first, first_path = load_or_fit(cfg, load_observed(path), logs.append)
     assert first.observed_sha256 == observed_digest(load_observed(path))
-    again = load_or_fit(cfg, load_observed(path), logs.append)
+    assert read_record(first_path.parent)["kind"] == "fit"  # the cache is a fit folder
+    again, _ = load_or_fit(cfg, load_observed(path), logs.append)
     assert logs[-1].startswith("using cached fit")  # same data: the cache is used
     pd.testing.assert_frame_equal(again.curves, first.curves)
     _write_table(path, (90.0, 80.0, 50.0))
-    changed = load_or_fit(cfg, load_observed(path), logs.append)
+    changed, _ = load_or_fit(cfg, load_observed(path), logs.append)
     assert logs[-1].startswith("fitting the simulator")
     rl = changed.curves[changed.curves["regime"] == RL]
     np.testing.assert_allclose(rl["observed"], [0.9, 0.8, 0.5])
@@ -135,7 +141,7 @@ def test_report_fit_cache_is_keyed_by_the_data(tmp_path):
 
 def test_fit_json_is_strict_json(tmp_path):
     """NaN (standard errors of fixed parameters, at-bound intervals) is written as null."""
-    from analysis.report import save_fit
+    from analysis.fit_io import save_fit
 
     res = fit_observed(load_paper_table1(), FitConfig(quick=True))
     assert res.params["stderr"].isna().any()
@@ -146,7 +152,7 @@ def test_fit_json_is_strict_json(tmp_path):
         raise ValueError(f"non-standard JSON constant {name}")
 
     data = json.loads(text, parse_constant=refuse)
-    back = FitResult.from_dict(data)
+    back = fit_from_json(data)
     pd.testing.assert_frame_equal(back.params, res.params)
     pd.testing.assert_frame_equal(back.curves, res.curves)
     assert back.summary() == res.summary()

@@ -1,4 +1,5 @@
-"""The report command (analysis.report; issue 4) and compare (issue 6), on synthetic inputs."""
+"""The report command (analysis.report, DESIGN §6) and compare (analysis.compare, DESIGN §4-§5),
+on synthetic inputs carrying run records (test_report_fixtures)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,10 @@ import pytest
 from click.testing import CliRunner
 from test_report_fixtures import write_real, write_sweep, write_train
 
-from analysis.report import (
-    ReportConfig,
-    _sweep_accuracy,
-    _weights_from,
-    newest_run,
-    sweep_kl_text,
-)
+from analysis.report import ReportConfig
+from analysis.runs import SweepRun, newest_run
+from analysis.sections import sweep_accuracy
+from core.records import read_record
 
 SECTIONS = ("attribution", "dynamics", "calibration", "ood", "fit", "echo", "compare")
 
@@ -69,36 +67,38 @@ def test_attribution_caption_states_the_sweeps_kl(built_report):
     assert "KL in-loss, k3 estimator (the sweep's manifest)" in text
 
 
-def test_weights_and_kl_from_manifests():
-    assert _weights_from({"config": {"objective": "surrogate+kl", "beta": 0.02}}) == {
-        "surrogate": 1.0, "kl": 0.02}
-    assert _weights_from({"objective": "surrogate"}) == {"surrogate": 1.0}
-    assert "(the sweep's defaults" in sweep_kl_text({})
+def test_sweep_settings_come_from_its_grid(tmp_path):
+    sweep = SweepRun.load(write_sweep(tmp_path))
+    assert sweep.id_tasks == ["T1"] and sweep.task_names == ["T1", "T2", "T3"]
+    assert sweep.kl_text() == "KL in-loss, k3 estimator (the sweep's manifest)"
+    assert "[1.0, 3.0, 3.0]" in sweep.ell_text()
 
 
-def _manifest(folder: Path) -> dict:
+def _record(folder: Path, kind: str) -> dict:
+    """The folder's run record (core.records), strict JSON, of `kind`, finished."""
     import json
 
     def refuse(name: str) -> None:
         raise ValueError(f"non-standard JSON constant {name}")
 
-    data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"),
-                      parse_constant=refuse)
-    assert {"config", "inputs", "versions", "git_commit", "wall_time_s"} <= set(data)
-    assert data["versions"]["python"] and data["wall_time_s"] >= 0
-    return data
+    json.loads((folder / "manifest.json").read_text(encoding="utf-8"), parse_constant=refuse)
+    rec = read_record(folder)
+    assert rec["kind"] == kind and rec["status"] == "done" and rec["error"] is None
+    assert rec["packages"]["python"] and rec["wall_time_s"] >= 0
+    return rec
 
 
-def test_report_writes_a_manifest(built_report):
-    man = _manifest(built_report)
-    assert man["command"] == "report" and man["config"]["quick"] is True
-    assert man["inputs"]["sweep"].endswith("sweeps/demo")
-    assert man["inputs"]["train"].endswith("train/demo")
-    assert man["inputs"]["real"].endswith("real")
-    assert man["inputs"]["observed"].endswith("paper_table1.csv")
-    assert man["inputs"]["fit"].endswith("fit.json") and man["sections"][0] == "attribution"
-    fit_dir = Path(man["inputs"]["fit"]).parent  # the report's cached fit has one too
-    assert _manifest(fit_dir)["inputs"]["observed"] == man["inputs"]["observed"]
+def test_report_writes_a_record(built_report):
+    rec = _record(built_report, "report")
+    assert rec["config"]["quick"] is True and rec["config"]["out_dir"] == str(built_report)
+    assert rec["inputs"]["sweep"].endswith("sweeps/demo")
+    assert rec["inputs"]["train"].endswith("train/demo")
+    assert rec["inputs"]["real"].endswith("real")
+    assert rec["inputs"]["observed"].endswith("paper_table1.csv")
+    assert rec["inputs"]["fit"].endswith("fit.json")
+    assert rec["results"]["sections"] == list(SECTIONS)
+    fit_dir = Path(rec["inputs"]["fit"]).parent  # the report's cached fit has one too
+    assert _record(fit_dir, "fit")["inputs"]["observed"] == rec["inputs"]["observed"]
 
 
 def test_png_per_chart(built_report):
@@ -140,9 +140,9 @@ def test_compare_command(tmp_path):
     assert table["p_sim"].notna().all()
     assert (out / "compare.html").is_file() and (out / "compare.png").is_file()
     assert "RMSE" in res.output
-    man = _manifest(out)
-    assert man["command"] == "compare" and man["inputs"]["observed"] == str(real)
-    assert man["config"]["quick"] is True and len(man["observed_sha256"]) == 64
+    rec = _record(out, "compare")
+    assert rec["inputs"]["observed"] == str(real)
+    assert rec["config"]["quick"] is True and len(rec["results"]["observed_sha256"]) == 64
 
 
 def _two_optimiser_sweep(token_models: tuple[str, ...] = ("per-token",)) -> pd.DataFrame:
@@ -158,26 +158,27 @@ def _two_optimiser_sweep(token_models: tuple[str, ...] = ("per-token",)) -> pd.D
 
 def test_sweep_accuracy_keeps_optimisers_apart():
     """SGD at 0.2 and Adam at 0.9 are two series of the RL colour, never one point at 0.55."""
-    acc = _sweep_accuracy(_two_optimiser_sweep(), {"ladder": {"names": ["T1", "T2"],
-                                                             "in_distribution": [True, False]}})
+    results = _two_optimiser_sweep()
+    grid = {"ladder": {"names": ["T1", "T2"], "in_distribution": [True, False]}}
+    acc = sweep_accuracy(results, SweepRun(Path("sweeps/x"), results, grid))
     t1 = acc[acc["task"] == "T1"].set_index("series")
     assert set(acc["regime"]) == {"RL"}  # canonical regime: the colour
     assert t1.loc["surrogate+kl · sgd", "accuracy"] == pytest.approx(0.2)
     assert t1.loc["surrogate+kl · adam", "accuracy"] == pytest.approx(0.9)
     assert (acc["n"] == 3).all() and len(acc) == 4
-    two_tm = _sweep_accuracy(_two_optimiser_sweep(("per-token", "sequence")), {})
+    two_tm = sweep_accuracy(_two_optimiser_sweep(("per-token", "sequence")))
     assert two_tm["series"].nunique() == 4 and (two_tm["n"] == 3).all()
     assert "surrogate+kl · adam · sequence" in set(two_tm["series"])
 
 
 def test_simulated_calibration_is_sim_simulate():
     """The report's simulated calibration is sim.simulate's sampler + core.calibration."""
-    from analysis.report import simulated_calibration
+    from analysis.builtin import CalibrationSample, simulated_calibration
     from sim.simulate import simulate_and_calibrate
 
     curves = pd.DataFrame({"regime": ["Base"], "task": ["T1"], "task_index": [1],
                            "in_distribution": [True], "p": [0.6], "q1": [0.8], "q2": [0.3]})
-    row = simulated_calibration(curves, 8, n=200, n_boot=10, seed=0).iloc[0]
+    row = simulated_calibration(curves, 8, CalibrationSample(n=200, n_boot=10)).iloc[0]
     want = simulate_and_calibrate(0.6, 0.8, 0.3, 8, 200, seed=0, n_boot=10)
     for key, est in want.items():
         assert row[key] == pytest.approx(est.estimate, nan_ok=True)

@@ -1,4 +1,4 @@
-"""Render the report in headless Chromium and check that every chart drew (issue 4).
+"""Render the report in headless Chromium and check that every chart drew (DESIGN §6).
 
 Needs a `chromium` (or chromium-browser / google-chrome) binary: `apt-get install -y chromium`
 (see .ci/run). Skipped, with the reason, only where none can be found.

@@ -1,12 +1,20 @@
-"""Synthetic inputs in the output contracts of sweep / train / realmodel (for report tests)."""
+"""Synthetic inputs in the output contracts of sweep / train / realmodel (for report tests).
+
+Every folder carries a run record (core.records) as its writer will: a sweep's config is its
+grid (the layout of sim.sweep.GridConfig.to_dict, the fields the report reads), a train run's
+its TrainConfig, an eval's the run key with the model. `write_train` runs the real `train`
+job and records it only where sim.training_run does not yet write a record itself.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from core.records import RecordError, finish_record, read_record, start_record
 
 TASKS = ("T1", "T2", "T3")
 
@@ -34,11 +42,16 @@ def write_sweep(root: Path, name: str = "demo") -> Path:
     run = root / "sweeps" / name
     run.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(run / "results.parquet")
-    (run / "manifest.json").write_text(json.dumps({
-        "ladder": {"names": list(TASKS), "difficulty": [1, 2, 3],
-                   "in_distribution": [True, False, False]},
-        "length_scales": [1.0, 3.0, 3.0], "K": 8,
-        "grid": {"training": {"kl_placement": "in-loss", "kl_estimator": "k3"}}}))
+    grid = {"lengths": [10, 100, 1000], "objectives": ["surrogate", "kl", "sft"],
+            "betas": [0.001], "token_models": ["per-token", "sequence"], "optimisers": ["sgd"],
+            "seed": 0,
+            "training": {"steps": 10, "n_agents": 3, "max_attempts": 8,
+                         "kl_placement": "in-loss", "kl_estimator": "k3"},
+            "ladder": {"names": list(TASKS), "difficulty": [1.0, 2.0, 3.0],
+                       "in_distribution": [True, False, False],
+                       "length_scales": [1.0, 3.0, 3.0]}}
+    start_record(run, "sweep", grid)
+    finish_record(run, cells_computed=len(cells) * 6)
     return run
 
 
@@ -49,6 +62,11 @@ def write_train(root: Path, name: str = "demo") -> Path:
     cfg = TrainConfig(objective="surrogate+kl", beta=0.01, length=10.0, steps=8, n_agents=2,
                       n_queries=4, ref_update_every=4)
     run, _ = train_and_write(cfg, name, root / "train", progress=False)
+    try:
+        read_record(run)
+    except RecordError:  # sim.training_run still writes its old manifest
+        start_record(run, "train", asdict(cfg))
+        finish_record(run)
     return run
 
 
@@ -68,5 +86,7 @@ def write_real(root: Path) -> Path:
         d = real / run
         d.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(d / "calibration.csv", index=False)
-        (d / "manifest.json").write_text(json.dumps({"model": "smollm2-135m"}))
+        start_record(d, "eval", {"model": "smollm2-135m", "tasks": ["1x1", "1x2", "2x2"],
+                                 "id_tasks": ["1x1", "1x2"], "n": 100})
+        finish_record(d)
     return real

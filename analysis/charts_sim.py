@@ -1,0 +1,182 @@
+"""Charts of simulator runs (DESIGN §2-§3): the attribution landscape of a sweep and the
+training dynamics of one run (the paper's Figure 1 layout). Pure functions: DataFrame -> chart.
+
+Column names are read through sim.columns (`p[T1]`, `g_s[kl]`, `ratio[total]`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from analysis.charts import PANEL_H, PANEL_W, mean_ci, series_labels
+from sim.columns import column, keyed_columns, split_column
+
+COMPONENT_LABELS = {"s": "θ_s (sampling)", "1": "θ_1 (STOP after correct)",
+                    "2": "θ_2 (RESAMPLE after wrong)"}
+LINE_LEGEND = alt.Legend(orient="bottom", columns=2, symbolType="stroke", symbolOpacity=1,
+                         symbolStrokeWidth=3)
+SHARED_PARAMS = ("w_s", "w_1", "w_2")  # sim.model.AgentSpec.parameter_names
+TASK_PARAMS = ("u_s", "u_1", "u_2")  # u_x[t] per ID task
+AGENT_BAND = (0.025, 0.975)  # quantiles of the band over agents
+
+
+# ---------------------------------------------------------------- attribution landscape
+
+
+def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None = None,
+                          ratio_column: str = "ratio") -> alt.VConcatChart:
+    """Attribution ratio vs L per objective and token model (log axes, population CIs), and
+    heatmaps of the learned p and q2 (mean over agents and ID tasks) over L x objective.
+
+    `results`: the sweep table (DESIGN §3; one row per cell and agent) with objective,
+    token_model, length, `ratio_column`, p[T], q2[T].
+    """
+    df = results.copy()
+    df = df[np.isfinite(df[ratio_column]) & (df[ratio_column] > 0)]
+    df["series"] = series_labels(df)
+    agg = mean_ci(df, ["series", "token_model", "length"], ratio_column)
+    agg["ci_low"] = agg["ci_low"].clip(lower=agg["mean"] * 1e-3)
+    base = alt.Chart(agg).encode(
+        x=alt.X("length:Q", scale=alt.Scale(type="log"),
+                title="answer length L (tokens, log scale)"),
+        # dark2 has 8 colours: beyond that (e.g. objectives x optimisers) use 20
+        color=alt.Color("series:N", title="objective", legend=LINE_LEGEND,
+                        scale=alt.Scale(scheme="dark2" if agg["series"].nunique() <= 8
+                                        else "tableau20")),
+    )
+    tooltip = [alt.Tooltip("series:N", title="objective"), "token_model:N",
+               alt.Tooltip("length:Q", title="L (tokens)"),
+               alt.Tooltip("mean:Q", title="ratio (mean)", format=".3g"),
+               alt.Tooltip("ci_low:Q", format=".3g"), alt.Tooltip("ci_high:Q", format=".3g"),
+               "agents:Q"]
+    ytitle = "attribution ratio |g_s| / mean(|g_1|, |g_2|) (log)"
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("ci_low:Q", scale=alt.Scale(type="log"), title=ytitle), y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("mean:Q", scale=alt.Scale(type="log"), title=ytitle), tooltip=tooltip,
+        strokeDash=alt.StrokeDash("series:N", legend=None))
+    panels = []
+    for tm in sorted(agg["token_model"].unique()):
+        sub = alt.layer(band, line).transform_filter(alt.datum.token_model == tm)
+        panels.append(sub.properties(width=PANEL_W + 60, height=PANEL_H,
+                                     title=f"token model: {tm}"))
+    landscape = alt.hconcat(*panels).resolve_scale(y="shared")
+
+    wanted = set(id_tasks) if id_tasks else None
+    cols = [c for c in df.columns if (parts := split_column(c)) is not None
+            and parts[0] in ("p", "q2") and (wanted is None or parts[1] in wanted)]
+    long = df.melt(id_vars=["series", "token_model", "length"], value_vars=cols,
+                   var_name="column", value_name="value")
+    long["component"] = long["column"].map(lambda c: split_column(c)[0])
+    long["row"] = long["series"] + " · " + long["token_model"].astype(str)
+    heat = long.groupby(["component", "row", "length"], as_index=False)["value"].mean()
+    maps = []
+    for comp, title in (("p", "learned p (ID mean)"), ("q2", "learned q2 (ID mean)")):
+        maps.append(alt.Chart(heat[heat["component"] == comp]).mark_rect().encode(
+            x=alt.X("length:O", title="answer length L (tokens)"),
+            y=alt.Y("row:N", title="objective · token model"),
+            color=alt.Color("value:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"),
+                            title=f"{comp} (0–1)"),
+            tooltip=["row:N", alt.Tooltip("length:O", title="L"),
+                     alt.Tooltip("value:Q", title=comp, format=".3f")],
+        ).properties(width=PANEL_W, height=max(60, 22 * heat["row"].nunique()), title=title))
+    heatmaps = alt.hconcat(*maps).resolve_scale(color="independent")
+    return alt.vconcat(landscape, heatmaps)
+
+
+# -------------------------------------------------------------------- training dynamics
+
+
+def terms_of(history: pd.DataFrame) -> list[str]:
+    """The objective terms of a history (its g_s[term] columns), without the total."""
+    return [t for t in keyed_columns(history.columns, "g_s") if t != "total"]
+
+
+def parameter_columns(history: pd.DataFrame) -> list[str]:
+    """The parameter columns of a history: w_x and u_x[t] (sim.model.AgentSpec)."""
+    return [c for c in history.columns if c in SHARED_PARAMS
+            or ((parts := split_column(c)) is not None and parts[0] in TASK_PARAMS)]
+
+
+def agent_band(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean over agents with the AGENT_BAND percentile band (a single agent: band = line)."""
+    g = long.groupby(keys, as_index=False)["value"]
+    out = g.mean()
+    out["lo"] = g.quantile(AGENT_BAND[0])["value"].to_numpy()
+    out["hi"] = g.quantile(AGENT_BAND[1])["value"].to_numpy()
+    return out
+
+
+def training_dynamics(history: pd.DataFrame,
+                      weights: dict[str, float] | None = None) -> alt.VConcatChart:
+    """The paper's Figure 1 layout from a training history (sim.dynamics.train_expected or
+    outputs/train/<name>/history.parquet; DESIGN §2-§3): parameters over steps, the gradient
+    components of each objective term per parameter (weighted by `weights`, e.g. beta for the
+    KL), the net gradients, and the attribution ratio over time (log scale). Several agents:
+    mean with a 2.5-97.5 percentile band.
+    """
+    h = history.copy()
+    if "agent" not in h.columns:
+        h["agent"] = 0
+    weights = weights or {}
+    params = parameter_columns(h)
+    terms = terms_of(h)
+    resets = (sorted(h.loc[h["ref_reset"].astype(bool), "step"].unique())
+              if "ref_reset" in h.columns else [])
+
+    def line_chart(data: pd.DataFrame, colour: str, title: str, ytitle: str,
+                   log: bool = False, legend_title: str | None = None) -> alt.LayerChart:
+        yscale = alt.Scale(type="log") if log else alt.Scale(zero=False)
+        enc = alt.Chart(data).encode(
+            x=alt.X("step:Q", title="training step"),
+            color=alt.Color(f"{colour}:N", title=legend_title or colour,
+                            legend=LINE_LEGEND))
+        band = enc.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", scale=yscale, title=ytitle),
+                                                 y2="hi:Q")
+        line = enc.mark_line().encode(
+            y=alt.Y("value:Q", scale=yscale, title=ytitle),
+            tooltip=["step:Q", f"{colour}:N", alt.Tooltip("value:Q", format=".4g")])
+        layers = [band, line]
+        if resets:
+            layers.append(alt.Chart(pd.DataFrame({"step": resets})).mark_rule(
+                strokeDash=[3, 3], color="#999").encode(x="step:Q"))
+        return alt.layer(*layers).properties(width=PANEL_W, height=PANEL_H, title=title)
+
+    plong = h.melt(id_vars=["step", "agent"], value_vars=params, var_name="parameter")
+    p_chart = line_chart(agent_band(plong, ["step", "parameter"]), "parameter",
+                         "parameters", "value (logit units)")
+
+    gcols = {column(f"g_{x}", "total"): label for x, label in COMPONENT_LABELS.items()}
+    nlong = h.melt(id_vars=["step", "agent"], value_vars=list(gcols), var_name="col")
+    nlong["component"] = nlong["col"].map(gcols)
+    net = line_chart(agent_band(nlong, ["step", "component"]), "component",
+                     "net gradient (weighted sum)", "d objective / d logit")
+
+    ratio_cols = keyed_columns(h.columns, "ratio")
+    rcols = {ratio_cols[t]: t for t in [*terms, "total"] if t in ratio_cols}
+    rlong = h.melt(id_vars=["step", "agent"], value_vars=list(rcols), var_name="col")
+    rlong["term"] = rlong["col"].map(rcols)
+    rlong = rlong[np.isfinite(rlong["value"]) & (rlong["value"] > 0)]
+    ratio = line_chart(agent_band(rlong, ["step", "term"]), "term",
+                       "attribution ratio over time", "|g_s| / mean(|g_1|,|g_2|) (log)",
+                       log=True, legend_title="objective term")
+
+    comp_charts = []
+    for x, label in COMPONENT_LABELS.items():
+        frames = []
+        for t in terms:
+            col = column(f"g_{x}", t)
+            sub = h[["step", "agent", col]].rename(columns={col: "value"})
+            sub["value"] = sub["value"] * weights.get(t, 1.0)
+            sub["term"] = f"{weights[t]:g} × {t}" if t in weights and weights[t] != 1 else t
+            frames.append(sub)
+        comp_charts.append(line_chart(agent_band(pd.concat(frames), ["step", "term"]), "term",
+                                      f"gradient components: {label}",
+                                      "d term / d logit", legend_title="objective term"))
+    top = alt.hconcat(p_chart, net, ratio).resolve_scale(color="independent")
+    bottom = alt.hconcat(*comp_charts).resolve_scale(color="shared")
+    return alt.vconcat(top, bottom).resolve_scale(color="independent")
