@@ -15,21 +15,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+import sim.rng
+import sim.terms
 from sim.rng import GOLDEN, S11, mix64, next_bits53, threshold53
+from sim.terms import N_COLUMNS, add_step, drop_stale_caches, fingerprint
 
 MAX_ATTEMPTS = 60
 
 # kl estimators (DESIGN §2)
 K1, K2, K3 = 1, 2, 3
 ESTIMATORS = {"k1": K1, "k2": K2, "k3": K3}
-
-# per-trajectory gradient terms, each a 3-vector over (theta_s, theta_1, theta_2)
-T_SCORE = 0  # grad log pi(tau), answer-level (no length factor): the surrogate's score
-T_LIKELIHOOD = 1  # grad [w(L) log pi_s + log pi_d]: SFT / NSR / PSR on this trajectory
-T_DFT = 2  # the same, each term weighted by its stop-gradient probability (DFT)
-T_KL_REWARD = 3  # sum_t Q_t grad log pi(a_t), r_t = -w_t k(x_t): KL "in reward" (no beta)
-T_KL_LOSS = 4  # -sum_t w_t k'(x_t) grad log pi(a_t): KL "in loss" (pathwise, no beta)
-N_TERMS = 5
 
 PARAM_S, PARAM_1, PARAM_2 = 0, 1, 2
 
@@ -280,10 +275,13 @@ def steps_penalties_and_q(nsteps, xdev, weight, attempt, estimator, clamp, gamma
 @njit(cache=True)
 def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, w_correct,
                      w_wrong, estimator, clamp, gamma, out, bufs, ibufs):
-    """All gradient terms of one trajectory into out[N_TERMS, 3]; returns (R, penalty).
+    """Every kernel of `sim.terms.KERNELS` on one trajectory into out[N_COLUMNS, 3];
+    returns (R, penalty).
 
     bufs: float64[7, 2K] scratch, ibufs: int64[2, 2K] scratch (no allocation in hot loops).
     """
+    if out.shape[0] != N_COLUMNS:
+        raise ValueError("trajectory_terms: out needs one row per kernel of sim.terms.KERNELS")
     param = ibufs[0]
     attempt = ibufs[1]
     glogp, prob, xdev, weight, r, q, dk = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], \
@@ -294,13 +292,7 @@ def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_lo
                                     dk)
     out[:, :] = 0.0
     for t in range(nsteps):
-        j = param[t]
-        g = glogp[t]
-        out[T_SCORE, j] += g
-        out[T_LIKELIHOOD, j] += weight[t] * g
-        out[T_DFT, j] += weight[t] * prob[t] * g
-        out[T_KL_REWARD, j] += q[t] * g
-        out[T_KL_LOSS, j] -= weight[t] * dk[t] * g
+        add_step(out, 0, param[t], glogp[t], weight[t], prob[t], xdev[t], q[t], dk[t])
     reward = 0.0
     if trunc == 0 and (mask >> (n - 1)) & 1:
         reward = gamma ** (n - 1)
@@ -316,10 +308,10 @@ def _batch_terms_impl(masks, ns, truncs, max_attempts, final_sampled, logits, re
                       w_correct, w_wrong, estimator, clamp, gamma):
     """`trajectory_terms` over a flat batch of trajectories sharing one set of logits.
 
-    Returns terms[N, N_TERMS, 3], rewards[N], penalties[N].
+    Returns terms[N, N_COLUMNS, 3], rewards[N], penalties[N].
     """
     n = masks.shape[0]
-    terms = np.empty((n, N_TERMS, 3))
+    out = np.empty((n, N_COLUMNS, 3))
     rewards = np.empty(n)
     penalties = np.empty(n)
     for i in prange(n):
@@ -327,8 +319,8 @@ def _batch_terms_impl(masks, ns, truncs, max_attempts, final_sampled, logits, re
         ibufs = np.empty((2, 2 * max_attempts), dtype=np.int64)
         rewards[i], penalties[i] = trajectory_terms(
             masks[i], ns[i], truncs[i], max_attempts, final_sampled, logits, ref_logits,
-            w_correct, w_wrong, estimator, clamp, gamma, terms[i], bufs, ibufs)
-    return terms, rewards, penalties
+            w_correct, w_wrong, estimator, clamp, gamma, out[i], bufs, ibufs)
+    return out, rewards, penalties
 
 
 # prange is a plain range in the serial build. Exact enumeration batches (2^(K+1) rows) are
@@ -376,3 +368,16 @@ def batch_clipped_scores(masks, ns, truncs, max_attempts, final_sampled, logits,
             if (a >= 0 and rho <= 1.0 + clip_epsilon) or (a < 0 and rho >= 1.0 - clip_epsilon):
                 out[i, ibufs[0, t]] += rho * a * bufs[0, t]
     return out
+
+
+# Numba's on-disk cache does not see edits of the modules these kernels call (sim.terms):
+# drop this module's cached kernels when those sources changed since they were compiled.
+_SOURCES = fingerprint(sim.rng, sim.terms)
+
+
+@njit(cache=True)
+def _compiled_against():
+    return _SOURCES
+
+
+drop_stale_caches(globals(), _compiled_against, _SOURCES)

@@ -7,7 +7,9 @@ Sign convention: every term is something to *maximise* (gradient ascent):
   nsr, psr   -likelihood of the agent's own failed / +likelihood of its own successful samples
 A combination is a weighted sum with non-negative weights, e.g. GRPO = surrogate + beta * kl.
 
-Two estimators share one per-trajectory kernel (`sim.kernels.trajectory_terms`):
+Each term is one entry of `sim.terms.TERMS` (its kernel, trajectories, reward filter, sign,
+advantage); two estimators read that table and share the per-trajectory kernels
+(`sim.kernels.trajectory_terms`):
   exact  enumeration of every trajectory (2^(K+1) of them) weighted by its probability
   mc     Monte-Carlo average over sampled groups, with a standard error
 """
@@ -25,8 +27,9 @@ from scipy.stats import binom
 from sim import kernels as kn
 from sim.model import AgentSpec
 from sim.rng import agent_states
+from sim.terms import ANY, BY_KIND, DATA, KINDS, keeps
 
-OBJECTIVE_KINDS = ("surrogate", "kl", "sft", "dft", "nsr", "psr")
+OBJECTIVE_KINDS = KINDS  # the order of sim.terms.TERMS
 TOKEN_MODELS = ("per-token", "sequence")
 KL_PLACEMENTS = ("in-reward", "in-loss")
 SFT_KINDS = ("reflection", "no-reflection")
@@ -204,36 +207,46 @@ def group_advantage_factor(p_success: float, obj: ObjectiveConfig) -> float:
 
 def exact_logit_gradients(logits, ref_logits, spec: AgentSpec,
                           obj: ObjectiveConfig) -> dict[str, np.ndarray]:
-    """Exact expected gradient of each term (unweighted) on (theta_s, theta_1, theta_2)."""
+    """Exact expected gradient of each term (unweighted) on (theta_s, theta_1, theta_2).
+
+    Each term is read from `sim.terms.TERMS`: its kernel weighted by the probability of every
+    trajectory of the agent (or by the data set's weights), times its reward filter and sign.
+    """
     masks, ns, truncs = all_trajectories(spec.max_attempts, spec.final_sampled)
     logits = np.asarray(logits, float)
     probs = np.exp(kn.batch_log_probs(masks, ns, truncs, spec.max_attempts, spec.final_sampled,
                                       logits))
     terms, rewards, _ = _terms(masks, ns, truncs, logits, ref_logits, spec, obj)
+    data = None  # the SFT data set's kernels, weights and rewards, computed once
     out: dict[str, np.ndarray] = {}
     for kind in obj.kinds:
-        if kind == "surrogate":
+        term = BY_KIND[kind]
+        col = term.column(obj.kl_placement)
+        if term.source == DATA:
+            if data is None:
+                dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
+                dterms, drewards, _ = _terms(dm, dn, dt, logits, ref_logits, spec, obj)
+                data = dterms, dw, drewards
+            kern, weights, r = data
+        else:
+            kern, weights, r = terms, probs, rewards
+        if term.advantage:  # own trajectories, unfiltered, the score (sim.terms.Term)
             if obj.std_scaling and not np.all((rewards == 0) | (rewards == 1)):
                 raise NotImplementedError("exact std-scaled advantages need binary rewards "
                                           "(gamma = 1); use the Monte-Carlo estimator")
             # E[A grad log pi] for binary R; for gamma < 1 without std scaling the same
             # identity gives (1 - 1/G) grad E[R].
-            e_success = (probs * rewards) @ terms[:, kn.T_SCORE]
+            e_success = (probs * rewards) @ kern[:, col]
             factor = (group_advantage_factor(float(probs @ rewards), obj) if obj.std_scaling
                       else 1.0 - 1.0 / obj.group_size)
-            out[kind] = factor * e_success
-        elif kind == "kl":
-            col = kn.T_KL_REWARD if obj.kl_placement == "in-reward" else kn.T_KL_LOSS
-            out[kind] = probs @ terms[:, col]
-        elif kind in ("sft", "dft"):
-            dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
-            dterms, _, _ = _terms(dm, dn, dt, logits, ref_logits, spec, obj)
-            col = kn.T_LIKELIHOOD if kind == "sft" else kn.T_DFT
-            out[kind] = dw @ dterms[:, col]
-        elif kind == "nsr":
-            out[kind] = -(probs * (rewards == 0)) @ terms[:, kn.T_LIKELIHOOD]
-        elif kind == "psr":
-            out[kind] = (probs * (rewards > 0)) @ terms[:, kn.T_LIKELIHOOD]
+            grad = factor * e_success
+            out[kind] = -grad if term.sign < 0 else grad
+            continue
+        if term.reward_filter != ANY:
+            weights = weights * keeps(term.reward_filter, r)
+        if term.sign < 0:
+            weights = -weights
+        out[kind] = weights @ kern[:, col]
     return out
 
 
@@ -260,33 +273,39 @@ def mc_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig
                                              spec.final_sampled, n_groups * g)
     masks, ns, truncs = masks[0], ns[0].astype(np.int64), truncs[0].astype(np.int64)
     terms, rewards, _ = _terms(masks, ns, truncs, logits, ref_logits, spec, obj)
+    data = None  # kernels and rewards of n_groups * G draws from the SFT data set
     per_group: dict[str, np.ndarray] = {}  # (n_groups, 3): each group's own estimate
     for kind in obj.kinds:
-        if kind == "surrogate":
-            r = rewards.reshape(n_groups, g)
-            adv = r - r.mean(axis=1, keepdims=True)
+        term = BY_KIND[kind]
+        col = term.column(obj.kl_placement)
+        if term.source == DATA:
+            if data is None:
+                dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
+                rng = np.random.default_rng(seed)
+                idx = rng.choice(len(dw), size=n_groups * g, p=dw / dw.sum())
+                dterms, drewards, _ = _terms(dm[idx], dn[idx], dt[idx], logits, ref_logits, spec,
+                                             obj)
+                data = dterms, drewards
+            kern, r = data
+        else:
+            kern, r = terms, rewards
+        if term.advantage:  # own trajectories, unfiltered, the score (sim.terms.Term)
+            rg = rewards.reshape(n_groups, g)
+            adv = rg - rg.mean(axis=1, keepdims=True)
             if obj.std_scaling:
-                adv = adv / (r.std(axis=1, ddof=obj.std_ddof, keepdims=True) + obj.adv_eps)
+                adv = adv / (rg.std(axis=1, ddof=obj.std_ddof, keepdims=True) + obj.adv_eps)
             if obj.clip_epsilon is not None and old_logits is not None:
-                score = kn.batch_clipped_scores(masks, ns, truncs, spec.max_attempts,
-                                                spec.final_sampled, logits, behaviour,
-                                                adv.ravel(), obj.clip_epsilon)
+                contrib = kn.batch_clipped_scores(masks, ns, truncs, spec.max_attempts,
+                                                  spec.final_sampled, logits, behaviour,
+                                                  adv.ravel(), obj.clip_epsilon)
             else:
-                score = terms[:, kn.T_SCORE] * adv.reshape(-1, 1)
-            contrib = score
-        elif kind == "kl":
-            col = kn.T_KL_REWARD if obj.kl_placement == "in-reward" else kn.T_KL_LOSS
-            contrib = terms[:, col]
-        elif kind in ("sft", "dft"):
-            dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
-            rng = np.random.default_rng(seed)
-            idx = rng.choice(len(dw), size=n_groups * g, p=dw / dw.sum())
-            dterms, _, _ = _terms(dm[idx], dn[idx], dt[idx], logits, ref_logits, spec, obj)
-            contrib = dterms[:, kn.T_LIKELIHOOD if kind == "sft" else kn.T_DFT]
-        elif kind == "nsr":
-            contrib = -terms[:, kn.T_LIKELIHOOD] * (rewards == 0)[:, None]
-        else:  # psr
-            contrib = terms[:, kn.T_LIKELIHOOD] * (rewards > 0)[:, None]
+                contrib = kern[:, col] * adv.reshape(-1, 1)
+        else:
+            contrib = kern[:, col]
+        if term.sign < 0:
+            contrib = -contrib
+        if term.reward_filter != ANY:
+            contrib = contrib * keeps(term.reward_filter, r)[:, None]
         per_group[kind] = contrib.reshape(n_groups, g, 3).mean(axis=1)
     return {k: MCEstimate(v.mean(axis=0), v.std(axis=0, ddof=1) / math.sqrt(n_groups))
             for k, v in per_group.items()}

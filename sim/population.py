@@ -31,9 +31,10 @@ from sim import population_kernels as pk
 from sim.attribution import attribution_ratio
 from sim.kernels import ESTIMATORS
 from sim.model import AgentSpec
-from sim.objectives import OBJECTIVE_KINDS, ObjectiveConfig, token_weights
+from sim.objectives import ObjectiveConfig, token_weights
 from sim.optim import OptimiserConfig
 from sim.rng import agent_states
+from sim.terms import BY_KIND, DATA, KIND_INDEX, KINDS, N_KINDS, term_codes
 
 COMPS = ("s", "1", "2")
 PROBS = ("p", "q1", "q2")
@@ -112,7 +113,7 @@ class PopulationModel(mesa.Model):
         self.task_names = first.spec.ladder.names
         # the union of the terms present, in the canonical order
         present = {k for lc in self.learners for k in lc.objective.kinds}
-        self.kinds = tuple(k for k in OBJECTIVE_KINDS if k in present)
+        self.kinds = tuple(k for k in KINDS if k in present)
         n = len(self.learners)
         self.n_agents = n
         self.parallel = (
@@ -120,55 +121,68 @@ class PopulationModel(mesa.Model):
             if config.parallel is None
             else config.parallel
         )
-        self.phi = np.stack([lc.spec.initial_params(lc.theta0) for lc in self.learners])
-        self.ref_phi = self.phi.copy()
-        self.adam_m = np.zeros_like(self.phi)
-        self.adam_v = np.zeros_like(self.phi)
+        phi = np.stack([lc.spec.initial_params(lc.theta0) for lc in self.learners])
         # explicit per-agent streams: agent i of seed s is reproducible whatever the threads
-        self.states = agent_states(config.seed, n)
-        self.jac = np.ascontiguousarray(np.stack([lc.spec.jacobians() for lc in self.learners]))
-        self.offsets = np.ascontiguousarray(np.stack([lc.spec.offsets() for lc in self.learners]))
-        self.id_tasks = first.spec.ladder.id_indices.astype(np.int64)
-        self.active = np.zeros((n, pk.N_KINDS), dtype=np.bool_)
-        self.term_w = np.zeros((n, pk.N_KINDS))
-        self.w_c = np.empty(n)
-        self.w_w = np.empty(n)
-        self.gamma = np.empty(n)
-        self.data_masks = np.zeros((n, 2), dtype=np.int64)
-        self.data_ns = np.ones((n, 2), dtype=np.int64)
-        self.data_w = np.zeros((n, 2))
-        self.opt_kind = np.empty(n, dtype=np.int64)
-        self.lr = np.empty(n)
-        self.beta1 = np.empty(n)
-        self.beta2 = np.empty(n)
-        self.eps = np.empty(n)
+        self.state = pk.State(phi=phi, ref_phi=phi.copy(), adam_m=np.zeros_like(phi),
+                              adam_v=np.zeros_like(phi), streams=agent_states(config.seed, n))
+        active = np.zeros((n, N_KINDS), dtype=np.bool_)
+        term_w = np.zeros((n, N_KINDS))
+        tokens = np.array([token_weights(lc.spec, lc.objective) for lc in self.learners])
+        data_masks = np.zeros((n, 2), dtype=np.int64)
+        data_ns = np.ones((n, 2), dtype=np.int64)
+        data_w = np.zeros((n, 2))
         for i, lc in enumerate(self.learners):
             for kind, w in lc.objective.weights:
-                j = OBJECTIVE_KINDS.index(kind)
-                self.active[i, j] = True
-                self.term_w[i, j] = w
-            self.w_c[i], self.w_w[i] = token_weights(lc.spec, lc.objective)
-            self.gamma[i] = lc.spec.gamma
-            if any(k in ("sft", "dft") for k in lc.objective.kinds):
+                active[i, KIND_INDEX[kind]] = True
+                term_w[i, KIND_INDEX[kind]] = w
+            if any(BY_KIND[k].source == DATA for k in lc.objective.kinds):
                 dm, dn, _, dw = lc.objective.sft_data.trajectories(lc.spec.max_attempts)
-                self.data_masks[i, : len(dm)] = dm
-                self.data_ns[i, : len(dn)] = dn
-                self.data_w[i, : len(dw)] = dw / dw.sum()
-            opt = lc.optimiser
-            self.opt_kind[i] = pk.OPT_SGD if opt.name == "sgd" else pk.OPT_ADAM
-            self.lr[i], self.beta1[i], self.beta2[i], self.eps[i] = (
-                opt.lr,
-                opt.beta1,
-                opt.beta2,
-                opt.eps,
-            )
-        self.grads = np.zeros((n, pk.N_KINDS, 3))
-        self.rewards = np.zeros(n)
+                data_masks[i, : len(dm)] = dm
+                data_ns[i, : len(dn)] = dn
+                data_w[i, : len(dw)] = dw / dw.sum()
+        opts = [lc.optimiser for lc in self.learners]
+        self.learner_arrays = pk.Learners(
+            jac=np.ascontiguousarray(np.stack([lc.spec.jacobians() for lc in self.learners])),
+            offsets=np.ascontiguousarray(np.stack([lc.spec.offsets() for lc in self.learners])),
+            active=active,
+            term_w=term_w,
+            w_c=np.ascontiguousarray(tokens[:, 0]),
+            w_w=np.ascontiguousarray(tokens[:, 1]),
+            gamma=np.array([float(lc.spec.gamma) for lc in self.learners]),
+            data_masks=data_masks,
+            data_ns=data_ns,
+            data_w=data_w,
+            opt_kind=np.array([pk.OPT_SGD if o.name == "sgd" else pk.OPT_ADAM for o in opts],
+                              dtype=np.int64),
+            lr=np.array([float(o.lr) for o in opts]),
+            beta1=np.array([float(o.beta1) for o in opts]),
+            beta2=np.array([float(o.beta2) for o in opts]),
+            eps=np.array([float(o.eps) for o in opts]),
+        )
+        s0, o0 = first.spec, first.objective
+        self.shared = pk.Shared(
+            id_tasks=first.spec.ladder.id_indices.astype(np.int64),
+            max_attempts=int(s0.max_attempts),
+            final_sampled=bool(s0.final_sampled),
+            group_size=int(o0.group_size),
+            n_queries=int(config.n_queries),
+            std_scaling=bool(o0.std_scaling),
+            std_ddof=int(o0.std_ddof),
+            adv_eps=float(o0.adv_eps),
+            estimator=ESTIMATORS[o0.kl_estimator],
+            clamp=float(o0.kl_clamp),
+            **term_codes(o0.kl_placement),
+        )
+        self.out = pk.Out(grads=np.zeros((n, N_KINDS, 3)), rewards=np.zeros(n))
+        # the kernel's arguments as plain tuples (sim.population_kernels.population_step),
+        # fixed: each step updates their arrays in place
+        self._kernel_args = tuple(tuple(t) for t in (self.state, self.learner_arrays,
+                                                      self.shared, self.out))
         self.step_count = 0
         self.ref_reset = False
         # running sums over training (signed and absolute) of per-term and total gradients
-        self.grad_sum = np.zeros((n, pk.N_KINDS + 1, 3))
-        self.abs_grad_sum = np.zeros((n, pk.N_KINDS + 1, 3))
+        self.grad_sum = np.zeros((n, N_KINDS + 1, 3))
+        self.abs_grad_sum = np.zeros((n, N_KINDS + 1, 3))
         self._blocks: list[dict[str, np.ndarray]] = []
         for i, lc in enumerate(self.learners):
             DSLearner(self, lc, i)
@@ -214,10 +228,33 @@ class PopulationModel(mesa.Model):
             if any(getattr(o, f) != getattr(o0, f) for f in shared):
                 raise ValueError(f"all learners of a population need the same {shared}")
 
+    # ------------------------------------------------------------------ the kernel's arrays
+    @property
+    def phi(self) -> np.ndarray:
+        """(A, P) parameters (updated in place by each step)."""
+        return self.state.phi
+
+    @property
+    def ref_phi(self) -> np.ndarray:
+        """(A, P) reference parameters (assign in place: `model.ref_phi[:] = ...`)."""
+        return self.state.ref_phi
+
+    @property
+    def grads(self) -> np.ndarray:
+        """(A, N_KINDS, 3) the last step's unweighted per-term logit gradients, rows in the
+        order of sim.terms.TERMS."""
+        return self.out.grads
+
+    @property
+    def rewards(self) -> np.ndarray:
+        """(A,) the last step's mean reward per agent."""
+        return self.out.rewards
+
     # ------------------------------------------------------------------ dynamics
     def total_grad(self) -> np.ndarray:
         """(A, 3) weighted total of the last step's per-term logit gradients."""
-        return np.einsum("ak,akx->ax", self.term_w * self.active, self.grads)
+        la = self.learner_arrays
+        return np.einsum("ak,akx->ax", la.term_w * la.active, self.grads)
 
     def step(self) -> None:
         """One batched training step of every agent (DESIGN §2), then record."""
@@ -229,50 +266,15 @@ class PopulationModel(mesa.Model):
         )
         if self.ref_reset:
             self.ref_phi[:] = self.phi
-        s0, o0 = self.spec0, self.obj0
         self.step_count += 1
         kernel = pk.population_step if self.parallel else pk.population_step_serial
-        kernel(
-            self.phi,
-            self.ref_phi,
-            self.adam_m,
-            self.adam_v,
-            self.step_count,
-            self.states,
-            self.jac,
-            self.offsets,
-            self.id_tasks,
-            self.active,
-            self.term_w,
-            self.w_c,
-            self.w_w,
-            self.gamma,
-            s0.max_attempts,
-            s0.final_sampled,
-            o0.group_size,
-            cfg.n_queries,
-            o0.std_scaling,
-            o0.std_ddof,
-            o0.adv_eps,
-            ESTIMATORS[o0.kl_estimator],
-            o0.kl_placement == "in-reward",
-            o0.kl_clamp,
-            self.data_masks,
-            self.data_ns,
-            self.data_w,
-            self.opt_kind,
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.grads,
-            self.rewards,
-        )
+        state, learners, shared, out = self._kernel_args
+        kernel(state, learners, shared, self.step_count, out)
         total = self.total_grad()
-        self.grad_sum[:, : pk.N_KINDS] += self.grads
-        self.grad_sum[:, pk.N_KINDS] += total
-        self.abs_grad_sum[:, : pk.N_KINDS] += np.abs(self.grads)
-        self.abs_grad_sum[:, pk.N_KINDS] += np.abs(total)
+        self.grad_sum[:, : N_KINDS] += self.grads
+        self.grad_sum[:, N_KINDS] += total
+        self.abs_grad_sum[:, : N_KINDS] += np.abs(self.grads)
+        self.abs_grad_sum[:, N_KINDS] += np.abs(total)
         if self.datacollector is not None:
             self.datacollector.collect(self)
         rec = cfg.record_every
@@ -296,8 +298,8 @@ class PopulationModel(mesa.Model):
     # ------------------------------------------------------------------ recording
     def probabilities(self) -> np.ndarray:
         """(A, T, 3): p, q1, q2 of every agent on every task."""
-        out = np.empty(self.offsets.shape)
-        pk.population_probs(self.phi, self.jac, self.offsets, out)
+        out = np.empty(self.learner_arrays.offsets.shape)
+        pk.population_probs(self.phi, self.learner_arrays.jac, self.learner_arrays.offsets, out)
         return out
 
     def _term_columns(
@@ -307,7 +309,7 @@ class PopulationModel(mesa.Model):
         abs_means: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         cols: dict[str, np.ndarray] = {}
-        pairs = [(k, grads[:, OBJECTIVE_KINDS.index(k)]) for k in self.kinds]
+        pairs = [(k, grads[:, KIND_INDEX[k]]) for k in self.kinds]
         pairs.append(("total", total))
         for name, g in pairs:
             for x, c in enumerate(COMPS):
@@ -315,7 +317,7 @@ class PopulationModel(mesa.Model):
             cols[f"ratio[{name}]"] = attribution_ratio(g)
         if abs_means is not None:  # sweep summaries: ratio of mean magnitudes instead
             a_terms, a_total = abs_means
-            for name, a in [(k, a_terms[:, OBJECTIVE_KINDS.index(k)]) for k in self.kinds] + [
+            for name, a in [(k, a_terms[:, KIND_INDEX[k]]) for k in self.kinds] + [
                 ("total", a_total)
             ]:
                 for x, c in enumerate(COMPS):
@@ -377,9 +379,9 @@ class PopulationModel(mesa.Model):
         abs_mean = self.abs_grad_sum / steps
         out.update(
             self._term_columns(
-                mean[:, : pk.N_KINDS],
-                mean[:, pk.N_KINDS],
-                (abs_mean[:, : pk.N_KINDS], abs_mean[:, pk.N_KINDS]),
+                mean[:, : N_KINDS],
+                mean[:, N_KINDS],
+                (abs_mean[:, : N_KINDS], abs_mean[:, N_KINDS]),
             )
         )
         out["mean_reward_last"] = self.rewards.copy()

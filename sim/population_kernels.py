@@ -1,32 +1,95 @@
 """Batched Numba step over a whole population of DS agents (DESIGN.md §1-§3).
 
 Structure of arrays: agent `a`'s parameters are row `phi[a]`, its settings are entries of
-per-agent vectors, and one `prange` loop over agents does sampling, per-term gradients and the
+per-agent arrays, and one `prange` loop over agents does sampling, per-term gradients and the
 optimiser update. No Python runs per agent, which is what makes a population of thousands of
-heterogeneous learners cheap (see benchmarks/bench_population.py).
+heterogeneous learners cheap (see benchmarks/bench_population.py). The arrays travel in four
+named tuples, each field listed once: `State` (updated in place), `Learners` (per-agent
+settings), `Shared` (population-wide settings and the term table) and `Out`.
 
 Per agent and step: `n_queries` queries, each on an in-distribution task chosen round-robin
 (so every ID task carries equal weight, DESIGN §1), each a group of G trajectories sampled
 from the agent's own splitmix64 stream (sim.rng) -- results do not depend on the thread count.
-The per-trajectory gradient terms come from `sim.kernels.trajectory_terms`; the objective's
-terms are then formed exactly as in `sim.objectives.mc_logit_gradients`, except that SFT/DFT
-use the exact expectation over the (at most two) data trajectories, which is cheaper and
-noise-free. PPO clipping is not modelled: one on-policy update per group makes every ratio 1.
+The per-trajectory kernels come from `sim.kernels.trajectory_terms`; each term is then formed
+from its entry of `sim.terms.TERMS` (as arrays: `Shared.terms`) exactly as in
+`sim.objectives.mc_logit_gradients`, except that terms on the SFT data use the exact
+expectation over the (at most two) data trajectories, which is cheaper and noise-free. PPO
+clipping is not modelled: one on-policy update per group makes every ratio 1.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
+import sim.kernels
+import sim.rng
+import sim.terms
 from sim import kernels as kn
 from sim.rng import threshold53
-
-# term indices: the order of sim.objectives.OBJECTIVE_KINDS
-K_SURROGATE, K_KL, K_SFT, K_DFT, K_NSR, K_PSR = 0, 1, 2, 3, 4, 5
-N_KINDS = 6
+from sim.terms import ANY, N_COLUMNS, OWN, drop_stale_caches, fingerprint, keeps
 
 OPT_SGD, OPT_ADAM = 0, 1
+
+
+class State(NamedTuple):
+    """What a step updates in place (A agents, P parameters)."""
+
+    phi: np.ndarray  # (A, P) parameters
+    ref_phi: np.ndarray  # (A, P) reference parameters: pi_ref (DESIGN §2)
+    adam_m: np.ndarray  # (A, P) Adam first moments
+    adam_v: np.ndarray  # (A, P) Adam second moments
+    streams: np.ndarray  # (A,) uint64 splitmix64 streams (sim.rng)
+
+
+class Learners(NamedTuple):
+    """Each agent's settings (T tasks, D data trajectories, N_KINDS terms of sim.terms)."""
+
+    jac: np.ndarray  # (A, T, 3, P) and offsets (A, T, 3): logits(t) = b(t) + J_t phi (§1)
+    offsets: np.ndarray
+    active: np.ndarray  # (A, N_KINDS) bool: the terms of its objective
+    term_w: np.ndarray  # (A, N_KINDS) their weights (GRPO: surrogate 1, kl beta)
+    w_c: np.ndarray  # (A,) token weights w(L_C), w(L_W) (DESIGN §2)
+    w_w: np.ndarray
+    gamma: np.ndarray  # (A,) per-attempt discount
+    data_masks: np.ndarray  # (A, D) SFT data trajectories (mask, n) and their probabilities
+    data_ns: np.ndarray
+    data_w: np.ndarray
+    opt_kind: np.ndarray  # (A,) OPT_SGD / OPT_ADAM (gradient ascent), with lr, beta1, beta2, eps
+    lr: np.ndarray
+    beta1: np.ndarray
+    beta2: np.ndarray
+    eps: np.ndarray
+
+
+class Shared(NamedTuple):
+    """Settings of the whole population: they shape the kernel's loops."""
+
+    id_tasks: np.ndarray  # (n_id,) in-distribution task indices
+    max_attempts: int  # K
+    final_sampled: bool  # a decision is sampled at attempt K (DESIGN §1)
+    group_size: int  # G
+    n_queries: int  # queries per agent and step
+    std_scaling: bool  # advantages divided by the group's std (+ adv_eps, ddof std_ddof)
+    std_ddof: int
+    adv_eps: float
+    estimator: int  # KL estimator (sim.kernels.ESTIMATORS) and its clamp (0: off)
+    clamp: float
+    # the term table as arrays indexed by term, KL placement resolved (sim.terms.term_codes)
+    term_column: np.ndarray  # kernel column
+    term_source: np.ndarray  # OWN / DATA
+    term_filter: np.ndarray  # ANY / FAILED / SUCCEEDED
+    term_sign: np.ndarray  # +1 / -1
+    term_advantage: np.ndarray  # bool
+
+
+class Out(NamedTuple):
+    """What a step reports per agent."""
+
+    grads: np.ndarray  # (A, N_KINDS, 3) unweighted per-term logit gradients, mean over queries
+    rewards: np.ndarray  # (A,) mean reward of the sampled trajectories
 
 
 @njit(cache=True, inline="always")
@@ -39,62 +102,49 @@ def _task_logits(jac_t, off_t, phi_a, out):
         out[x] = acc
 
 
+@njit(cache=True, inline="always")
+def _add_term(gq, k, descend, values, c, scale):
+    """gq[k] += scale * values[c], or -= for a term of sign -1 (`descend`)."""
+    if descend:
+        for x in range(3):
+            gq[k, x] -= scale * values[c, x]
+    else:
+        for x in range(3):
+            gq[k, x] += scale * values[c, x]
+
+
 @njit(cache=True)
-def step_agent(
-    a,
-    phi,
-    ref_phi,
-    adam_m,
-    adam_v,
-    step,
-    states,
-    jac,
-    offsets,
-    id_tasks,
-    active,
-    term_w,
-    w_c,
-    w_w,
-    gamma,
-    max_attempts,
-    final_sampled,
-    group_size,
-    n_queries,
-    std_scaling,
-    std_ddof,
-    adv_eps,
-    estimator,
-    kl_in_reward,
-    clamp,
-    data_masks,
-    data_ns,
-    data_w,
-    opt_kind,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    grads_out,
-    reward_out,
-):
-    """One training step of agent `a`, in place (the body of `population_step`)."""
+def step_agent(a, state_, learners_, shared_, step, out_):
+    """One training step of agent `a`, in place (the body of `population_step`); the four
+    packs as named tuples or as plain tuples in their field order."""
+    state, learners = State(*state_), Learners(*learners_)
+    shared, out = Shared(*shared_), Out(*out_)
+    phi, ref_phi, adam_m, adam_v = state.phi, state.ref_phi, state.adam_m, state.adam_v
+    jac, offsets, active = learners.jac, learners.offsets, learners.active
+    n_kinds = shared.term_column.shape[0]
     n_params = phi.shape[1]
+    id_tasks = shared.id_tasks
     n_id = id_tasks.shape[0]
-    g = group_size
+    g = shared.group_size
+    max_attempts, final_sampled = shared.max_attempts, shared.final_sampled
+    n_queries = shared.n_queries
+    w_c, w_w, gamma = learners.w_c[a], learners.w_w[a], learners.gamma[a]
     bufs = np.empty((7, 2 * max_attempts))
     ibufs = np.empty((2, 2 * max_attempts), dtype=np.int64)
-    terms = np.empty((g, kn.N_TERMS, 3))
-    dterm = np.empty((kn.N_TERMS, 3))
+    terms = np.empty((g, N_COLUMNS, 3))
+    dterm = np.empty((N_COLUMNS, 3))
     rewards = np.empty(g)
     logits = np.empty(3)
     ref_logits = np.empty(3)
-    gq = np.zeros((N_KINDS, 3))
+    gq = np.zeros((n_kinds, 3))
     grad_phi = np.zeros(n_params)
-    st = states[a]
+    st = state.streams[a]
     reward_sum = 0.0
-    for k in range(N_KINDS):
+    on_data = False  # a term of this agent reads the SFT data
+    for k in range(n_kinds):
         for x in range(3):
-            grads_out[a, k, x] = 0.0
+            out.grads[a, k, x] = 0.0
+        on_data |= active[a, k] and shared.term_source[k] != OWN
     for q in range(n_queries):
         # round-robin over ID tasks, continued across steps
         t = id_tasks[((step - 1) * n_queries + q) % n_id]
@@ -107,184 +157,89 @@ def step_agent(
         rmean = 0.0
         for i in range(g):
             m, n, tr, st = kn.sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
-            rewards[i], _ = kn.trajectory_terms(
-                m,
-                n,
-                tr,
-                max_attempts,
-                final_sampled,
-                logits,
-                ref_logits,
-                w_c[a],
-                w_w[a],
-                estimator,
-                clamp,
-                gamma[a],
-                terms[i],
-                bufs,
-                ibufs,
-            )
+            rewards[i], _ = kn.trajectory_terms(m, n, tr, max_attempts, final_sampled, logits,
+                                                ref_logits, w_c, w_w, shared.estimator,
+                                                shared.clamp, gamma, terms[i], bufs, ibufs)
             rmean += rewards[i]
         rmean /= g
         reward_sum += rmean
         scale = 1.0
-        if std_scaling:
+        if shared.std_scaling:
             var = 0.0
             for i in range(g):
                 var += (rewards[i] - rmean) ** 2
-            scale = 1.0 / (np.sqrt(var / (g - std_ddof)) + adv_eps)
-        for k in range(N_KINDS):
+            scale = 1.0 / (np.sqrt(var / (g - shared.std_ddof)) + shared.adv_eps)
+        for k in range(n_kinds):
             for x in range(3):
                 gq[k, x] = 0.0
-        kl_col = kn.T_KL_REWARD if kl_in_reward else kn.T_KL_LOSS
-        for i in range(g):
-            adv = (rewards[i] - rmean) * scale
-            for x in range(3):
-                gq[K_SURROGATE, x] += adv * terms[i, kn.T_SCORE, x]
-                gq[K_KL, x] += terms[i, kl_col, x]
-                if rewards[i] == 0.0:
-                    gq[K_NSR, x] -= terms[i, kn.T_LIKELIHOOD, x]
-                else:
-                    gq[K_PSR, x] += terms[i, kn.T_LIKELIHOOD, x]
-        for k in (K_SURROGATE, K_KL, K_NSR, K_PSR):
+        # terms on the agent's own samples: the group mean of each one's kernel column,
+        # reward-filtered, signed and (the surrogate) advantage-weighted
+        for k in range(n_kinds):
+            if not active[a, k] or shared.term_source[k] != OWN:
+                continue
+            c, f, weighted = shared.term_column[k], shared.term_filter[k], shared.term_advantage[k]
+            descend = shared.term_sign[k] < 0
+            for i in range(g):
+                if f != ANY and not keeps(f, rewards[i]):
+                    continue
+                _add_term(gq, k, descend, terms[i], c, (rewards[i] - rmean) * scale if weighted
+                          else 1.0)
             for x in range(3):
                 gq[k, x] /= g
-        if active[a, K_SFT] or active[a, K_DFT]:
-            for d in range(data_w.shape[1]):
-                wd = data_w[a, d]
+        # terms on the SFT data: the exact expectation over its trajectories
+        if on_data:
+            for d in range(learners.data_w.shape[1]):
+                wd = learners.data_w[a, d]
                 if wd == 0.0:
                     continue
-                kn.trajectory_terms(
-                    data_masks[a, d],
-                    data_ns[a, d],
-                    0,
-                    max_attempts,
-                    final_sampled,
-                    logits,
-                    ref_logits,
-                    w_c[a],
-                    w_w[a],
-                    estimator,
-                    clamp,
-                    gamma[a],
-                    dterm,
-                    bufs,
-                    ibufs,
-                )
-                for x in range(3):
-                    gq[K_SFT, x] += wd * dterm[kn.T_LIKELIHOOD, x]
-                    gq[K_DFT, x] += wd * dterm[kn.T_DFT, x]
+                rd, _ = kn.trajectory_terms(learners.data_masks[a, d], learners.data_ns[a, d],
+                                            0, max_attempts, final_sampled, logits, ref_logits,
+                                            w_c, w_w, shared.estimator, shared.clamp, gamma,
+                                            dterm, bufs, ibufs)
+                for k in range(n_kinds):
+                    if not active[a, k] or shared.term_source[k] == OWN:
+                        continue
+                    f = shared.term_filter[k]
+                    if f != ANY and not keeps(f, rd):
+                        continue
+                    _add_term(gq, k, shared.term_sign[k] < 0, dterm, shared.term_column[k], wd)
         # weighted total on the logits, pulled back to phi by the chain rule (J_t^T g)
         for x in range(3):
             tot = 0.0
-            for k in range(N_KINDS):
+            for k in range(n_kinds):
                 if active[a, k]:
-                    tot += term_w[a, k] * gq[k, x]
-                    grads_out[a, k, x] += gq[k, x] / n_queries
+                    tot += learners.term_w[a, k] * gq[k, x]
+                    out.grads[a, k, x] += gq[k, x] / n_queries
             for j in range(n_params):
                 grad_phi[j] += jac[a, t, x, j] * tot / n_queries
-    states[a] = st
-    reward_out[a] = reward_sum / n_queries
-    if opt_kind[a] == OPT_SGD:
+    state.streams[a] = st
+    out.rewards[a] = reward_sum / n_queries
+    lr = learners.lr[a]
+    if learners.opt_kind[a] == OPT_SGD:
         for j in range(n_params):
-            phi[a, j] += lr[a] * grad_phi[j]
+            phi[a, j] += lr * grad_phi[j]
     else:
-        c1 = 1.0 - beta1[a] ** step
-        c2 = 1.0 - beta2[a] ** step
+        beta1, beta2, eps = learners.beta1[a], learners.beta2[a], learners.eps[a]
+        c1 = 1.0 - beta1**step
+        c2 = 1.0 - beta2**step
         for j in range(n_params):
             gj = grad_phi[j]
-            adam_m[a, j] = beta1[a] * adam_m[a, j] + (1.0 - beta1[a]) * gj
-            adam_v[a, j] = beta2[a] * adam_v[a, j] + (1.0 - beta2[a]) * gj * gj
-            phi[a, j] += lr[a] * (adam_m[a, j] / c1) / (np.sqrt(adam_v[a, j] / c2) + eps[a])
+            adam_m[a, j] = beta1 * adam_m[a, j] + (1.0 - beta1) * gj
+            adam_v[a, j] = beta2 * adam_v[a, j] + (1.0 - beta2) * gj * gj
+            phi[a, j] += lr * (adam_m[a, j] / c1) / (np.sqrt(adam_v[a, j] / c2) + eps)
 
 
-def _population_step_impl(
-    phi,
-    ref_phi,
-    adam_m,
-    adam_v,
-    step,
-    states,
-    jac,
-    offsets,
-    id_tasks,
-    active,
-    term_w,
-    w_c,
-    w_w,
-    gamma,
-    max_attempts,
-    final_sampled,
-    group_size,
-    n_queries,
-    std_scaling,
-    std_ddof,
-    adv_eps,
-    estimator,
-    kl_in_reward,
-    clamp,
-    data_masks,
-    data_ns,
-    data_w,
-    opt_kind,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    grads_out,
-    reward_out,
-):
-    """One training step of every agent, in place.
+def _population_step_impl(state, learners, shared, step, out):
+    """One training step of every agent, in place; `step` is 1-based (Adam's bias
+    correction). The fields of State, Learners, Shared and Out say what each array holds.
 
-    phi, ref_phi, adam_m, adam_v: (A, P) parameters, reference parameters, Adam moments.
-    step: 1-based step count (Adam's bias correction). states: (A,) uint64 RNG streams.
-    jac (A, T, 3, P), offsets (A, T, 3): each agent's affine map phi -> task logits.
-    id_tasks (n_id,): in-distribution task indices. active (A, N_KINDS) bool: terms present.
-    term_w (A, N_KINDS): the objective's weights (GRPO: surrogate 1, kl beta).
-    w_c, w_w, gamma (A,): token weights w(L_C), w(L_W) (DESIGN §2) and per-attempt discount.
-    data_masks, data_ns, data_w (A, D): SFT data trajectories and their probabilities.
-    opt_kind, lr, beta1, beta2, eps (A,): optimiser per agent (SGD or Adam, gradient ascent).
-    Outputs: grads_out (A, N_KINDS, 3) unweighted per-term logit gradients averaged over the
-    step's queries (the ID mean); reward_out (A,) mean reward of the sampled trajectories.
+    Pass them as plain tuples in their field order (`tuple(pack)`): Numba types plain tuples
+    of arrays in its C dispatcher (named tuples: about 4 us more per call, a few percent of a
+    small population's step), and its parallel lowering takes them apart reliably (it fails
+    to find the class of a named tuple built inside the parallel function).
     """
-    for a in prange(phi.shape[0]):
-        step_agent(
-            a,
-            phi,
-            ref_phi,
-            adam_m,
-            adam_v,
-            step,
-            states,
-            jac,
-            offsets,
-            id_tasks,
-            active,
-            term_w,
-            w_c,
-            w_w,
-            gamma,
-            max_attempts,
-            final_sampled,
-            group_size,
-            n_queries,
-            std_scaling,
-            std_ddof,
-            adv_eps,
-            estimator,
-            kl_in_reward,
-            clamp,
-            data_masks,
-            data_ns,
-            data_w,
-            opt_kind,
-            lr,
-            beta1,
-            beta2,
-            eps,
-            grads_out,
-            reward_out,
-        )
+    for a in prange(out[0].shape[0]):  # out.grads: one row per agent
+        step_agent(a, state, learners, shared, step, out)
 
 
 # One body, two builds: prange runs as a plain range without parallel=True. The serial build
@@ -305,3 +260,16 @@ def population_probs(phi, jac, offsets, out):
             _task_logits(jac[a, t], offsets[a, t], phi[a], logits)
             for x in range(3):
                 out[a, t, x] = kn.sigmoid(logits[x])
+
+
+# Numba's on-disk cache does not see edits of the modules these kernels call: drop this
+# module's cached kernels when those sources changed since they were compiled (sim.terms).
+_SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels)
+
+
+@njit(cache=True)
+def _compiled_against():
+    return _SOURCES
+
+
+drop_stale_caches(globals(), _compiled_against, _SOURCES)
