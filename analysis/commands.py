@@ -1,9 +1,12 @@
 """Click commands of the analysis package: report, fit, compare (DESIGN §6).
 
 Commands only parse options and call analysis.report / analysis.fit_io / analysis.compare;
-errors surface as one-line
-`Error:` messages naming the option (core.errors: ReportError, FitError, ObservedDataError and
-JSON decode errors are ValueErrors), checked before any work where they can be.
+the options of `fit` and `compare` are the fields of FitConfig (analysis.fit documents each
+one, core.cli_options builds the options); their `--out` is the parent folder and `--name` the
+folder below it (`report`, which takes no name, writes into `--out`). Errors surface as
+one-line `Error:` messages naming the option (core.errors: ReportError, FitError,
+ObservedDataError and JSON decode errors are ValueErrors), checked before any work where they
+can be.
 A run that fails removes the output folder it created, so no half-written folder (one without
 its manifest.json, docs/ARCHITECTURE.md) is left behind.
 """
@@ -26,9 +29,9 @@ from analysis.fit import (
     MAX_FIT_LENGTH,
     MAX_FIT_NFEV,
     MAX_FIT_STEPS,
-    TRANSFER_MODES,
     FitConfig,
 )
+from core.cli_options import config_options
 from core.errors import EXPECTED, fail
 from core.provenance import check_run_name
 
@@ -158,44 +161,35 @@ def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed:
         click.echo(f"  {name}: {path}")
 
 
+# `fit` and `compare` take one option per FitConfig field (analysis.fit documents each one);
+# the ranges here make a bad value an error naming its option before any work
+FIT_OPTIONS = config_options(
+    FitConfig,
+    include=("steps", "max_attempts", "q1_base", "q2_base", "length", "beta", "fit_beta",
+             "transfer", "optimiser", "ft_share", "acc_floor", "max_nfev", "grid_start",
+             "quick"),
+    rename={"max_attempts": ("--max-attempts", "-K"), "length": ("--length", "-L")},
+    types={"steps": click.IntRange(1, MAX_FIT_STEPS),
+           "max_attempts": click.IntRange(1, MAX_FIT_ATTEMPTS),
+           "max_nfev": click.IntRange(1, MAX_FIT_NFEV)},
+    callbacks={"q1_base": _number_in(0, 1, lo_open=True, hi_open=True),
+               "q2_base": _number_in(0, 1, lo_open=True, hi_open=True),
+               "length": _number_in(0, MAX_FIT_LENGTH, lo_open=True),
+               "beta": _number_in(0, BOUNDS["beta"][1], lo_open=True),
+               "ft_share": _number_in(0, 1),
+               "acc_floor": _number_in(0, 0.5, lo_open=True, hi_open=True)},
+)
+
+
 def _fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed([
-        click.option("--steps", type=click.IntRange(1, MAX_FIT_STEPS), default=FitConfig.steps,
-                     show_default=True,
-                     help="Training steps per regime (the learning rate is fitted)."),
-        click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_FIT_ATTEMPTS),
-                     default=FitConfig.max_attempts,
-                     show_default=True),
-        click.option("--q1-base", type=float, default=FitConfig.q1_base, show_default=True,
-                     callback=_number_in(0, 1, lo_open=True, hi_open=True),
-                     help="Base model's q1 (not identified by accuracy; fixed), in (0, 1)."),
-        click.option("--q2-base", type=float, default=FitConfig.q2_base, show_default=True,
-                     callback=_number_in(0, 1, lo_open=True, hi_open=True),
-                     help="Base model's q2 (not identified by accuracy; fixed), in (0, 1)."),
-        click.option("--length", "-L", type=float, default=FitConfig.length, show_default=True,
-                     callback=_number_in(0, MAX_FIT_LENGTH, lo_open=True),
-                     help="Tokens per candidate answer (per-token weighting)."),
-        click.option("--beta", type=float, default=FitConfig.beta, show_default=True,
-                     callback=_number_in(0, BOUNDS["beta"][1], lo_open=True)),
-        click.option("--fit-beta", is_flag=True, help="Fit beta too."),
-        click.option("--transfer", type=click.Choice(TRANSFER_MODES),
-                     default=FitConfig.transfer, show_default=True,
-                     help="shared: ell_s, ell_d for all regimes; per-regime: one ell each."),
-        click.option("--max-nfev", type=click.IntRange(1, MAX_FIT_NFEV), default=FitConfig.max_nfev,
-                     show_default=True),
-        click.option("--quick", is_flag=True, help="Few steps and evaluations (tests)."),
-        click.option("--name", default=None,
-                     help="Output folder name, one path component (default: from the input)."),
-    ]):
-        func = opt(func)
-    return func
+    func = click.option("--name", default=None,
+                        help="Output folder name, one path component: writes <out>/<name>/ "
+                             "(default: from --observed).")(func)
+    return FIT_OPTIONS(func)
 
 
 def _fit_config(**kw: Any) -> FitConfig:
-    return FitConfig(max_attempts=kw["max_attempts"], q1_base=kw["q1_base"],
-                     q2_base=kw["q2_base"], length=kw["length"], steps=kw["steps"],
-                     beta=kw["beta"], fit_beta=kw["fit_beta"], transfer=kw["transfer"],
-                     max_nfev=kw["max_nfev"], quick=kw["quick"])
+    return FitConfig(**FIT_OPTIONS.values(kw))
 
 
 def _run_name(name: str | None, default: str) -> str:
@@ -239,10 +233,11 @@ def fit(observed: Path | None, out_root: Path, name: str | None, **kw: Any) -> N
 @click.option("--observed", type=click.Path(), callback=_path, required=True,
               help="outputs/real/<run> (calibration.csv per regime below it) or a "
                    "calibration.csv.")
-@click.option("--out", "out_dir", type=click.Path(), callback=_path, default=None,
-              help="Output folder (default: outputs/compare/<name>).")
+@click.option("--out", "out_root", type=click.Path(), callback=_path,
+              default=Path("outputs/compare"), show_default=True,
+              help="Folder of comparisons: writes <out>/<name>/.")
 @_fit_options
-def compare(observed: Path, out_dir: Path | None, name: str | None, **kw: Any) -> None:
+def compare(observed: Path, out_root: Path, name: str | None, **kw: Any) -> None:
     """Measured (p, q1, q2) per task and regime beside the fitted simulator's predictions."""
     from analysis.compare import write_compare
 
@@ -257,10 +252,8 @@ def compare(observed: Path, out_dir: Path | None, name: str | None, **kw: Any) -
             raise ValueError(f"--observed {run} is a file, not a real-model run folder or its "
                              "calibration.csv (fit an accuracy table with `cli.py fit "
                              "--observed`)")
-        if out_dir is None:
-            default = (run.resolve().parent if run.is_file() else run.resolve()).name
-            out_dir = Path("outputs/compare") / _run_name(name, default)
-        check_out_dir(out_dir, "--out")
+        default = (run.resolve().parent if run.is_file() else run.resolve()).name
+        out_dir = check_out_dir(Path(out_root) / _run_name(name, default), "--out")
         load_checked_observed(run)
         with removed_on_failure(out_dir, "--out"):
             result, table, paths = write_compare(run, out_dir, cfg)

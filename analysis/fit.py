@@ -39,6 +39,7 @@ from scipy.special import logit
 
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
 from core.calibration import Z95
+from core.cli_options import doc
 from core.regimes import PAPER_RL_KL, TRAINED
 from core.twostage import accuracy_forced_stop
 from sim.columns import column, split_column
@@ -73,20 +74,22 @@ class FitError(ValueError):
 class FitConfig:
     """Documented, fixed choices of the fit (everything not in `free`)."""
 
-    max_attempts: int = 8  # K of the forced-stop accuracy (DESIGN §4; Appendix C uses K = 8)
-    q1_base: float = 0.9  # base model's STOP-after-correct probability (not identified)
-    q2_base: float = 0.1  # base model's RESAMPLE-after-wrong probability (not identified)
-    length: float = 100.0  # L_C = L_W, tokens per candidate answer (per-token weighting, §2)
-    steps: int = 30  # training steps per regime (the learning rate is the free "amount")
-    optimiser: str = "sgd"
-    beta: float = PAPER_RL_KL.beta  # KL coefficient of RL (paper's 0.001) unless fit_beta
-    fit_beta: bool = False
-    ft_share: float = 0.5  # share of F->T chains in the reflection SFT data (DESIGN §2)
-    acc_floor: float = 0.005  # observed accuracies clipped to [floor, 1 - floor] for b_s
-    transfer: str = "shared"  # "shared": ell_s, ell_d for all regimes; "per-regime": ell[r]
-    max_nfev: int = 30
-    grid_start: bool = True  # start least squares from the best point of a coarse grid
-    quick: bool = False  # tests: few steps and evaluations
+    max_attempts: int = field(default=8, metadata=doc("K of the forced-stop accuracy Acc_K", "§4"))
+    q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
+    q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
+    length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
+    steps: int = field(default=30, metadata=doc("training steps per regime (the lr is fitted)"))
+    optimiser: str = field(default="sgd", metadata=doc("optimiser", "§2", ("sgd", "adam")))
+    beta: float = field(default=PAPER_RL_KL.beta, metadata=doc("KL coefficient of RL", "§2"))
+    fit_beta: bool = field(default=False, metadata=doc("fit beta too"))
+    ft_share: float = field(default=0.5, metadata=doc("F->T share of reflection SFT data", "§2"))
+    acc_floor: float = field(default=0.005, metadata=doc(
+        "observed accuracies are clipped to [floor, 1 - floor] to solve b_s; in (0, 0.5)", "§1"))
+    transfer: str = field(default="shared", metadata=doc(
+        "length scales: shared (ell_s, ell_d) or per-regime (one ell each)", "§1", TRANSFER_MODES))
+    max_nfev: int = field(default=30, metadata=doc("least-squares evaluations at most"))
+    grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
+    quick: bool = field(default=False, metadata=doc("few steps and evaluations (tests)"))
 
     def __post_init__(self) -> None:
         # each message names the field and its CLI option (analysis/commands.py)

@@ -24,6 +24,7 @@ import click
 
 from core.errors import clear_errors, fail
 from core.provenance import check_run_name
+from realmodel.generation import BACKENDS, GenerationConfig
 from realmodel.tasks import DEFAULT_ID, DEFAULT_LADDER
 from realmodel.training.commands import TRAINING_COMMANDS
 
@@ -107,19 +108,19 @@ def _output_folder(ctx: click.Context, param: click.Parameter, value: str) -> st
 
 
 def _ladder(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """Option callback: a task ladder ('1x1,2x3'); for --id-tasks, tasks of --tasks too."""
+    """Option callback: a task ladder ('1x1,2x3'); for --id-tasks, tasks of --ladder too."""
     from realmodel.tasks import parse_ladder
 
     try:
         names = [t.name for t in parse_ladder(value)]
     except ValueError as exc:
         raise click.BadParameter(str(exc).splitlines()[0], ctx, param) from None
-    if param.name == "id_tasks" and "tasks" in ctx.params:
-        ladder = {t.name for t in parse_ladder(ctx.params["tasks"])}
+    if param.name == "id_tasks" and "ladder" in ctx.params:
+        ladder = {t.name for t in parse_ladder(ctx.params["ladder"])}
         missing = [n for n in names if n not in ladder]
         if missing:
-            raise click.BadParameter(f"{', '.join(missing)} not on --tasks "
-                                     f"{ctx.params['tasks']!r}", ctx, param)
+            raise click.BadParameter(f"{', '.join(missing)} not on --ladder "
+                                     f"{ctx.params['ladder']!r}", ctx, param)
     return value
 
 
@@ -157,26 +158,29 @@ def parse_cmd(a: int, b: int, markers: str | None, truncated: bool,
 
 
 @realmodel.command("data")
-@click.option("--tasks", default=DEFAULT_LADDER, show_default=True, help="Task ladder.",
+@click.option("--ladder", default=DEFAULT_LADDER, show_default=True, help="Task ladder.",
               is_eager=True, callback=_ladder)
 @click.option("--id-tasks", default=DEFAULT_ID, show_default=True, callback=_ladder,
               help="In-distribution (training) tasks.")
-@click.option("--n-train", default=20000, show_default=True, type=click.IntRange(0))
+@click.option("--n-train", default=20000, show_default=True, type=click.IntRange(0),
+              help="Training problems, balanced over the ID tasks (DESIGN §5).")
 @click.option("--n-test", default=100, show_default=True, type=click.IntRange(0),
               help="Test problems per task.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
+              help="Seed of the splits and the synthesized sets.")
 @click.option("--ft-share", default=0.5, show_default=True, type=FiniteFloatRange(0, 1),
               help="Share of F->T examples in the reflection SFT set.")
 @click.option("--n-reflections", default=1, show_default=True, type=click.IntRange(0),
               help="Attempts after the first in a reflection example (cut-at-k).")
 @click.option("--out", "out_dir", default="outputs/real/data", show_default=True,
-              type=click.Path(file_okay=False), callback=_output_folder)
-def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft_share: float,
+              type=click.Path(file_okay=False), callback=_output_folder,
+              help="The data folder written (data sets and manifest.json).")
+def data_cmd(ladder: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft_share: float,
              n_reflections: int, out_dir: str) -> None:
     """Write the train/test splits and both SFT sets (JSONL + Parquet) and manifest.json."""
     from realmodel.data_run import DataRunError, build_data, check_out, write_data
 
-    config = dict(tasks=tasks, id_tasks=id_tasks, n_train=n_train, n_test=n_test, seed=seed,
+    config = dict(tasks=ladder, id_tasks=id_tasks, n_train=n_train, n_test=n_test, seed=seed,
                   ft_share=ft_share, n_reflections=n_reflections)
     try:  # everything is built before anything is written
         data = build_data(**config)
@@ -196,29 +200,38 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
 @realmodel.command("eval")
 @click.option("--model", default="smollm2-135m", show_default=True,
               help="smollm2-135m, a local checkpoint directory or a cached hub id.")
-@click.option("--tasks", default=DEFAULT_LADDER, show_default=True, help="Task ladder.",
+@click.option("--ladder", default=DEFAULT_LADDER, show_default=True, help="Task ladder.",
               is_eager=True, callback=_ladder)
 @click.option("--id-tasks", default=DEFAULT_ID, show_default=True, callback=_ladder,
               help="In-distribution tasks (held out the same way as the training splits).")
 @click.option("--n", default=100, show_default=True, type=click.IntRange(1),
               help="Test problems per task.")
 @click.option("--name", default=None, callback=_output_name,
-              help="Output folder name under --out-root (default: from the model).")
-@click.option("--out-root", default="outputs/real", show_default=True,
-              type=click.Path(file_okay=False), callback=_output_folder)
-@click.option("--max-new-tokens", default=1024, show_default=True, type=click.IntRange(1),
+              help="Output folder name, one path component: writes <out>/<name>/ (default: "
+                   "from the model).")
+@click.option("--out", default="outputs/real", show_default=True,
+              type=click.Path(file_okay=False), callback=_output_folder,
+              help="Parent folder of the evaluation folders.")
+@click.option("--max-new-tokens", default=GenerationConfig.max_new_tokens, show_default=True,
+              type=click.IntRange(1),
               help="Token limit per response (paper: 8192).")
-@click.option("--temperature", default=1.0, show_default=True, type=FiniteFloatRange(0))
-@click.option("--top-p", default=1.0, show_default=True,
-              type=FiniteFloatRange(0, 1, min_open=True))
-@click.option("--samples-per-prompt", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
-              help="Sampling and bootstrap seed.")
+@click.option("--temperature", default=GenerationConfig.temperature, show_default=True,
+              type=FiniteFloatRange(0),
+              help="Sampling temperature (paper: 1.0).")
+@click.option("--top-p", default=GenerationConfig.top_p, show_default=True,
+              type=FiniteFloatRange(0, 1, min_open=True), help="Nucleus sampling threshold.")
+@click.option("--samples-per-prompt", default=GenerationConfig.samples_per_prompt,
+              show_default=True, type=click.IntRange(1),
+              help="Responses per problem (paper: 1).")
+@click.option("--batch-size", default=GenerationConfig.batch_size, show_default=True,
+              type=click.IntRange(1),
+              help="Prompts per generation batch.")
+@click.option("--seed", default=GenerationConfig.seed, show_default=True,
+              type=click.IntRange(0), help="Sampling and bootstrap seed.")
 @click.option("--split-seed", default=0, show_default=True, type=click.IntRange(0),
               help="Seed of the problem splits.")
-@click.option("--backend", type=click.Choice(["auto", "vllm", "transformers"]),
-              default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Generation backend (auto: vLLM when it is installed and a GPU is present).")
 @click.option("--device", default="auto", show_default=True, type=DeviceType(),
               help="auto, cpu or cuda[:k].")
 @click.option("--markers", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -229,21 +242,18 @@ def data_cmd(tasks: str, id_tasks: str, n_train: int, n_test: int, seed: int, ft
               help="Predict with a forced stop at K attempts (default: infinite horizon).")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="torch CPU threads (1 is much faster on a busy machine).")
-@click.option("--reparse", is_flag=True,
-              help="Kept for compatibility: stored responses are always re-parsed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @clear_errors(ImportError)
-def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, out_root: str,
+def eval_cmd(model: str, ladder: str, id_tasks: str, n: int, name: str | None, out: str,
              max_new_tokens: int, temperature: float, top_p: float, samples_per_prompt: int,
              batch_size: int, seed: int, split_seed: int, backend: str, device: str,
              markers: str | None, n_boot: int, max_attempts: int | None, threads: int | None,
-             reparse: bool, quiet: bool) -> None:
+             quiet: bool) -> None:
     """Generate, parse and calibrate (p, q1, q2) per task -> outputs/real/<name>/."""
     # expected failures (a missing model or extra, a backend that cannot run here) are
     # one-line errors (core.errors; the realmodel errors are ExpectedErrors)
     from realmodel.calibration_table import format_table
     from realmodel.evaluation import evaluate
-    from realmodel.generation import GenerationConfig
     from realmodel.parsing import load_markers
 
     if threads is not None:
@@ -255,11 +265,10 @@ def eval_cmd(model: str, tasks: str, id_tasks: str, n: int, name: str | None, ou
                               samples_per_prompt=samples_per_prompt, seed=seed,
                               batch_size=batch_size)
     result = evaluate(
-        model, tasks, id_tasks, n=n, name=name, out_root=out_root, config=config,
+        model, ladder, id_tasks, n=n, name=name, out_root=out, config=config,
         backend=backend, device=device,
         markers=load_markers(markers) if markers else None, n_boot=n_boot,
-        max_attempts=max_attempts, split_seed=split_seed, reparse=reparse,
-        progress=not quiet,
+        max_attempts=max_attempts, split_seed=split_seed, progress=not quiet,
         log=lambda m: click.echo(m, err=True),
     )
     click.echo(format_table(result.table))

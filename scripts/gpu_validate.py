@@ -91,13 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--calib-every", type=int, default=None)
     ap.add_argument("--calib-n", type=int, default=None)
     ap.add_argument("--calib-max-new-tokens", type=int, default=None)
-    ap.add_argument("--max-completion-length", type=int, default=None,
+    ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="GRPO completion tokens (default 256; cpu-smoke 32)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     for name in ("n_eval", "eval_max_new_tokens", "eval_batch_size", "warm_steps", "steps",
                  "sequences_per_step", "calib_n", "calib_max_new_tokens",
-                 "max_completion_length"):
+                 "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -122,7 +122,7 @@ def _settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "calib_every": 1 if smoke else 10,
         "calib_n": 4 if smoke else 32,
         "calib_max_new_tokens": 32 if smoke else 320,
-        "max_completion_length": 32 if smoke else 256,
+        "max_new_tokens": 32 if smoke else 256,
     }
     chosen = {k: getattr(args, k, None) for k in default}
     return {"device": device, **{k: v if chosen[k] is None else chosen[k]
@@ -150,7 +150,7 @@ def run_configs(args: argparse.Namespace, s: dict[str, Any], root: Path,
         "sft-more": sft_preset(s["preset"], data="reflection", run_name="sft-more", **arm),
         "grpo": grpo_preset(s["preset"], run_name="grpo", num_generations=8 if
                             s["sequences_per_step"] % 8 == 0 else 2,
-                            max_completion_length=s["max_completion_length"],
+                            max_new_tokens=s["max_new_tokens"],
                             max_train_seconds=s["grpo_max_seconds"], **arm),
     }
 

@@ -108,7 +108,8 @@ def emit(df: pd.DataFrame, fmt: str, float_format: str = "%.6g") -> None:
 
 
 @click.command()
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
+              help="output format")
 @click.option("--net", is_flag=True, help="csv/json: print the net table (appendix_c_net.csv)")
 def illustrate(fmt: str, net: bool) -> None:
     """The paper's Appendix C worked example, recomputed (DESIGN §3)."""
@@ -126,39 +127,49 @@ def illustrate(fmt: str, net: bool) -> None:
 
 
 @click.command()
-@click.option("--objective", type=click.Choice(OBJECTIVE_KINDS), default="kl", show_default=True)
+@click.option("--objective", type=click.Choice(OBJECTIVE_KINDS), default="kl", show_default=True,
+              help="the objective term whose gradient is attributed (DESIGN §2)")
 @click.option("--lengths", default="10..1000", show_default=True,
               help="A..B (log-spaced, inclusive), A..B:STEP (linear) or N")
 @click.option("--points", type=click.IntRange(1, MAX_LENGTHS), default=16, show_default=True,
               help=f"lengths of an A..B range (at most {MAX_LENGTHS})")
 @click.option("--token-model", type=click.Choice(["per-token", "sequence"]), default="per-token",
-              show_default=True)
-@click.option("--estimator", type=click.Choice(["k1", "k2", "k3"]), default="k1",
-              show_default=True)
-@click.option("--placement", type=click.Choice(["in-reward", "in-loss"]), default="in-reward",
-              show_default=True, help="KL placement (DESIGN §2)")
-@click.option("--theta", default=",".join(map(str, APPENDIX_C_THETA)), show_default=True)
-@click.option("--theta-ref", default=",".join(map(str, APPENDIX_C_REF)), show_default=True)
+              show_default=True,
+              help="length weighting w(L): per-token (w = L) or sequence (w = 1) (DESIGN §2)")
+@click.option("--kl-estimator", type=click.Choice(["k1", "k2", "k3"]), default="k1",
+              show_default=True, help="per-token KL estimator (DESIGN §2)")
+@click.option("--kl-placement", type=click.Choice(["in-reward", "in-loss"]),
+              default="in-reward", show_default=True, help="KL placement (DESIGN §2)")
+@click.option("--theta", default=",".join(map(str, APPENDIX_C_THETA)), show_default=True,
+              help="logits theta_s,theta_1,theta_2 of the policy (default: Appendix C, "
+                   "DESIGN §3)")
+@click.option("--theta-ref", default=",".join(map(str, APPENDIX_C_REF)), show_default=True,
+              help="logits of the reference policy pi_ref (default: Appendix C, DESIGN §3)")
 @click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_EXACT_ATTEMPTS), default=8,
               show_default=True, help="K (exact enumeration of 2^(K+1) trajectories)")
 @click.option("--gamma", type=float, default=1.0, show_default=True,
               callback=_number_in(0.0, 1.0, lo_open=True), help="discount, in (0, 1]")
 @click.option("--group-size", type=click.IntRange(2, MAX_GROUP_SIZE), default=8,
-              show_default=True)
-@click.option("--std-scaling/--no-std-scaling", default=True, show_default=True)
+              show_default=True,
+              help="G, trajectories per query of the surrogate's group advantage (DESIGN §2)")
+@click.option("--std-scaling/--no-std-scaling", default=True, show_default=True,
+              help="divide the surrogate's advantages by the group's std (off: Dr.GRPO, "
+                   "DESIGN §2)")
 @click.option("--sft-data", type=click.Choice(["reflection", "no-reflection"]),
-              default="reflection", show_default=True)
+              default="reflection", show_default=True,
+              help="data set of the sft and dft objectives (DESIGN §2)")
 @click.option("--ft-share", type=float, default=0.5, show_default=True,
               callback=_number_in(0.0, 1.0), help="share of F->T chains, in [0, 1]")
-@click.option("--format", "fmt", type=FORMATS, default="csv", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="csv", show_default=True,
+              help="output format")
 @click.option("--explain", is_flag=True,
               help="also print (stderr) the affine decomposition g(L) = g0 + L g1 and where the "
                    "ratio saturates")
 @clear_errors(TypeError)
-def attribution(objective: str, lengths: str, points: int, token_model: str, estimator: str,
-                placement: str, theta: str, theta_ref: str, max_attempts: int, gamma: float,
-                group_size: int, std_scaling: bool, sft_data: str, ft_share: float,
-                fmt: str, explain: bool) -> None:
+def attribution(objective: str, lengths: str, points: int, token_model: str,
+                kl_estimator: str, kl_placement: str, theta: str, theta_ref: str,
+                max_attempts: int, gamma: float, group_size: int, std_scaling: bool,
+                sft_data: str, ft_share: float, fmt: str, explain: bool) -> None:
     """Exact expected g_s, g_1, g_2 and attribution ratio per answer length L (DESIGN §3).
 
     The ratio is undefined (csv: empty, json: null) where the whole gradient vanishes and
@@ -182,8 +193,9 @@ def attribution(objective: str, lengths: str, points: int, token_model: str, est
                          f"{MAX_LENGTHS} per run (each is an exact enumeration, DESIGN §3)")
     spec = AgentSpec(max_attempts=max_attempts, gamma=gamma)
     obj = ObjectiveConfig(weights=((objective, 1.0),), group_size=group_size,
-                          std_scaling=std_scaling, kl_estimator=estimator, kl_placement=placement,
-                          token_model=token_model, sft_data=SFTData(sft_data, ft_share))
+                          std_scaling=std_scaling, kl_estimator=kl_estimator,
+                          kl_placement=kl_placement, token_model=token_model,
+                          sft_data=SFTData(sft_data, ft_share))
     with np.errstate(over="ignore", invalid="ignore"):
         df = attribution_by_length(ls, th, ref, spec, obj, objective)
     _check_attribution_rows(df)
@@ -223,7 +235,7 @@ _Q2 = click.option("--q2", type=float, required=True, callback=_probability,
 @click.option("--max-attempts", "-K", type=int, default=None, callback=_positive,
               help="forced stop at attempt K (default: infinite horizon)")
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json",
-              show_default=True)
+              show_default=True, help="output format")
 @clear_errors(TypeError)
 def predict(p: float, q1: float, q2: float, max_attempts: int | None, fmt: str) -> None:
     """Accuracy of the two-stage model (DESIGN §4).
@@ -246,14 +258,15 @@ def predict(p: float, q1: float, q2: float, max_attempts: int | None, fmt: str) 
 @_Q1
 @_Q2
 @click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_ATTEMPTS), default=8,
-              show_default=True)
+              show_default=True, help="K, the forced stop at attempt K (DESIGN §1)")
 @click.option("--n", type=int, default=1000, show_default=True, callback=_positive,
               help="trajectories (bounded by memory: at most half of the RAM)")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="uint64 splitmix64 seed, 0..2**64-1")
-@click.option("--n-boot", type=int, default=100, show_default=True, callback=_positive)
+@click.option("--n-boot", type=int, default=100, show_default=True, callback=_positive,
+              help="bootstrap resamples over queries (DESIGN §4)")
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json",
-              show_default=True)
+              show_default=True, help="output format")
 @clear_errors(TypeError)
 def simulate(p: float, q1: float, q2: float, max_attempts: int, n: int, seed: int, n_boot: int,
              fmt: str) -> None:

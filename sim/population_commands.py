@@ -15,13 +15,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from core.cli_options import config_options
 from core.errors import clear_errors, fail
 from core.provenance import check_output_name
 from sim.columns import keyed_columns
 from sim.lengths import MAX_LENGTH, parse_lengths
+from sim.training_run import TrainConfig
 
 _OOM = "not enough memory for this run: lower --agents, --queries or the grid's size"
 
@@ -59,58 +62,45 @@ def _fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
+# `train` takes one option per TrainConfig field (sim.training_run documents each one);
+# the option names kept from the sweep's flags where the field's name is longer
+TRAIN_OPTIONS = config_options(
+    TrainConfig,
+    exclude=("theta0",),
+    rename={"max_attempts": ("-K", "--max-attempts"), "n_queries": "--queries",
+            "n_agents": "--agents", "ref_update_every": "--ref-every"},
+)
+
+
 @click.command("train")
-@click.option("--name", default="fig1", show_default=True, help="outputs/train/<name>/")
-@click.option("--objective", default="surrogate+kl", show_default=True,
-              help="terms, e.g. 'surrogate+kl', 'sft', 'surrogate+0.5*nsr'")
-@click.option("--beta", type=float, default=None,
-              help="KL weight [0.01, or the coefficient written in --objective]")
-@click.option("--length", "length", type=float, default=100.0, show_default=True,
-              help=f"L_C, in (0, {MAX_LENGTH}]")
-@click.option("--wrong-length", type=float, default=None, help="L_W (default: L_C)")
-@click.option("--token-model", type=click.Choice(["per-token", "sequence"]), default="per-token",
-              show_default=True)
-@click.option("--kl-estimator", type=click.Choice(["k1", "k2", "k3"]), default="k1",
-              show_default=True)
-@click.option("--kl-placement", type=click.Choice(["in-reward", "in-loss"]), default="in-reward",
-              show_default=True)
-@click.option("-K", "--max-attempts", type=int, default=8, show_default=True)
-@click.option("--optimiser", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True)
-@click.option("--steps", type=int, default=300, show_default=True)
-@click.option("--ref-every", type=int, default=50, show_default=True,
-              help="reset pi_ref <- pi every N steps (0: never)")
-@click.option("--agents", type=int, default=4, show_default=True)
-@click.option("--queries", type=int, default=16, show_default=True, help="queries per step")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--ladder", type=click.Choice(["single", "default"]), default="single",
-              show_default=True, help="3-logit agent, or the sweep's 7-task ladder")
-@click.option("--out", default="outputs/train", show_default=True)
+@click.option("--name", default="fig1", show_default=True,
+              help="run folder name, one path component: writes <out>/<name>/")
+@TRAIN_OPTIONS
+@click.option("--out", default="outputs/train", show_default=True,
+              help="parent folder of the run folders")
 @clear_errors(TypeError)
-def train(name, objective, beta, length, wrong_length, token_model, kl_estimator, kl_placement,
-          max_attempts, optimiser, lr, steps, ref_every, agents, queries, seed, ladder,
-          out) -> None:
+def train(name: str, out: str, **fields: Any) -> None:
     """Train one configuration; default: the paper's Figure 1 (3-logit GRPO, reference resets)."""
     from sim.grid import check_seed
-    from sim.training_run import TrainConfig, train_and_write
+    from sim.training_run import train_and_write
 
-    if ref_every < 0:
+    settings = TRAIN_OPTIONS.values(fields)
+    ref_every = settings["ref_update_every"]
+    if ref_every is not None and ref_every < 0:
         raise ValueError(f"--ref-every must be >= 0, got {ref_every}")
     check_output_name(name)
-    check_seed(seed, "--seed")
-    _check_counts(**{"--steps": (steps, 1), "--agents": (agents, 1), "--queries": (queries, 1),
-                     "--ref-every": (ref_every, 0), "-K/--max-attempts": (max_attempts, 1)})
-    _check_rate(lr, "--lr")
-    for option, value in (("--length", length), ("--wrong-length", wrong_length)):
+    check_seed(settings["seed"], "--seed")
+    _check_counts(**{"--steps": (settings["steps"], 1), "--agents": (settings["n_agents"], 1),
+                     "--queries": (settings["n_queries"], 1), "--ref-every": (ref_every, 0),
+                     "-K/--max-attempts": (settings["max_attempts"], 1),
+                     "--group-size": (settings["group_size"], 2),
+                     "--record-every": (settings["record_every"], 1)})
+    _check_rate(settings["lr"], "--lr")
+    for option, value in (("--length", settings["length"]),
+                          ("--wrong-length", settings["wrong_length"])):
         if value is not None and not 0 < value <= MAX_LENGTH:  # NaN fails too
             raise ValueError(f"{option} must be in (0, {MAX_LENGTH}] tokens, got {value}")
-    cfg = TrainConfig(
-        objective=objective, beta=beta, length=length, wrong_length=wrong_length,
-        token_model=token_model, kl_estimator=kl_estimator, kl_placement=kl_placement,
-        max_attempts=max_attempts, n_queries=queries, optimiser=optimiser, lr=lr,
-        steps=steps, ref_update_every=ref_every or None, n_agents=agents, seed=seed,
-        ladder=ladder,
-    )
+    cfg = TrainConfig(**{**settings, "ref_update_every": ref_every or None})
     run_dir = Path(out, name)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)  # fail on a bad --out before training
@@ -151,18 +141,22 @@ def train(name, objective, beta, length, wrong_length, token_model, kl_estimator
 @click.option("--grid", "grid_file", default=None, help="TOML or YAML grid file")
 @click.option("--name", default=None, help="outputs/sweeps/<name>/ [from the grid's hash]")
 @click.option("--seed", type=int, default=None, help="0 .. 2**64 - 1 [0]")
-@click.option("--steps", type=int, default=None)
-@click.option("--agents", "n_agents", type=int, default=None, help="agents per cell")
-@click.option("--queries", "n_queries", type=int, default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("-K", "--max-attempts", type=int, default=None)
+@click.option("--steps", type=int, default=None, help="training steps per cell [the grid's]")
+@click.option("--agents", "n_agents", type=int, default=None,
+              help="agents per cell [the grid's]")
+@click.option("--queries", "n_queries", type=int, default=None,
+              help="queries per step and agent [the grid's]")
+@click.option("--lr", type=float, default=None, help="learning rate [the grid's]")
+@click.option("-K", "--max-attempts", type=int, default=None,
+              help="K, the forced stop at attempt K (DESIGN §1) [the grid's]")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True)
+              show_default=True, help="local processes or a Ray cluster")
 @click.option("--address", default=None, help="Ray cluster address (e.g. 10.0.0.1:6379, auto)")
 @click.option("--workers", type=int, default=None, help="local processes [all cores]")
-@click.option("--out", default="outputs/sweeps", show_default=True)
+@click.option("--out", default="outputs/sweeps", show_default=True,
+              help="parent folder of the sweep folders")
 @click.option("--overwrite", is_flag=True, help="discard an existing sweep of this name")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="no progress bar")
 @clear_errors(TypeError)
 def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_file, name, seed,
           steps, n_agents, n_queries, lr, max_attempts, executor, address, workers, out,

@@ -21,13 +21,14 @@ import math
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from core.cli_options import doc
 from core.provenance import write_parquet_atomic
 from core.records import finish_record, record_outcome, start_record
 from sim.attribution import attribution_ratio
@@ -47,25 +48,48 @@ DEFAULT_BETA = 0.01
 class TrainConfig:
     """One training configuration (defaults: the paper's Figure 1 setting)."""
 
-    objective: str = "surrogate+kl"
-    beta: float | None = None  # KL weight; None: the objective's own coefficient, else 0.01
-    length: float = 100.0  # L_C
-    wrong_length: float | None = None  # L_W; None = L_C
-    token_model: str = "per-token"
-    kl_estimator: str = "k1"
-    kl_placement: str = "in-reward"
-    max_attempts: int = 8
-    group_size: int = 8
-    n_queries: int = 16
-    optimiser: str = "sgd"
-    lr: float = 0.1
-    steps: int = 300
-    ref_update_every: int | None = 50
-    n_agents: int = 4
-    seed: int = 0
-    theta0: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    ladder: str = "single"  # "single": the 3-logit agent; "default": the sweep's 7-task ladder
-    record_every: int = 1
+    objective: str = field(default="surrogate+kl", metadata=doc(
+        "objective terms, each maximised, e.g. 'surrogate+kl', 'sft', 'surrogate+0.5*nsr' "
+        "('kl' is the penalty as a return: its weight is beta)", "§2"))
+    beta: float | None = field(default=None, metadata=doc(
+        f"KL weight beta (default: the coefficient written in the objective, else "
+        f"{DEFAULT_BETA}, so that beta * L = 1 at L = 100)", "§2"))
+    length: float = field(default=100.0, metadata=doc(
+        f"L_C, tokens of a correct candidate answer, in (0, {MAX_LENGTH}]", "§1"))
+    wrong_length: float | None = field(default=None, metadata=doc(
+        "L_W, tokens of a wrong candidate answer (default: L_C)", "§1"))
+    token_model: str = field(default="per-token", metadata=doc(
+        "KL/SFT length weighting w(L): per-token (w = L, the paper's model) or sequence "
+        "(w = 1, the control)", "§2", choices=("per-token", "sequence")))
+    kl_estimator: str = field(default="k1", metadata=doc(
+        "per-token KL estimator of x = log pi - log pi_ref: k1 = x, k2 = x^2/2, "
+        "k3 = exp(-x) - 1 + x", "§2", choices=("k1", "k2", "k3")))
+    kl_placement: str = field(default="in-reward", metadata=doc(
+        "KL in the reward (the paper's theory) or differentiated in the loss (TRL, verl)",
+        "§2", choices=("in-reward", "in-loss")))
+    max_attempts: int = field(default=8, metadata=doc(
+        "K, the forced stop at attempt K", "§1"))
+    group_size: int = field(default=8, metadata=doc(
+        "G, trajectories per query of the group-relative advantage (paper: 8)", "§2"))
+    n_queries: int = field(default=16, metadata=doc("queries per step and agent"))
+    optimiser: str = field(default="sgd", metadata=doc(
+        "plain SGD (the theory) or Adam", "§2", choices=("sgd", "adam")))
+    lr: float = field(default=0.1, metadata=doc("learning rate, > 0"))
+    steps: int = field(default=300, metadata=doc("training steps"))
+    ref_update_every: int | None = field(default=50, metadata=doc(
+        "reset the reference pi_ref <- pi every N steps (None, on the command line 0: "
+        "never)", "§2"))
+    n_agents: int = field(default=4, metadata=doc(
+        "agents of the population (the same learner, independent random streams)"))
+    seed: int = field(default=0, metadata=doc(
+        "seed of the per-agent splitmix64 streams, 0 .. 2**64 - 1"))
+    theta0: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0), metadata=doc(
+        "initial shared parameters (w_s, w_1, w_2) of every agent; per-task u start at 0",
+        "§1"))
+    ladder: str = field(default="single", metadata=doc(
+        "task ladder: single, the bare 3-logit agent (Figure 1); default, the sweep's 7-task "
+        "ladder", "§1", choices=("single", "default")))
+    record_every: int = field(default=1, metadata=doc("record the history every N steps"))
 
     def __post_init__(self) -> None:
         if self.beta is not None and not (math.isfinite(self.beta) and self.beta >= 0):

@@ -107,7 +107,7 @@ def test_a_real_run_with_an_old_manifest_is_a_one_line_error(tmp_path):
     with pytest.raises(RecordError, match="rerun"):
         load_calibrations(real)
     _one_error_line(_cli("compare", "--observed", str(real), "--quick", "--out",
-                         str(tmp_path / "c")), "rerun")
+                         str(tmp_path), "--name", "c"), "rerun")
     assert not (tmp_path / "c").exists()
 
 

@@ -105,7 +105,7 @@ def test_parse_refuses_negative_operands(option: str) -> None:
 
 
 # ---- data --------------------------------------------------------------------------------
-_DATA = ["data", "--n-train", "4", "--n-test", "2", "--tasks", "1x1,1x2", "--id-tasks", "1x1"]
+_DATA = ["data", "--n-train", "4", "--n-test", "2", "--ladder", "1x1,1x2", "--id-tasks", "1x1"]
 
 
 def test_data_out_under_a_regular_file(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_data_still_writes(cwd: Path) -> None:
 
 # ---- eval (every case fails before the model is loaded or anything is generated) ---------
 def _eval(tiny: str, *extra: str) -> list[str]:
-    return ["eval", "--model", tiny, "--tasks", "1x1", "--id-tasks", "1x1", "--n", "1",
+    return ["eval", "--model", tiny, "--ladder", "1x1", "--id-tasks", "1x1", "--n", "1",
             "--max-new-tokens", "2", "--n-boot", "1", "--quiet", *extra]
 
 
@@ -202,7 +202,7 @@ def _name(name: str, cwd: Path) -> str:
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "", "ABS"])
 def test_eval_name_is_one_path_component(tiny: str, cwd: Path, name: str) -> None:
-    _error(_invoke(_eval(tiny, "--name", _name(name, cwd), "--out-root", "out")), "--name")
+    _error(_invoke(_eval(tiny, "--name", _name(name, cwd), "--out", "out")), "--name")
     assert _tree(cwd) == set()
     assert not (cwd.parent / "x").exists() and not (cwd.parent / "abs").exists()
 
@@ -214,15 +214,15 @@ def test_eval_markers_must_be_utf8(tiny: str, cwd: Path, tmp_path: Path) -> None
     assert _tree(cwd) == set()
 
 
-def test_eval_out_root_under_a_regular_file(tiny: str, tmp_path: Path) -> None:
+def test_eval_out_under_a_regular_file(tiny: str, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
-    _error(_invoke(_eval(tiny, "--out-root", str(tmp_path / "afile" / "sub"))), "--out-root")
+    _error(_invoke(_eval(tiny, "--out", str(tmp_path / "afile" / "sub"))), "--out")
 
 
-def test_eval_out_root_unwritable(tiny: str) -> None:
+def test_eval_out_unwritable(tiny: str) -> None:
     if _sys_is_writable():  # pragma: no cover
         pytest.skip("/sys is writable here")
-    _error(_invoke(_eval(tiny, "--out-root", "/sys/ds-study-test")), "--out-root")
+    _error(_invoke(_eval(tiny, "--out", "/sys/ds-study-test")), "--out")
 
 
 # ---- sft / grpo: run configs -------------------------------------------------------------
@@ -294,8 +294,8 @@ def test_print_config_refuses_nonsense_too(tiny: str, cwd: Path) -> None:
 @pytest.mark.parametrize("method", ["sft", "grpo"])
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "", "ABS"])
 def test_run_name_is_one_path_component(tiny: str, cwd: Path, method: str, name: str) -> None:
-    _error(_invoke(_train(method, tiny, "--run-name", _name(name, cwd), "--out-root", "out")),
-           "--run-name")
+    _error(_invoke(_train(method, tiny, "--name", _name(name, cwd), "--out", "out")),
+           "--name")
     assert _tree(cwd) == set()
     assert not (cwd.parent / "x").exists() and not (cwd.parent / "abs").exists()
 
@@ -318,20 +318,20 @@ def test_failed_start_leaves_no_folder(tiny: str, cwd: Path, method: str, extra:
     assert _tree(cwd) == set()
 
 
-def test_grpo_vllm_on_without_vllm_leaves_no_folder(tiny: str, cwd: Path) -> None:
+def test_grpo_backend_vllm_without_vllm_leaves_no_folder(tiny: str, cwd: Path) -> None:
     from realmodel.generation import vllm_available
 
     if vllm_available():  # pragma: no cover - a vLLM machine
         pytest.skip("vLLM is available")
-    _error(_invoke(_train("grpo", tiny, "--vllm", "on")), "--vllm")
+    _error(_invoke(_train("grpo", tiny, "--backend", "vllm")), "--backend")
     assert _tree(cwd) == set()
 
 
 @pytest.mark.parametrize("method", ["sft", "grpo"])
-def test_out_root_under_a_regular_file(tiny: str, tmp_path: Path, method: str) -> None:
+def test_out_under_a_regular_file(tiny: str, tmp_path: Path, method: str) -> None:
     (tmp_path / "afile").write_text("x")
-    _error(_invoke(_train(method, tiny, "--out-root", str(tmp_path / "afile" / "sub"))),
-           "--out-root")
+    _error(_invoke(_train(method, tiny, "--out", str(tmp_path / "afile" / "sub"))),
+           "--out")
 
 
 @pytest.mark.parametrize("method", ["sft", "grpo"])

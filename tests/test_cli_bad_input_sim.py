@@ -279,15 +279,14 @@ def test_failed_compare_leaves_no_folder(tmp_path, monkeypatch):
     from test_report_fixtures import write_real
 
     real = write_real(tmp_path)
-    out = tmp_path / "new" / "cmp"
 
     def broken(run, out_dir, cfg):
         (out_dir / "fit.json").write_text("{")
         raise OSError("disk full")
 
     monkeypatch.setattr("analysis.compare.write_compare", broken)
-    one_error_line(run("compare", "--observed", str(real), "--quick", "--out", str(out)),
-                   "disk full")
+    one_error_line(run("compare", "--observed", str(real), "--quick", "--out",
+                       str(tmp_path / "new"), "--name", "cmp"), "disk full")
     assert not (tmp_path / "new").exists()
 
 

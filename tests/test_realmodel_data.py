@@ -172,7 +172,7 @@ def test_build_sft_dataset() -> None:
 
 
 def test_cli_data(tmp_path: Path) -> None:
-    res = CliRunner().invoke(realmodel, ["data", "--tasks", "1x1,1x2,2x2", "--n-train", "40",
+    res = CliRunner().invoke(realmodel, ["data", "--ladder", "1x1,1x2,2x2", "--n-train", "40",
                                          "--n-test", "3", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     for name in ("train", "test", "sft_reflection", "sft_no_reflection"):
@@ -181,14 +181,14 @@ def test_cli_data(tmp_path: Path) -> None:
 
 
 def test_cli_bad_ladder_is_one_line() -> None:
-    res = CliRunner().invoke(realmodel, ["data", "--tasks", "1x1,zz"])
+    res = CliRunner().invoke(realmodel, ["data", "--ladder", "1x1,zz"])
     assert res.exit_code == 2
     assert not isinstance(res.exception, ValueError)  # a usage error, no traceback
     assert res.output.strip().splitlines()[-1] == (
-        "Error: Invalid value for '--tasks': bad task 'zz' in ladder '1x1,zz'; "
+        "Error: Invalid value for '--ladder': bad task 'zz' in ladder '1x1,zz'; "
         "expected AxB, e.g. '2x3'")
     for cmd in ("data", "eval"):
-        res = CliRunner().invoke(realmodel, [cmd, "--tasks", "1x1,2x2", "--id-tasks", "1x2"])
+        res = CliRunner().invoke(realmodel, [cmd, "--ladder", "1x1,2x2", "--id-tasks", "1x2"])
         assert res.exit_code == 2
         assert res.output.strip().splitlines()[-1] == (
-            "Error: Invalid value for '--id-tasks': 1x2 not on --tasks '1x1,2x2'")
+            "Error: Invalid value for '--id-tasks': 1x2 not on --ladder '1x1,2x2'")

@@ -228,8 +228,8 @@ def test_calibrate_reparse(tmp_path: Path) -> None:
 # ---- the tiny random Qwen2, end to end through the CLI ---------------------------------------
 def test_cli_eval_tiny_model(tmp_path: Path, tiny_checkpoint: Path) -> None:
     res = CliRunner().invoke(realmodel, [
-        "eval", "--model", str(tiny_checkpoint), "--tasks", "1x1,2x2", "--id-tasks", "1x1",
-        "--n", "3", "--name", "tiny", "--out-root", str(tmp_path), "--max-new-tokens", "12",
+        "eval", "--model", str(tiny_checkpoint), "--ladder", "1x1,2x2", "--id-tasks", "1x1",
+        "--n", "3", "--name", "tiny", "--out", str(tmp_path), "--max-new-tokens", "12",
         "--batch-size", "3", "--backend", "transformers", "--quiet", "--n-boot", "10",
     ])
     assert res.exit_code == 0, res.output
@@ -248,8 +248,8 @@ def test_cli_eval_missing_model_is_one_line(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = CliRunner().invoke(realmodel, [
-        "eval", "--model", "no-such-org/no-such-model", "--tasks", "1x1", "--id-tasks", "1x1",
-        "--n", "1", "--out-root", str(tmp_path), "--backend", "transformers", "--quiet",
+        "eval", "--model", "no-such-org/no-such-model", "--ladder", "1x1", "--id-tasks", "1x1",
+        "--n", "1", "--out", str(tmp_path), "--backend", "transformers", "--quiet",
     ])
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
@@ -263,8 +263,8 @@ def test_cli_eval_vllm_without_gpu(tmp_path: Path, tiny_checkpoint: Path) -> Non
     if vllm_available():
         pytest.skip("vLLM and a GPU are present")
     res = CliRunner().invoke(realmodel, [
-        "eval", "--model", str(tiny_checkpoint), "--tasks", "1x1", "--id-tasks", "1x1",
-        "--n", "1", "--out-root", str(tmp_path), "--backend", "vllm", "--quiet",
+        "eval", "--model", str(tiny_checkpoint), "--ladder", "1x1", "--id-tasks", "1x1",
+        "--n", "1", "--out", str(tmp_path), "--backend", "vllm", "--quiet",
     ])
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [

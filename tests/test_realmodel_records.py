@@ -118,8 +118,8 @@ def test_eval_cli_refuses_an_old_style_manifest_in_one_line(tiny: str, tmp_path:
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "manifest.json").write_text(json.dumps(OLD_EVAL))
     res = CliRunner().invoke(realmodel, [
-        "eval", "--model", tiny, "--tasks", "1x1", "--id-tasks", "1x1", "--n", "1",
-        "--name", "e", "--out-root", str(tmp_path), "--backend", "transformers", "--quiet"])
+        "eval", "--model", tiny, "--ladder", "1x1", "--id-tasks", "1x1", "--n", "1",
+        "--name", "e", "--out", str(tmp_path), "--backend", "transformers", "--quiet"])
     assert_clean_cli_error(res)
     assert res.exit_code == 1
     line, = res.output.strip().splitlines()
@@ -135,7 +135,7 @@ def test_eval_refuses_a_folder_of_another_kind(tmp_path: Path) -> None:
 
 
 # ---- data --------------------------------------------------------------------------------
-_DATA = ["data", "--tasks", "1x1,1x2", "--id-tasks", "1x1", "--n-train", "6", "--n-test", "2",
+_DATA = ["data", "--ladder", "1x1,1x2", "--id-tasks", "1x1", "--n-train", "6", "--n-test", "2",
          "--seed", "4"]
 
 
@@ -227,12 +227,12 @@ def test_resume_refuses_an_old_style_manifest_in_one_line(tiny: str, tmp_path: P
     (out / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (out / "manifest.json").write_text(json.dumps(OLD_TRAIN))
     res = CliRunner().invoke(realmodel, [method, "--preset", "cpu-smoke", "--model", tiny,
-                                         "--out-root", str(tmp_path), "--run-name", "old",
+                                         "--out", str(tmp_path), "--name", "old",
                                          "--resume"])
     assert_clean_cli_error(res)
     assert res.exit_code == 1
     line, = res.output.strip().splitlines()
-    _one_line(line, "Error: ", "start a new run", "--run-name")
+    _one_line(line, "Error: ", "start a new run", "--name")
     assert json.loads((out / "manifest.json").read_text()) == OLD_TRAIN  # untouched
 
 

@@ -132,7 +132,7 @@ def test_compare_command(tmp_path):
     real = write_real(tmp_path)
     out = tmp_path / "cmp"
     res = CliRunner().invoke(main, ["compare", "--observed", str(real), "--quick", "--out",
-                                    str(out)])
+                                    str(tmp_path), "--name", "cmp"])
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "comparison.csv")
     assert set(table["regime"]) == {"Base", "RL"}

@@ -38,7 +38,7 @@ def test_paper_presets_carry_the_papers_hyperparameters() -> None:
     completions_per_step = grpo.per_device_train_batch_size * grpo.gradient_accumulation_steps
     assert completions_per_step // grpo.num_generations == 128  # mini-batch 128 prompts
     assert grpo.per_device_train_batch_size * grpo.steps_per_generation == 512 * 8  # batch 512
-    assert grpo.max_completion_length == 8192
+    assert grpo.max_new_tokens == 8192
     assert sft.use_lora and grpo.use_lora and sft.bf16 and sft.gradient_checkpointing
     assert sft.n_train == 20000 and sft.n_test == 100
 
@@ -46,7 +46,7 @@ def test_paper_presets_carry_the_papers_hyperparameters() -> None:
 def test_smol_grpo_matches_the_measured_setting() -> None:
     cfg = grpo_preset("smol")
     assert cfg.per_device_train_batch_size // cfg.num_generations == 8
-    assert cfg.max_completion_length == 48 and cfg.learning_rate == 3e-5
+    assert cfg.max_new_tokens == 48 and cfg.learning_rate == 3e-5
 
 
 def test_cpu_smoke_runs_on_the_cpu_in_a_few_steps() -> None:
@@ -79,7 +79,7 @@ def test_overrides_apply_and_none_means_not_given() -> None:
         (GRPORunConfig, {"per_device_train_batch_size": 6}, "multiple of num_generations"),
         (GRPORunConfig, {"beta": -0.1}, "beta"),
         (GRPORunConfig, {"loss_type": "ppo"}, "loss_type"),
-        (GRPORunConfig, {"use_vllm": "yes"}, "use_vllm"),
+        (GRPORunConfig, {"backend": "yes"}, "backend"),
         (SFTRunConfig, {"max_train_seconds": -1.0}, "max_train_seconds"),
         (GRPORunConfig, {"max_train_seconds": float("inf")}, "max_train_seconds"),
         (GRPORunConfig, {"max_train_seconds": float("nan")}, "max_train_seconds"),

@@ -35,7 +35,7 @@ def test_validation_script_on_the_cpu_with_a_tiny_model(tmp_path: Path) -> None:
     rc = _script().main([str(out), "--cpu-smoke", "--model", str(tmp_path / "tiny"),
                          "--n-eval", "2", "--eval-max-new-tokens", "8", "--warm-steps", "1",
                          "--steps", "1", "--calib-every", "1", "--calib-n", "2",
-                         "--calib-max-new-tokens", "8", "--max-completion-length", "8"])
+                         "--calib-max-new-tokens", "8", "--max-new-tokens", "8"])
     assert rc == 0
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["model"].unique()) == ["base", "warm", "sft-more", "grpo"]

@@ -105,7 +105,7 @@ def test_sft_cpu_smoke_changes_the_weights(tiny_path: Path, tmp_path: Path) -> N
 def test_grpo_cpu_smoke_changes_the_weights_and_resumes(tiny_path: Path,
                                                         tmp_path: Path) -> None:
     cfg = grpo_preset("cpu-smoke", model=str(tiny_path), output_root=str(tmp_path),
-                      num_generations=2, max_completion_length=8, learning_rate=1e-2, **TINY)
+                      num_generations=2, max_new_tokens=8, learning_rate=1e-2, **TINY)
     assert cfg.beta == 0.001  # the reference model is loaded from the model's path
     record = run_grpo(cfg, log=lambda m: None, reward_funcs=[digit_share, correctness_reward])
     out = tmp_path / cfg.name()
@@ -118,7 +118,7 @@ def test_grpo_cpu_smoke_changes_the_weights_and_resumes(tiny_path: Path,
     with pytest.raises(TrainingError, match="--resume"):  # a fresh run refuses the folder
         run_grpo(cfg, log=lambda m: None)
     longer = grpo_preset("cpu-smoke", model=str(tiny_path), output_root=str(tmp_path),
-                         num_generations=2, max_completion_length=8, learning_rate=1e-2,
+                         num_generations=2, max_new_tokens=8, learning_rate=1e-2,
                          **{**TINY, "max_steps": 3})
     with pytest.raises(TrainingError, match="other settings"):
         run_grpo(longer, resume=True, log=lambda m: None)
@@ -150,13 +150,13 @@ def test_cli_errors_are_one_line(tiny_path: Path, tmp_path: Path) -> None:
 
     runner = CliRunner()
     res = runner.invoke(realmodel, ["sft", "--preset", "cpu-smoke", "--model",
-                                    str(tmp_path / "missing"), "--out-root", str(tmp_path)])
+                                    str(tmp_path / "missing"), "--out", str(tmp_path)])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(realmodel, ["grpo", "--preset", "cpu-smoke", "--beta", "-1"])
     assert res.exit_code != 0 and "beta" in res.output and "Traceback" not in res.output
     res = runner.invoke(realmodel, ["grpo", "--preset", "cpu-smoke", "--resume",
-                                    "--out-root", str(tmp_path)])
+                                    "--out", str(tmp_path)])
     assert res.exit_code == 1 and "no checkpoint" in res.output
     res = runner.invoke(realmodel, ["sft", "--preset", "paper", "--print-config"])
     assert res.exit_code == 0 and "Qwen/Qwen2.5-7B-Instruct" in res.output

@@ -19,6 +19,12 @@ presets per method (``PRESETS``):
 float must be finite (NaN passes no comparison, and an infinite rate, epoch count or KL
 coefficient trains nonsense), the optimizer must be one transformers knows, and the run name is
 one folder name under ``output_root``.
+
+Every field documents itself once, in its metadata (``core.cli_options.doc``, citing DESIGN
+sections): the options of ``realmodel sft`` and ``realmodel grpo`` are built from these fields
+(training/commands.py). GRPO's ``max_new_tokens`` is TRL's ``max_completion_length`` and its
+``backend`` (auto / vllm / transformers, as ``realmodel eval --backend``) sets TRL's
+``use_vllm`` (grpo.py).
 """
 
 from __future__ import annotations
@@ -28,18 +34,21 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from core.cli_options import doc
 from core.provenance import check_run_name
+from realmodel.generation import BACKENDS
 from realmodel.tasks import DEFAULT_ID, parse_ladder
 
 SMALL_LADDER = "1x1,1x2,2x2,2x3"  # the GPU-validation ladder: ID 1x1,1x2; OOD 2x2,2x3
 PAPER_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 SMOL_MODEL = "smollm2-135m"
 DATA_KINDS = ("reflection", "no-reflection")
-VLLM_CHOICES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
+PRESET_NAMES = ("paper", "smol", "cpu-smoke")
+DEFAULT_PRESET = "smol"  # what `realmodel sft` / `grpo` run without --preset
 # TRL GRPO loss aggregations (trl.GRPOConfig.loss_type); "grpo" is the paper's/verl's per-sequence
 # mean, "dr_grpo" drops the length normalisation, "dapo" is TRL's default.
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
@@ -59,10 +68,10 @@ class RunConfigError(ValueError):
 
     def render(self, names: Mapping[str, str]) -> str:
         text = str(self)
-        for field in self.fields:
-            if field in names:
-                text = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])",
-                              lambda _, name=names[field]: name, text, count=1)
+        for fld in self.fields:
+            if fld in names:
+                text = re.sub(rf"(?<![\w-]){re.escape(fld)}(?![\w-])",
+                              lambda _, name=names[fld]: name, text, count=1)
         return text
 
 
@@ -95,46 +104,71 @@ optimizer (bf16 weights + grads + 8-bit Adam ~ 46 GB), selectable with --no-lora
 class TrainRunConfig:
     """Settings shared by SFT and GRPO runs. Subclasses add the method's own fields."""
 
-    preset: str = "custom"
-    model: str = SMOL_MODEL
-    run_name: str = ""  # "" -> "<method>-<preset>[-<data>]"
-    output_root: str = "outputs/real"
-    ladder: str = SMALL_LADDER
-    id_tasks: str = DEFAULT_ID
-    n_train: int = 20000  # training problems, balanced over the ID tasks (DESIGN §5)
-    n_test: int = 100  # held-out problems per ladder task (periodic calibration draws from them)
-    seed: int = 0
-    device: str = "auto"
+    preset: str = field(default="custom", metadata=doc(
+        "the preset the other settings override", choices=(*PRESET_NAMES, "custom")))
+    model: str = field(default=SMOL_MODEL, metadata=doc(
+        "model name (smollm2-135m), a local checkpoint or a cached hub id", "§5"))
+    run_name: str = field(default="", metadata=doc(
+        "run folder name under the output folder, one path component (default: "
+        "<method>-<preset>[-<data>])"))
+    output_root: str = field(default="outputs/real", metadata=doc(
+        "parent folder of the run folders"))
+    ladder: str = field(default=SMALL_LADDER, metadata=doc(
+        "task ladder of the splits and the calibration, e.g. 1x1,1x2,2x2,2x3", "§5"))
+    id_tasks: str = field(default=DEFAULT_ID, metadata=doc(
+        "in-distribution (training) tasks, on the ladder", "§5"))
+    n_train: int = field(default=20000, metadata=doc(
+        "training problems, balanced over the ID tasks", "§5"))
+    n_test: int = field(default=100, metadata=doc(
+        "held-out problems per ladder task (the calibration draws from them)", "§5"))
+    seed: int = field(default=0, metadata=doc(
+        f"seed of the splits, the data and the trainer, 0 .. {MAX_SEED}"))
+    device: str = field(default="auto", metadata=doc("training device", choices=DEVICES))
     # optimisation
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides the epochs
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    optim: str = DEFAULT_OPTIM
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    bf16: bool = False
-    gradient_checkpointing: bool = False
+    learning_rate: float = field(default=1e-5, metadata=doc("learning rate, > 0"))
+    num_train_epochs: float = field(default=1.0, metadata=doc(
+        "epochs (ignored when max_steps > 0)", "§5"))
+    max_steps: int = field(default=-1, metadata=doc(
+        "optimizer steps (-1: by epochs)"))
+    per_device_train_batch_size: int = field(default=8, metadata=doc(
+        "per-device micro-batch (GRPO: completions, not prompts)", "§5"))
+    gradient_accumulation_steps: int = field(default=1, metadata=doc(
+        "gradient accumulation steps", "§5"))
+    optim: str = field(default=DEFAULT_OPTIM, metadata=doc(
+        "transformers optimizer name, e.g. adamw_torch"))
+    weight_decay: float = field(default=0.0, metadata=doc("weight decay, >= 0"))
+    warmup_ratio: float = field(default=0.0, metadata=doc(
+        "share of the steps spent warming the learning rate up, in [0, 1)"))
+    bf16: bool = field(default=False, metadata=doc("bf16 mixed precision (GPU only)"))
+    gradient_checkpointing: bool = field(default=False, metadata=doc(
+        "recompute activations in the backward pass", "§5"))
     # LoRA (peft); off = full fine-tuning
-    use_lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = LORA_TARGETS
+    use_lora: bool = field(default=False, metadata=doc(
+        "LoRA via peft instead of full fine-tuning"))
+    lora_r: int = field(default=16, metadata=doc("LoRA rank"))
+    lora_alpha: int = field(default=32, metadata=doc("LoRA alpha"))
+    lora_dropout: float = field(default=0.05, metadata=doc("LoRA dropout, in [0, 1)"))
+    lora_target_modules: tuple[str, ...] = field(default=LORA_TARGETS, metadata=doc(
+        "modules LoRA adapts, comma-separated"))
     # checkpoints and logs
-    save_steps: int = 500
-    save_total_limit: int = 2
-    logging_steps: int = 10
+    save_steps: int = field(default=500, metadata=doc("checkpoint every N steps"))
+    save_total_limit: int = field(default=2, metadata=doc("checkpoints kept"))
+    logging_steps: int = field(default=10, metadata=doc("log every N steps"))
     # periodic calibration of p, q1, q2 on a held-out slice of each ladder task
-    calib_every: int = 0  # steps; 0 = only before and after training
-    calib_n: int = 32  # problems per task, taken from the test split
-    calib_max_new_tokens: int = 512
-    calib_temperature: float = 1.0
-    calib_batch_size: int = 32
+    calib_every: int = field(default=0, metadata=doc(
+        "calibrate p, q1, q2 every N steps (0: only before and after training)", "§4"))
+    calib_n: int = field(default=32, metadata=doc(
+        "held-out problems per task of each calibration (from the test split)", "§4"))
+    calib_max_new_tokens: int = field(default=512, metadata=doc(
+        "token limit of a calibration response"))
+    calib_temperature: float = field(default=1.0, metadata=doc(
+        "sampling temperature of the calibration", "§5"))
+    calib_batch_size: int = field(default=32, metadata=doc(
+        "prompts per generation batch of the calibration"))
     # wall-clock cap on the optimisation (calibration time excluded); 0 = none. Training stops
     # after the step that crosses it, and the manifest records the steps actually taken.
-    max_train_seconds: float = 0.0
+    max_train_seconds: float = field(default=0.0, metadata=doc(
+        "wall-clock cap on the optimisation in seconds, calibration excluded (0: none)"))
 
     def __post_init__(self) -> None:
         tasks = {t.name for t in _parse("ladder", self.ladder)}
@@ -201,10 +235,14 @@ class TrainRunConfig:
 class SFTRunConfig(TrainRunConfig):
     """SFT on synthesized trajectories (DESIGN §2 "SFT-like"), loss on the completion only."""
 
-    data: str = "reflection"  # realmodel.synthesis kind
-    ft_share: float = 0.5  # share of F->T correction chains in the reflection set
-    n_reflections: int = 1  # attempts after the first ("cut-at-k"; F->T: one wrong, then C)
-    max_length: int = 1024  # prompt + completion tokens; longer examples are truncated
+    data: str = field(default="reflection", metadata=doc(
+        "synthesized SFT set (realmodel.synthesis)", "§2", choices=DATA_KINDS))
+    ft_share: float = field(default=0.5, metadata=doc(
+        "share of F->T correction chains in the reflection set, in [0, 1]", "§2"))
+    n_reflections: int = field(default=1, metadata=doc(
+        "attempts after the first in a reflection example (cut-at-k)", "§2"))
+    max_length: int = field(default=1024, metadata=doc(
+        "prompt + completion token limit (longer examples are truncated)"))
     METHOD: ClassVar[str] = "sft"
 
     def __post_init__(self) -> None:
@@ -229,22 +267,34 @@ class GRPORunConfig(TrainRunConfig):
     num_generations.
     """
 
-    num_generations: int = 8  # rollouts per prompt (paper: 8)
-    beta: float = 0.001  # KL coefficient; TRL's default is 0.0, the paper's is 0.001
-    temperature: float = 1.0
-    max_completion_length: int = 8192
-    steps_per_generation: int = 0  # 0 -> TRL default (= gradient_accumulation_steps)
-    num_iterations: int = 1  # policy updates per generation batch (verl's ppo_epochs)
-    epsilon: float = 0.2  # PPO clip range
-    loss_type: str = "grpo"
-    scale_rewards: bool = True  # False = Dr.GRPO (no std scaling of the advantage)
-    use_vllm: str = "auto"  # auto: colocated vLLM when it is installed and a GPU is present
-    vllm_gpu_memory_utilization: float = 0.3
+    num_generations: int = field(default=8, metadata=doc(
+        "G, completions per prompt (paper: 8)", "§2"))
+    beta: float = field(default=0.001, metadata=doc(
+        "KL coefficient, k3 in the loss (paper: 0.001; TRL's default 0.0 drops the reference)",
+        "§2"))
+    temperature: float = field(default=1.0, metadata=doc("sampling temperature, > 0", "§5"))
+    max_new_tokens: int = field(default=8192, metadata=doc(
+        "token limit per completion (TRL's max_completion_length; paper: 8192)", "§5"))
+    steps_per_generation: int = field(default=0, metadata=doc(
+        "optimizer steps per generation batch (0: TRL's default, the accumulation steps)"))
+    num_iterations: int = field(default=1, metadata=doc(
+        "policy updates per generation batch (verl's ppo_epochs)"))
+    epsilon: float = field(default=0.2, metadata=doc("PPO clip range epsilon", "§2"))
+    loss_type: str = field(default="grpo", metadata=doc(
+        "TRL loss aggregation (grpo: per-sequence mean, as the paper/verl)", "§2",
+        choices=LOSS_TYPES))
+    scale_rewards: bool = field(default=True, metadata=doc(
+        "divide advantages by the group's std (off: Dr.GRPO)", "§2"))
+    backend: str = field(default="auto", metadata=doc(
+        "generation backend: vllm (colocated on the training GPU), transformers, or auto "
+        "(vLLM when it is installed and a GPU is present)", choices=BACKENDS))
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata=doc(
+        "share of the GPU's memory vLLM may take, in (0, 1)"))
     METHOD: ClassVar[str] = "grpo"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("num_generations", "max_completion_length", "num_iterations"):
+        for name in ("num_generations", "max_new_tokens", "num_iterations"):
             _check_positive(name, getattr(self, name))
         if self.num_generations < 2:
             raise RunConfigError(f"num_generations must be >= 2 (group-relative advantages), "
@@ -257,7 +307,7 @@ class GRPORunConfig(TrainRunConfig):
                 f"steps_per_generation must be >= 0, got {self.steps_per_generation}",
                 "steps_per_generation")
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        _check_choice("use_vllm", self.use_vllm, VLLM_CHOICES)
+        _check_choice("backend", self.backend, BACKENDS)
         _check_real("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, low=0,
                     high=1, low_open=True, high_open=True)
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
@@ -308,17 +358,16 @@ GRPO_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(_PAPER_COMMON, learning_rate=1e-5, num_train_epochs=2.0,
                   per_device_train_batch_size=2, gradient_accumulation_steps=512,
                   steps_per_generation=2048, num_generations=8, beta=0.001,
-                  max_completion_length=8192, use_vllm="auto"),
+                  max_new_tokens=8192, backend="auto"),
     # the measured H200 setting (DESIGN §5): 8 prompts x 8 generations, 48 new tokens, lr 3e-5
     "smol": dict(_SMOL_COMMON, learning_rate=3e-5, max_steps=150,
                  per_device_train_batch_size=64, gradient_accumulation_steps=1,
-                 num_generations=8, max_completion_length=48,
+                 num_generations=8, max_new_tokens=48,
                  calib_max_new_tokens=256),
     "cpu-smoke": dict(_CPU_COMMON, learning_rate=3e-5, per_device_train_batch_size=8,
                       gradient_accumulation_steps=1, num_generations=4,
-                      max_completion_length=32),
+                      max_new_tokens=32),
 }
-PRESET_NAMES = ("paper", "smol", "cpu-smoke")
 
 
 def sft_preset(name: str, **overrides: Any) -> SFTRunConfig:

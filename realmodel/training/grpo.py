@@ -7,8 +7,9 @@ KL to the initial policy with coefficient `beta` = 0.001 set explicitly (TRL's d
 which drops the reference model): TRL's per-token estimator is k3 = exp(-x) - 1 + x with
 x = log pi - log pi_ref, i.e. verl's `low_var_kl`, placed *in the loss* (DESIGN §2). With LoRA
 the reference is the base with the adapter disabled; otherwise TRL loads a frozen copy from
-the model's path. Generation uses vLLM colocated on the training GPU when `use_vllm` is "on",
-or "auto" and vLLM is installed with a GPU present; else transformers `generate`.
+the model's path. Generation uses vLLM colocated on the training GPU when `backend` is "vllm",
+or "auto" and vLLM is installed with a GPU present; else transformers `generate` (TRL's
+`use_vllm`). `max_new_tokens` is TRL's `max_completion_length`.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False, log: Callable[[str], None
         num_generations=cfg.num_generations,
         beta=cfg.beta,
         temperature=cfg.temperature,
-        max_completion_length=cfg.max_completion_length,
+        max_completion_length=cfg.max_new_tokens,
         steps_per_generation=cfg.steps_per_generation or None,
         num_iterations=cfg.num_iterations,
         epsilon=cfg.epsilon,

@@ -14,7 +14,7 @@ A run lives in `<output_root>/<run name>/`:
   calibration_time_s, s_per_step (training only), train_metrics, final_model and
   stopped_by_time_budget_at (the step a `max_train_seconds` cap stopped at, else null).
 
-A run that cannot start leaves nothing behind: the model, the device, bf16 and `--vllm on` are
+A run that cannot start leaves nothing behind: the model, the device, bf16 and `--backend vllm` are
 checked before the folder is made (`check_can_start`), and `remove_unstarted` removes a folder
 this command made when it fails before training. Once training has started the record holds
 the outcome: "running", then "done", or "failed" / "interrupted" (Ctrl-C) with the error.
@@ -62,7 +62,7 @@ def run_dir(cfg: TrainRunConfig) -> Path:
 
 def check_can_start(cfg: TrainRunConfig) -> str:
     """The device the run will use, once the model resolves and the device can run it (bf16
-    needs CUDA; GRPO's `use_vllm="on"` needs vLLM and CUDA); before any folder is made."""
+    needs CUDA; GRPO's `backend="vllm"` needs vLLM and CUDA); before any folder is made."""
     from realmodel.models import resolve_model
 
     resolve_model(cfg.model)  # cached and cheap; a missing model is a one-line error
@@ -73,15 +73,16 @@ def check_can_start(cfg: TrainRunConfig) -> str:
 
 
 def use_vllm(cfg: GRPORunConfig, device: str) -> bool:
-    """Whether GRPO generates with colocated vLLM on `device` (`cfg.use_vllm`: auto / on /
-    off); "on" where vLLM or CUDA is missing is a TrainingError."""
+    """Whether GRPO generates with colocated vLLM on `device` (TRL's `use_vllm`, from
+    `cfg.backend`: auto / vllm / transformers); "vllm" where vLLM or CUDA is missing is a
+    TrainingError."""
     from realmodel.generation import vllm_available
 
-    if cfg.use_vllm == "off":
+    if cfg.backend == "transformers":
         return False
     available = device.startswith("cuda") and vllm_available()
-    if cfg.use_vllm == "on" and not available:
-        raise TrainingError("--vllm on needs the vllm package and a CUDA GPU")
+    if cfg.backend == "vllm" and not available:
+        raise TrainingError("--backend vllm needs the vllm package and a CUDA GPU")
     return available
 
 
@@ -116,7 +117,7 @@ def prepare_run_dir(cfg: TrainRunConfig, resume: bool) -> tuple[Path, str | None
         if last is None:
             raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}")
         previous = previous_record(out, (cfg.METHOD,), TrainingError,
-                                   "choose another --run-name (without --resume)")
+                                   "choose another --name (without --resume)")
         changed = changed_keys(previous["config"], cfg.to_dict()) if previous else []
         if changed:
             raise TrainingError(f"--resume: {out} was run with other settings ({changed})")
@@ -124,12 +125,12 @@ def prepare_run_dir(cfg: TrainRunConfig, resume: bool) -> tuple[Path, str | None
         return out, last
     if last is not None:
         raise TrainingError(
-            f"{out} already holds checkpoints; pass --resume or choose another --run-name"
+            f"{out} already holds checkpoints; pass --resume or choose another --name"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TrainingError(f"cannot create the run folder {out} under --out-root "
+        raise TrainingError(f"cannot create the run folder {out} under --out "
                             f"{cfg.output_root}: {exc.strerror or exc}") from None
     for stale in out.glob("*.parquet"):  # logs of a run that died before its first checkpoint
         stale.unlink()
