@@ -13,7 +13,6 @@ its manifest.json, docs/ARCHITECTURE.md) is left behind.
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,24 +30,9 @@ from analysis.fit import (
     MAX_FIT_STEPS,
     FitConfig,
 )
-from core.cli_options import config_options
+from core.cli_options import config_options, number_in
 from core.errors import EXPECTED, fail
 from core.provenance import check_run_name
-
-
-def _number_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
-               ) -> Callable[[click.Context, click.Parameter, float], float]:
-    """Click callback: a finite number in the interval (NaN passes click.FloatRange)."""
-    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
-        ok = (math.isfinite(value) and (value > lo if lo_open else value >= lo)
-              and (value < hi if hi_open else value <= hi))
-        if not ok:
-            raise click.BadParameter(f"must be a number in {text}, got {value}")
-        return value
-
-    return check
 
 
 def _path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
@@ -172,12 +156,12 @@ FIT_OPTIONS = config_options(
     types={"steps": click.IntRange(1, MAX_FIT_STEPS),
            "max_attempts": click.IntRange(1, MAX_FIT_ATTEMPTS),
            "max_nfev": click.IntRange(1, MAX_FIT_NFEV)},
-    callbacks={"q1_base": _number_in(0, 1, lo_open=True, hi_open=True),
-               "q2_base": _number_in(0, 1, lo_open=True, hi_open=True),
-               "length": _number_in(0, MAX_FIT_LENGTH, lo_open=True),
-               "beta": _number_in(0, BOUNDS["beta"][1], lo_open=True),
-               "ft_share": _number_in(0, 1),
-               "acc_floor": _number_in(0, 0.5, lo_open=True, hi_open=True)},
+    callbacks={"q1_base": number_in(0, 1, lo_open=True, hi_open=True),
+               "q2_base": number_in(0, 1, lo_open=True, hi_open=True),
+               "length": number_in(0, MAX_FIT_LENGTH, lo_open=True),
+               "beta": number_in(0, BOUNDS["beta"][1], lo_open=True),
+               "ft_share": number_in(0, 1),
+               "acc_floor": number_in(0, 0.5, lo_open=True, hi_open=True)},
 )
 
 

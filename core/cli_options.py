@@ -28,6 +28,7 @@ DESIGN §5) every option defaults to None, shown as "the preset's", and bools ar
 from __future__ import annotations
 
 import dataclasses
+import math
 import types as pytypes
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -215,3 +216,18 @@ def config_options(
     for name in names:
         options.option(name)  # fails now, not when the command is first run
     return options
+
+
+def number_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+               ) -> Callable[[click.Context, click.Parameter, float], float]:
+    """Click callback: a finite number in the interval (NaN passes click.FloatRange)."""
+    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        ok = (math.isfinite(value) and (value > lo if lo_open else value >= lo)
+              and (value < hi if hi_open else value <= hi))
+        if not ok:
+            raise click.BadParameter(f"must be a number in {text}, got {value}")
+        return value
+
+    return check

@@ -182,6 +182,17 @@ def _se(row: Any, stat: str) -> float:
     return (row[f"{stat}_ci_high"] - row[f"{stat}_ci_low"]) / (2 * Z95)
 
 
+def _delta_columns(row: Any, ref: Any) -> dict[str, float]:
+    """d_<stat> = row - ref for each component, with a 95 % CI taking the two as independent
+    samples (conservative where both answered the same problems)."""
+    out = {}
+    for c in COMPONENTS:
+        d = row[c] - ref[c]
+        half = Z95 * math.hypot(_se(row, c), _se(ref, c))
+        out.update({f"d_{c}": d, f"d_{c}_ci_low": d - half, f"d_{c}_ci_high": d + half})
+    return out
+
+
 def deltas(summary: pd.DataFrame) -> pd.DataFrame:
     """Change of each component from the model each one was trained from (`PARENT`), per
     task, with a 95 % CI taking the two evaluations as independent samples."""
@@ -195,11 +206,7 @@ def deltas(summary: pd.DataFrame) -> pd.DataFrame:
             b = ref.loc[task]
             row: dict[str, Any] = {"method": model, "from": parent, "task": task,
                                    "in_distribution": r["in_distribution"]}
-            for c in COMPONENTS:
-                d = r[c] - b[c]
-                half = Z95 * math.hypot(_se(r, c), _se(b, c))
-                row.update({f"d_{c}": d, f"d_{c}_ci_low": d - half, f"d_{c}_ci_high": d + half})
-            rows.append(row)
+            rows.append({**row, **_delta_columns(r, b)})
     return pd.DataFrame(rows)
 
 
@@ -266,11 +273,7 @@ def step_deltas(curve: pd.DataFrame) -> pd.DataFrame:
             row: dict[str, Any] = {"method": method, "from_step": int(b["step"]),
                                    "to_step": step, "task": task,
                                    "in_distribution": r["in_distribution"], "n": r["n"]}
-            for c in COMPONENTS:
-                d = r[c] - b[c]
-                half = Z95 * math.hypot(_se(r, c), _se(b, c))
-                row.update({f"d_{c}": d, f"d_{c}_ci_low": d - half, f"d_{c}_ci_high": d + half})
-            rows.append(row)
+            rows.append({**row, **_delta_columns(r, b)})
     return pd.DataFrame(rows)
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 
 import click
 import numpy as np
 import pandas as pd
 
+from core.cli_options import number_in
 from core.errors import clear_errors
 from core.provenance import finite_json
 from core.twostage import two_stage_accuracy
@@ -46,21 +46,6 @@ def parse_triple(text: str, name: str) -> tuple[float, float, float]:
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name} must be three finite numbers (logits), got {text!r}")
     return values  # type: ignore[return-value]
-
-
-def _number_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
-               ) -> Callable[[click.Context, click.Parameter, float], float]:
-    """Click callback: a finite number in the interval (NaN passes click.FloatRange)."""
-    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
-        ok = (math.isfinite(value) and (value > lo if lo_open else value >= lo)
-              and (value < hi if hi_open else value <= hi))
-        if not ok:
-            raise click.BadParameter(f"must be a number in {text}, got {value}")
-        return value
-
-    return check
 
 
 def _check_attribution_rows(df: pd.DataFrame) -> None:
@@ -148,7 +133,7 @@ def illustrate(fmt: str, net: bool) -> None:
 @click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_EXACT_ATTEMPTS), default=8,
               show_default=True, help="K (exact enumeration of 2^(K+1) trajectories)")
 @click.option("--gamma", type=float, default=1.0, show_default=True,
-              callback=_number_in(0.0, 1.0, lo_open=True), help="discount, in (0, 1]")
+              callback=number_in(0.0, 1.0, lo_open=True), help="discount, in (0, 1]")
 @click.option("--group-size", type=click.IntRange(2, MAX_GROUP_SIZE), default=8,
               show_default=True,
               help="G, trajectories per query of the surrogate's group advantage (DESIGN §2)")
@@ -159,7 +144,7 @@ def illustrate(fmt: str, net: bool) -> None:
               default="reflection", show_default=True,
               help="data set of the sft and dft objectives (DESIGN §2)")
 @click.option("--ft-share", type=float, default=0.5, show_default=True,
-              callback=_number_in(0.0, 1.0), help="share of F->T chains, in [0, 1]")
+              callback=number_in(0.0, 1.0), help="share of F->T chains, in [0, 1]")
 @click.option("--format", "fmt", type=FORMATS, default="csv", show_default=True,
               help="output format")
 @click.option("--explain", is_flag=True,
