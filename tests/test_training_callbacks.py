@@ -96,4 +96,6 @@ def test_run_callbacks_add_the_time_budget_only_when_set(tmp_path: Path) -> None
     capped = sft_preset("cpu-smoke", max_train_seconds=5.0)
     assert len(callbacks(plain, tmp_path, tokenizer, [], log=print)) == 2
     added = callbacks(capped, tmp_path, tokenizer, [], log=print)
-    assert len(added) == 3 and type(added[-1]).__name__ == "TimeBudgetCallback"
+    # the budget comes before the calibration, which then sees its stop at the same step
+    assert [type(c).__name__ for c in added[1:]] == ["TimeBudgetCallback",
+                                                     "CalibrationCallback"]

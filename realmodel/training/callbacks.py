@@ -4,9 +4,20 @@
 (the first `calib_n` test problems of each, which training never sees), parses the responses
 with `realmodel.parsing` and calibrates them with
 `realmodel.calibration_table.calibrate_responses` (the same estimators as `realmodel eval`).
-It runs before the first step, every `calib_every` optimizer steps and after the last one,
-so a run shows step by step which component - sampling p, or the decisions q1, q2 - the
-training moves.
+It runs before the first step, every `calib_every` optimizer steps and at the last one (the
+step at which the trainer, or the time budget, stops training; `on_train_end` catches any
+other end), so a run shows step by step which component - sampling p, or the decisions q1,
+q2 - the training moves. It runs on the main process only (`state.is_world_process_zero`:
+the other ranks go on to their next collective and wait there; a sharded model, FSDP or
+ZeRO-3, cannot generate on one rank and is not supported).
+
+Each calibration is also logged through the trainer's logger (`emit`, connected by
+runs.attach: `state.log_history` and every `report_to` integration) as scalars
+`calib/<task>/<stat>` for stat in accuracy, p, q1, q2, predicted_accuracy (undefined ones,
+e.g. q2 without a wrong first answer, are left out); transformers' TensorBoard and W&B
+callbacks file them under `train/calib/<task>/<stat>`. The last calibration is logged at the
+last step, before the integrations close their runs in `on_train_end`; one that only
+`on_train_end` catches goes to the Parquet file and the console only.
 
 Files (beside the run's manifest.json):
 * `calibration.parquet`: one row per (step, task): the calibration table's columns;
@@ -20,6 +31,7 @@ readable file; on `--resume` rows after the resumed step are dropped first.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +44,10 @@ from core.provenance import write_parquet_atomic
 CALIBRATION_LOG = "calibration.parquet"
 CALIBRATION_RESPONSES = "calibration_responses.jsonl"
 TRAIN_LOG = "train_log.parquet"
+CALIB_PREFIX = "calib/"  # the trainer-log keys of the calibration: calib/<task>/<stat>
+# calibration-table column -> its name in the trainer's log
+CALIB_STATS = {"observed_accuracy": "accuracy", "p_hat": "p", "q1_hat": "q1", "q2_hat": "q2",
+               "predicted_accuracy": "predicted_accuracy"}
 
 
 def held_out_slice(test: Sequence[dict[str, Any]], n_per_task: int) -> list[dict[str, Any]]:
@@ -123,6 +139,18 @@ def calibrate_model(
     return table, rows
 
 
+def calibration_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """The trainer-log scalars of a calibration table: `calib/<task>/<stat>` (CALIB_STATS),
+    finite values only (an undefined statistic is left out, not logged as NaN)."""
+    out = {}
+    for row in table.to_dict("records"):
+        for column, stat in CALIB_STATS.items():
+            value = row.get(column)
+            if isinstance(value, int | float) and math.isfinite(value):
+                out[f"{CALIB_PREFIX}{row['task']}/{stat}"] = float(value)
+    return out
+
+
 def _trainer_callback_base() -> type:
     from transformers import TrainerCallback
 
@@ -142,7 +170,9 @@ def make_calibration_callback(
     log: Callable[[str], None] = print,
 ) -> Any:
     """A `transformers.TrainerCallback` that calibrates at step 0, every `every` steps
-    (0 = never in between) and at the end of training; see the module docstring."""
+    (0 = never in between) and at the end of training, on the main process; see the module
+    docstring. Its `emit` (None until runs.attach sets it) logs a calibration's scalars
+    through the trainer."""
     base = _trainer_callback_base()
     run_dir = Path(run_dir)
 
@@ -150,8 +180,9 @@ def make_calibration_callback(
         def __init__(self) -> None:
             self.done_steps: set[int] = set()
             self.seconds = 0.0  # time spent calibrating (excluded from s/step)
+            self.emit: Callable[[dict[str, float]], None] | None = None
 
-        def _run(self, model: Any, step: int) -> None:
+        def _run(self, model: Any, step: int, emit: bool = True) -> None:
             if step in self.done_steps or model is None:
                 return
             self.done_steps.add(step)
@@ -170,16 +201,22 @@ def make_calibration_callback(
                 f"q1 {r.q1_hat:.2f} q2 {r.q2_hat:.2f}" for r in table.itertuples()
             )
             log(f"[calibration step {step}, {wall:.0f} s] {summary}")
+            metrics = calibration_metrics(table)
+            if emit and self.emit is not None and metrics:
+                self.emit(metrics)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self._run(kw.get("model"), state.global_step)
+            if state.is_world_process_zero:
+                self._run(kw.get("model"), state.global_step)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if every and state.global_step % every == 0:
+            due = every and state.global_step % every == 0
+            if state.is_world_process_zero and (due or control.should_training_stop):
                 self._run(kw.get("model"), state.global_step)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self._run(kw.get("model"), state.global_step)
+            if state.is_world_process_zero:  # the integrations may have closed their runs
+                self._run(kw.get("model"), state.global_step, emit=False)
 
     return CalibrationCallback()
 
@@ -214,7 +251,8 @@ def make_time_budget_callback(seconds: float, exclude: Sequence[Any] = (),
 
 
 def make_parquet_log_callback(run_dir: Path) -> Any:
-    """A `TrainerCallback` that appends each log record (with its step) to train_log.parquet."""
+    """A `TrainerCallback` that appends each log record (with its step) to train_log.parquet;
+    the calibration's records are left to calibration.parquet."""
     base = _trainer_callback_base()
     path = Path(run_dir) / TRAIN_LOG
 
@@ -223,8 +261,12 @@ def make_parquet_log_callback(run_dir: Path) -> Any:
                    **kw: Any) -> None:
             if not logs or not state.is_world_process_zero:
                 return
+            values = {k: float(v) for k, v in logs.items()
+                      if isinstance(v, int | float) and not k.startswith(CALIB_PREFIX)}
+            if len(values) < len(logs) and set(values) <= {"epoch"}:
+                return  # a calibration record
             row = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
-            row.update({k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
+            row.update(values)
             _append_rows(path, [row])
 
     return ParquetLogCallback()

@@ -18,21 +18,27 @@ presets per method (``PRESETS``):
 ``ValueError`` naming the fields involved, so that the CLI can name its options instead); every
 float must be finite (NaN passes no comparison, and an infinite rate, epoch count or KL
 coefficient trains nonsense), the optimizer must be one transformers knows, and the run name is
-one folder name under ``output_root``.
+one folder name under ``output_root``. The validation helpers live in checks.py.
 
 Every field documents itself once, in its metadata (``core.cli_options.doc``, citing DESIGN
 sections): the options of ``realmodel sft`` and ``realmodel grpo`` are built from these fields
-(training/commands.py). GRPO's ``max_new_tokens`` is TRL's ``max_completion_length`` and its
+(training/commands.py). GRPO's ``max_new_tokens`` is TRL's ``max_completion_length``, its
 ``backend`` (auto / vllm / transformers, as ``realmodel eval --backend``) sets TRL's
-``use_vllm`` (grpo.py).
+``use_vllm`` and ``device`` sets ``use_cpu`` (``TRL_ALIASES``: a config file may use either
+name, config_file.py). Any other TRL config field goes into ``trl_args`` (from a ``--config``
+file) and reaches ``SFTConfig`` / ``GRPOConfig`` as given (trl_config.py).
+
+The choices the paper's RL trainer (verl) makes differently from TRL are explicit fields,
+documented in docs/trl_vs_verl.md: ``lr_scheduler_type`` (GRPO default ``constant``, verl's;
+SFT ``linear``, TRL's), ``loss_type`` (default ``dapo``: TRL's token mean over the
+accumulated batch, verl's default ``token-mean`` aggregation; DESIGN §2 "Loss normalisation")
+and ``mask_truncated_completions`` (off, as in verl). The ``smol`` GRPO preset keeps
+``grpo`` + ``linear``, the setting its GPU results were measured with.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,6 +47,18 @@ from core.cli_options import doc
 from core.provenance import check_run_name
 from realmodel.generation import BACKENDS
 from realmodel.tasks import DEFAULT_ID, parse_ladder
+from realmodel.training.checks import (
+    NO_REPORT,
+    RunConfigError,
+    check_choice,
+    check_name,
+    check_positive,
+    check_real,
+    check_report_to,
+    check_schedule,
+    check_trl_args,
+    optimizer_names,
+)
 
 SMALL_LADDER = "1x1,1x2,2x2,2x3"  # the GPU-validation ladder: ID 1x1,1x2; OOD 2x2,2x3
 PAPER_MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -49,41 +67,17 @@ DATA_KINDS = ("reflection", "no-reflection")
 DEVICES = ("auto", "cpu", "cuda")
 PRESET_NAMES = ("paper", "smol", "cpu-smoke")
 DEFAULT_PRESET = "smol"  # what `realmodel sft` / `grpo` run without --preset
-# TRL GRPO loss aggregations (trl.GRPOConfig.loss_type); "grpo" is the paper's/verl's per-sequence
-# mean, "dr_grpo" drops the length normalisation, "dapo" is TRL's default.
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+# TRL 1.16 GRPO losses (trl.GRPOConfig.loss_type). Aggregation (DESIGN §2 "Loss normalisation"):
+# "dapo" = token sum / tokens of the accumulated batch (verl's default token-mean; TRL's
+# default), "grpo" = per-sequence token mean, then the mean over sequences (verl's
+# seq-mean-token-mean), "dr_grpo" = token sum / (sequences x max_completion_length), "bnpo" =
+# token mean of the micro-batch; cispo, sapo, luspo, vespo change the surrogate itself.
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+SCALE_REWARDS = ("group", "batch", "none")  # TRL's scale_rewards (True = group, False = none)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 DEFAULT_OPTIM = "adamw_torch"
 MAX_SEED = 2**32 - 1  # transformers.set_seed seeds numpy's legacy generator
-
-
-class RunConfigError(ValueError):
-    """An invalid run setting. `fields` are the config fields the message names (the first
-    occurrence of each); `render` words it with other names, e.g. the CLI's options."""
-
-    def __init__(self, message: str, *fields: str) -> None:
-        super().__init__(message)
-        self.fields = fields
-
-    def render(self, names: Mapping[str, str]) -> str:
-        text = str(self)
-        for fld in self.fields:
-            if fld in names:
-                text = re.sub(rf"(?<![\w-]){re.escape(fld)}(?![\w-])",
-                              lambda _, name=names[fld]: name, text, count=1)
-        return text
-
-
-@functools.cache
-def optimizer_names() -> tuple[str, ...] | None:
-    """The optimizer names transformers accepts (`TrainingArguments.optim`), or None when
-    transformers is not installed (nothing can train then anyway)."""
-    try:
-        from transformers.training_args import OptimizerNames
-    except ImportError:
-        return None
-    return tuple(o.value for o in OptimizerNames)
 
 
 PAPER_MEMORY_NOTE = """\
@@ -139,6 +133,11 @@ class TrainRunConfig:
     weight_decay: float = field(default=0.0, metadata=doc("weight decay, >= 0"))
     warmup_ratio: float = field(default=0.0, metadata=doc(
         "share of the steps spent warming the learning rate up, in [0, 1)"))
+    warmup_steps: int = field(default=0, metadata=doc(
+        "learning-rate warm-up in steps (0: warmup_ratio decides; give one of the two)"))
+    lr_scheduler_type: str = field(default="linear", metadata=doc(
+        "transformers learning-rate schedule, e.g. linear (TRL's default), constant (verl's), "
+        "cosine, constant_with_warmup (docs/trl_vs_verl.md)"))
     bf16: bool = field(default=False, metadata=doc("bf16 mixed precision (GPU only)"))
     gradient_checkpointing: bool = field(default=False, metadata=doc(
         "recompute activations in the backward pass", "§5"))
@@ -154,6 +153,9 @@ class TrainRunConfig:
     save_steps: int = field(default=500, metadata=doc("checkpoint every N steps"))
     save_total_limit: int = field(default=2, metadata=doc("checkpoints kept"))
     logging_steps: int = field(default=10, metadata=doc("log every N steps"))
+    report_to: tuple[str, ...] = field(default=NO_REPORT, metadata=doc(
+        "where the trainer also logs, comma-separated transformers integrations: none, "
+        "tensorboard (under <run>/tensorboard), trackio, wandb, ..."))
     # periodic calibration of p, q1, q2 on a held-out slice of each ladder task
     calib_every: int = field(default=0, metadata=doc(
         "calibrate p, q1, q2 every N steps (0: only before and after training)", "§4"))
@@ -169,19 +171,23 @@ class TrainRunConfig:
     # after the step that crosses it, and the manifest records the steps actually taken.
     max_train_seconds: float = field(default=0.0, metadata=doc(
         "wall-clock cap on the optimisation in seconds, calibration excluded (0: none)"))
+    # TRL config fields without a run-config field (a --config file's other keys), passed on
+    trl_args: dict[str, Any] = field(default_factory=dict, metadata=doc(
+        "TRL config fields set by a --config file that are not run-config fields", "§5"))
 
     def __post_init__(self) -> None:
+        self._normalise()
         tasks = {t.name for t in _parse("ladder", self.ladder)}
         ids = [t.name for t in _parse("id_tasks", self.id_tasks)]
         missing = [t for t in ids if t not in tasks]
         if missing:
             raise RunConfigError(f"id_tasks {missing} are not on the ladder {self.ladder!r}",
                                  "id_tasks", "ladder")
-        _check_choice("device", self.device, DEVICES)
+        check_choice("device", self.device, DEVICES)
         for name in ("n_train", "per_device_train_batch_size", "gradient_accumulation_steps",
                      "save_steps", "save_total_limit", "logging_steps", "calib_n",
                      "calib_max_new_tokens", "calib_batch_size", "lora_r", "lora_alpha"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("n_test", "calib_every", "seed"):
             if getattr(self, name) < 0:
                 raise RunConfigError(f"{name} must be >= 0, got {getattr(self, name)}", name)
@@ -191,22 +197,22 @@ class TrainRunConfig:
         if self.calib_n > self.n_test:
             raise RunConfigError(f"calib_n ({self.calib_n}) exceeds n_test ({self.n_test})",
                                  "calib_n", "n_test")
-        _check_real("learning_rate", self.learning_rate, low=0, low_open=True)
+        check_real("learning_rate", self.learning_rate, low=0, low_open=True)
         if self.max_steps == 0 or self.max_steps < -1:
             raise RunConfigError(
                 f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}", "max_steps")
         # the epochs are ignored when max_steps > 0, but an infinite count is nonsense anyway
-        _check_real("num_train_epochs", self.num_train_epochs,
+        check_real("num_train_epochs", self.num_train_epochs,
                     low=0 if self.max_steps == -1 else None, low_open=True)
         for name in ("lora_dropout", "warmup_ratio"):
-            _check_real(name, getattr(self, name), low=0, high=1, high_open=True)
+            check_real(name, getattr(self, name), low=0, high=1, high_open=True)
+        check_schedule(self.lr_scheduler_type, self.warmup_ratio, self.warmup_steps)
+        check_report_to(self.report_to)
+        check_trl_args(self.trl_args, {f.name for f in dataclasses.fields(self)})
         for name in ("max_train_seconds", "weight_decay", "calib_temperature"):
-            _check_real(name, getattr(self, name), low=0)
+            check_real(name, getattr(self, name), low=0)
         if self.optim != DEFAULT_OPTIM:  # transformers is imported for another name only
-            names = optimizer_names()
-            if names is not None and self.optim not in names:
-                raise RunConfigError(f"optim must be one of transformers' optimizer names "
-                                     f"({', '.join(names)}); got {self.optim!r}", "optim")
+            check_name("optim", self.optim, optimizer_names(), "optimizer names")
         if self.use_lora and not self.lora_target_modules:
             raise RunConfigError("use_lora needs at least one lora_target_module", "use_lora")
         if not self.model:
@@ -219,6 +225,19 @@ class TrainRunConfig:
             except ValueError as exc:
                 raise RunConfigError(str(exc).splitlines()[0], "run_name") from None
 
+    def _normalise(self) -> None:
+        """Lists and strings where tuples belong (a config file, a JSON record), a mapping
+        as a dict: the frozen fields are set once, here."""
+        for name in ("lora_target_modules", "report_to"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.trl_args, Mapping):
+            raise RunConfigError(f"trl_args must be a mapping of TRL config fields, got "
+                                 f"{self.trl_args!r}", "trl_args")
+        object.__setattr__(self, "trl_args", dict(self.trl_args))
+
     METHOD: ClassVar[str] = ""
 
     def name(self) -> str:
@@ -226,9 +245,9 @@ class TrainRunConfig:
         return self.run_name or f"{self.METHOD}-{self.preset}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON values (tuples as lists): the run record's config."""
         out = dataclasses.asdict(self)
-        out["lora_target_modules"] = list(self.lora_target_modules)
-        return out
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -247,12 +266,12 @@ class SFTRunConfig(TrainRunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("data", self.data, DATA_KINDS)
-        _check_real("ft_share", self.ft_share, low=0, high=1)
+        check_choice("data", self.data, DATA_KINDS)
+        check_real("ft_share", self.ft_share, low=0, high=1)
         if self.n_reflections < 0:
             raise RunConfigError(f"n_reflections must be >= 0, got {self.n_reflections}",
                                  "n_reflections")
-        _check_positive("max_length", self.max_length)
+        check_positive("max_length", self.max_length)
 
     def name(self) -> str:
         return self.run_name or f"sft-{self.preset}-{self.data}"
@@ -280,11 +299,19 @@ class GRPORunConfig(TrainRunConfig):
     num_iterations: int = field(default=1, metadata=doc(
         "policy updates per generation batch (verl's ppo_epochs)"))
     epsilon: float = field(default=0.2, metadata=doc("PPO clip range epsilon", "§2"))
-    loss_type: str = field(default="grpo", metadata=doc(
-        "TRL loss aggregation (grpo: per-sequence mean, as the paper/verl)", "§2",
+    loss_type: str = field(default="dapo", metadata=doc(
+        "TRL loss (aggregation): dapo = token mean over the accumulated batch, verl's "
+        "default token-mean; grpo = per-sequence mean; dr_grpo = / max_new_tokens", "§2",
         choices=LOSS_TYPES))
-    scale_rewards: bool = field(default=True, metadata=doc(
-        "divide advantages by the group's std (off: Dr.GRPO)", "§2"))
+    mask_truncated_completions: bool = field(default=False, metadata=doc(
+        "leave completions cut at max_new_tokens out of the loss (off, as verl: a cut "
+        "response is trained on with its reward)"))
+    scale_rewards: str = field(default="group", metadata=doc(
+        "divide advantages by the std of the group, of the batch, or none (Dr.GRPO)", "§2",
+        choices=SCALE_REWARDS))
+    lr_scheduler_type: str = field(default="constant", metadata=doc(
+        "transformers learning-rate schedule: constant (verl's default; the paper's RL "
+        "trainer), linear (TRL's), cosine, constant_with_warmup, ... (docs/trl_vs_verl.md)"))
     backend: str = field(default="auto", metadata=doc(
         "generation backend: vllm (colocated on the training GPU), transformers, or auto "
         "(vLLM when it is installed and a GPU is present)", choices=BACKENDS))
@@ -293,22 +320,25 @@ class GRPORunConfig(TrainRunConfig):
     METHOD: ClassVar[str] = "grpo"
 
     def __post_init__(self) -> None:
+        if isinstance(self.scale_rewards, bool):  # TRL's spelling: True = group, False = none
+            object.__setattr__(self, "scale_rewards", "group" if self.scale_rewards else "none")
         super().__post_init__()
         for name in ("num_generations", "max_new_tokens", "num_iterations"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         if self.num_generations < 2:
             raise RunConfigError(f"num_generations must be >= 2 (group-relative advantages), "
                                  f"got {self.num_generations}", "num_generations")
-        _check_real("beta", self.beta, low=0)  # DESIGN §2: the KL coefficient
-        _check_real("temperature", self.temperature, low=0, low_open=True)
-        _check_real("epsilon", self.epsilon, low=0, low_open=True)
+        check_real("beta", self.beta, low=0)  # DESIGN §2: the KL coefficient
+        check_real("temperature", self.temperature, low=0, low_open=True)
+        check_real("epsilon", self.epsilon, low=0, low_open=True)
         if self.steps_per_generation < 0:
             raise RunConfigError(
                 f"steps_per_generation must be >= 0, got {self.steps_per_generation}",
                 "steps_per_generation")
-        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        _check_choice("backend", self.backend, BACKENDS)
-        _check_real("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, low=0,
+        check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        check_choice("backend", self.backend, BACKENDS)
+        check_real("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, low=0,
                     high=1, low_open=True, high_open=True)
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
@@ -358,12 +388,15 @@ GRPO_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(_PAPER_COMMON, learning_rate=1e-5, num_train_epochs=2.0,
                   per_device_train_batch_size=2, gradient_accumulation_steps=512,
                   steps_per_generation=2048, num_generations=8, beta=0.001,
-                  max_new_tokens=8192, backend="auto"),
-    # the measured H200 setting (DESIGN §5): 8 prompts x 8 generations, 48 new tokens, lr 3e-5
+                  max_new_tokens=8192, backend="auto", lr_scheduler_type="constant",
+                  loss_type="dapo", mask_truncated_completions=False),
+    # the measured H200 setting (DESIGN §5): 8 prompts x 8 generations, 48 new tokens, lr 3e-5,
+    # with the loss and schedule it was measured with (docs/results/gpu: loss_type "grpo",
+    # TRL's linear decay), not verl's
     "smol": dict(_SMOL_COMMON, learning_rate=3e-5, max_steps=150,
                  per_device_train_batch_size=64, gradient_accumulation_steps=1,
-                 num_generations=8, max_new_tokens=48,
-                 calib_max_new_tokens=256),
+                 num_generations=8, max_new_tokens=48, loss_type="grpo",
+                 lr_scheduler_type="linear", calib_max_new_tokens=256),
     "cpu-smoke": dict(_CPU_COMMON, learning_rate=3e-5, per_device_train_batch_size=8,
                       gradient_accumulation_steps=1, num_generations=4,
                       max_new_tokens=32),
@@ -381,7 +414,7 @@ def grpo_preset(name: str, **overrides: Any) -> GRPORunConfig:
 
 
 def _preset(table: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any]) -> dict:
-    _check_choice("preset", name, tuple(table))
+    check_choice("preset", name, tuple(table))
     return {**table[name], **{k: v for k, v in overrides.items() if v is not None}}
 
 
@@ -390,29 +423,3 @@ def _parse(name: str, spec: str) -> list:
         return parse_ladder(spec)
     except ValueError as exc:
         raise RunConfigError(f"{name}: {exc}", name) from None
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise RunConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}", name)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise RunConfigError(f"{name} must be >= 1, got {value}", name)
-
-
-def _check_real(name: str, value: float, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
-    """A finite number within the bounds (math.isfinite first: NaN fails no comparison)."""
-    ok = isinstance(value, int | float) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        bounds = [f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
-                  f"{'<' if high_open else '<='} {high:g}" if high is not None else ""]
-        where = " and ".join(b for b in bounds if b)
-        raise RunConfigError(
-            f"{name} must be a finite number{' ' + where if where else ''}, got {value!r}", name)

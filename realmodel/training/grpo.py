@@ -2,14 +2,17 @@
 
 Reward: 1.0 when the completion's final answer - parsed by `realmodel.parsing` (the parser the
 calibration uses) - equals a * b, else 0.0. Group of `num_generations` (paper: 8) completions
-per prompt, group-relative advantages (std scaling unless `scale_rewards=False`, Dr.GRPO),
+per prompt, group-relative advantages (std scaling unless `scale_rewards="none"`, Dr.GRPO),
 KL to the initial policy with coefficient `beta` = 0.001 set explicitly (TRL's default is 0.0,
 which drops the reference model): TRL's per-token estimator is k3 = exp(-x) - 1 + x with
 x = log pi - log pi_ref, i.e. verl's `low_var_kl`, placed *in the loss* (DESIGN §2). With LoRA
 the reference is the base with the adapter disabled; otherwise TRL loads a frozen copy from
 the model's path. Generation uses vLLM colocated on the training GPU when `backend` is "vllm",
 or "auto" and vLLM is installed with a GPU present; else transformers `generate` (TRL's
-`use_vllm`). `max_new_tokens` is TRL's `max_completion_length`.
+`use_vllm`). `max_new_tokens` is TRL's `max_completion_length`. The loss aggregation
+(`loss_type`, default "dapo" = verl's token-mean), the LR schedule and the masking of truncated
+completions are run-config choices (config.py, docs/trl_vs_verl.md); the whole `GRPOConfig` is
+built by trl_config.py, a `--config` file's other TRL fields included.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from realmodel.training import runs
+from realmodel.training import runs, trl_config
 from realmodel.training.config import GRPORunConfig
 
 
@@ -68,29 +71,14 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False, log: Callable[[str], None
     random test model never answers correctly, so its smoke test passes a denser one.
     """
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     out, checkpoint = runs.prepare_run_dir(cfg, resume)
     train, queries = runs.splits(cfg)
     dataset = Dataset.from_list(prompt_examples(train))
     model, tokenizer, device = runs.load_policy(cfg)
     vllm = runs.use_vllm(cfg, device)
-    args = GRPOConfig(
-        **runs.trainer_arguments(cfg, out, device),
-        num_generations=cfg.num_generations,
-        beta=cfg.beta,
-        temperature=cfg.temperature,
-        max_completion_length=cfg.max_new_tokens,
-        steps_per_generation=cfg.steps_per_generation or None,
-        num_iterations=cfg.num_iterations,
-        epsilon=cfg.epsilon,
-        loss_type=cfg.loss_type,
-        scale_rewards="group" if cfg.scale_rewards else "none",
-        use_vllm=vllm,
-        vllm_mode="colocate",
-        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        log_completions=False,
-    )
+    args = trl_config.build(cfg, out, device, use_vllm=vllm)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=list(reward_funcs),
@@ -100,10 +88,12 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False, log: Callable[[str], None
         peft_config=runs.lora_config(cfg),
         callbacks=runs.callbacks(cfg, out, tokenizer, queries, log),
     )
+    runs.attach(trainer, out)
     prompts_per_step = (cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
                         // cfg.num_generations)
     log(f"GRPO {cfg.name()}: {len(dataset)} prompts, {prompts_per_step} prompts x "
-        f"{cfg.num_generations} generations per step, beta {cfg.beta}, model {cfg.model} on "
+        f"{cfg.num_generations} generations per step, beta {cfg.beta}, loss {cfg.loss_type}, "
+        f"lr schedule {cfg.lr_scheduler_type}, model {cfg.model} on "
         f"{device}, generation {'vLLM colocated' if vllm else 'transformers'}, "
         f"{'LoRA' if cfg.use_lora else 'full fine-tuning'}, output {out}")
     return runs.train_and_save(trainer, tokenizer, cfg, out, checkpoint, device)

@@ -7,6 +7,9 @@ A run lives in `<output_root>/<run name>/`:
   (`realmodel.tasks.split_spec`: which problems training held out) so that `realmodel eval`
   can warn when it evaluates on another split;
 * `train_log.parquet`, `calibration.parquet`, `calibration_responses.jsonl` (callbacks.py);
+* `tensorboard/`: TensorBoard event files when `report_to` names tensorboard (the trainer's
+  logs and the calibration's `calib/<task>/<stat>` scalars; `TENSORBOARD_LOGGING_DIR`
+  overrides the folder); other integrations (trackio, wandb) log where they are configured;
 * `manifest.json`: the run record (`core.records`, kind "sft" or "grpo"): `config` is the run
   config (`cfg.to_dict()`, what `--resume` must match), `inputs` the model, and `results`
   split_spec, model_path, device, device_name, resumed_from, previous_sessions; when done
@@ -14,8 +17,9 @@ A run lives in `<output_root>/<run name>/`:
   calibration_time_s, s_per_step (training only), train_metrics, final_model and
   stopped_by_time_budget_at (the step a `max_train_seconds` cap stopped at, else null).
 
-A run that cannot start leaves nothing behind: the model, the device, bf16 and `--backend vllm` are
-checked before the folder is made (`check_can_start`), and `remove_unstarted` removes a folder
+The trainer's arguments are the TRL config of trl_config.py. A run that cannot start leaves
+nothing behind: the model, the device, bf16, `--backend vllm` and the packages of `report_to`
+are checked before the folder is made (`check_can_start`), and `remove_unstarted` removes a folder
 this command made when it fails before training. Once training has started the record holds
 the outcome: "running", then "done", or "failed" / "interrupted" (Ctrl-C) with the error.
 """
@@ -49,6 +53,7 @@ from realmodel.training.config import GRPORunConfig, TrainRunConfig
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+TENSORBOARD = "tensorboard"
 _SESSION_RESULTS = ("resumed_from", "global_step", "steps_this_run", "s_per_step")
 
 
@@ -62,14 +67,31 @@ def run_dir(cfg: TrainRunConfig) -> Path:
 
 def check_can_start(cfg: TrainRunConfig) -> str:
     """The device the run will use, once the model resolves and the device can run it (bf16
-    needs CUDA; GRPO's `backend="vllm"` needs vLLM and CUDA); before any folder is made."""
+    needs CUDA; GRPO's `backend="vllm"` needs vLLM and CUDA) and the logging integrations of
+    `report_to` are installed; before any folder is made."""
     from realmodel.models import resolve_model
 
     resolve_model(cfg.model)  # cached and cheap; a missing model is a one-line error
     device = _device(cfg)
     if isinstance(cfg, GRPORunConfig):
         use_vllm(cfg, device)
+    missing = missing_integrations(cfg.report_to)
+    if missing:
+        raise TrainingError(f"report_to {','.join(missing)}: not installed (pip install "
+                            f"{' '.join(missing)}; tensorboard: pip install 'ds-study[track]')")
     return device
+
+
+def missing_integrations(report_to: tuple[str, ...]) -> list[str]:
+    """The logging integrations of `report_to` whose package is not installed."""
+    wanted = [r for r in report_to if r not in ("none", "all")]
+    if not wanted:
+        return []
+    from transformers.integrations.integration_utils import (
+        get_available_reporting_integrations,
+    )
+
+    return [r for r in wanted if r not in get_available_reporting_integrations()]
 
 
 def use_vllm(cfg: GRPORunConfig, device: str) -> bool:
@@ -186,32 +208,6 @@ def lora_config(cfg: TrainRunConfig) -> Any:
                       target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
 
 
-def trainer_arguments(cfg: TrainRunConfig, out: Path, device: str) -> dict[str, Any]:
-    """The `transformers.TrainingArguments` fields both TRL configs take from a run config."""
-    return dict(
-        output_dir=str(out / CHECKPOINTS),
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        optim=cfg.optim,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps,
-        report_to="none",
-        seed=cfg.seed,
-        use_cpu=device == "cpu",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-
-
 def callbacks(cfg: TrainRunConfig, out: Path, tokenizer: Any,
               queries: list[dict[str, Any]], log: Any) -> list[Any]:
     from realmodel.tasks import parse_ladder
@@ -223,10 +219,32 @@ def callbacks(cfg: TrainRunConfig, out: Path, tokenizer: Any,
                                             batch_size=cfg.calib_batch_size, seed=cfg.seed,
                                             id_tasks=ids, log=log)
     out_callbacks = [make_parquet_log_callback(out), calibration]
-    if cfg.max_train_seconds:
-        out_callbacks.append(make_time_budget_callback(cfg.max_train_seconds, [calibration],
-                                                       log))
+    if cfg.max_train_seconds:  # before the calibration: it sees the stop at the same step
+        out_callbacks.insert(1, make_time_budget_callback(cfg.max_train_seconds,
+                                                          [calibration], log))
     return out_callbacks
+
+
+def attach(trainer: Any, out: Path) -> None:
+    """Connect the run's callbacks to the built `trainer`: the calibration logs through the
+    trainer's logger (`transformers.Trainer.log`: `state.log_history` and every `report_to`
+    integration; the base method, so that GRPO's and SFT's pending metrics stay with their
+    own log), and TensorBoard writes under `<run>/tensorboard` unless
+    `TENSORBOARD_LOGGING_DIR` is set."""
+    from transformers import Trainer
+
+    def emit(logs: dict[str, float]) -> None:
+        # the callback handler's on_log clears control.should_log, which the trainer set for
+        # its own log of this step (loss, rewards): keep it
+        should_log = trainer.control.should_log
+        Trainer.log(trainer, logs)
+        trainer.control.should_log = should_log
+
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "emit"):
+            callback.emit = emit
+        if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
+            callback.logging_dir = str(Path(out) / TENSORBOARD)
 
 
 PACKAGES = ("ds-study", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "vllm",

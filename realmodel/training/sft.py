@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from realmodel.training import runs
+from realmodel.training import runs, trl_config
 from realmodel.training.config import SFTRunConfig
 
 
@@ -33,18 +33,13 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False,
     """Fine-tune `cfg.model`; returns the run record (`core.records`; runs.py
     lists the files and the record's fields)."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     out, checkpoint = runs.prepare_run_dir(cfg, resume)
     train, queries = runs.splits(cfg)
     dataset = Dataset.from_list(conversational_examples(cfg, train))
     model, tokenizer, device = runs.load_policy(cfg)
-    args = SFTConfig(
-        **runs.trainer_arguments(cfg, out, device),
-        completion_only_loss=True,
-        max_length=cfg.max_length,
-        packing=False,
-    )
+    args = trl_config.build(cfg, out, device)  # completion-only loss: trl_config.RUN_DEFAULTS
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -53,6 +48,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False,
         peft_config=runs.lora_config(cfg),
         callbacks=runs.callbacks(cfg, out, tokenizer, queries, log),
     )
+    runs.attach(trainer, out)
     log(f"SFT {cfg.name()}: {len(dataset)} {cfg.data} examples, model {cfg.model} on "
         f"{device}, {'LoRA' if cfg.use_lora else 'full fine-tuning'}, output {out}")
     return runs.train_and_save(trainer, tokenizer, cfg, out, checkpoint, device)
