@@ -9,20 +9,29 @@ one worker or one cell. SIGTERM and SIGINT stop the worker processes before the 
 (SIGTERM is raised as `SweepInterrupted`, a KeyboardInterrupt), and workers die with their
 parent even when it is killed outright (PR_SET_PDEATHSIG, else a thread watching the parent).
 
-Ray: `check_ray_address` fails fast on an address nothing answers at; workers import this
-package from the repository (REPO_ROOT on their PYTHONPATH), one Numba thread each, one cell
-per CPU; cells not yet finished are cancelled when the sweep stops.
+Ray: `check_ray_address` fails fast on an address nothing answers at (HOST:PORT, or `auto` /
+none for RAY_ADDRESS or the local cluster). Workers need Python and the base install's
+packages, not this repository: the code a cell runs (core and sim, the only packages sim
+imports, docs/ARCHITECTURE.md) goes to the cluster as the job's runtime_env working_dir
+(`ray_runtime_env`). A driver started by `ray job submit --working-dir DIR` already runs from
+such an upload; its runtime_env is reused, not uploaded again (`runtime_env_for_job`). Ray
+initialised by the caller is used as it is. One Numba thread per worker, one cell per CPU;
+cells not yet finished are cancelled when the sweep stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -157,25 +166,100 @@ def check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
         raise RuntimeError(f"cannot reach the Ray cluster at {address} ({exc})") from None
 
 
+# What a Ray worker imports to run a cell (sim.cell.run_cell and what it needs): sim and core,
+# the only packages sim imports (tests/test_layers.py). Everything else in the repository stays
+# home, and so do caches and data inside those two: __pycache__ holds Numba's compiled cache
+# (megabytes, rebuilt on the workers), *.parquet would be results.
+RAY_PACKAGES = ("core", "sim")
+RAY_EXCLUDES = ("__pycache__", "*.pyc", "*.parquet", "*.nbi", "*.nbc")
+RAY_WORKER_ENV = {"NUMBA_NUM_THREADS": "1"}  # one process per CPU: no threads inside
+# set by Ray's job supervisor in a driver started by `ray job submit` (the job's runtime_env)
+_JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+_RAY_PACKAGE_PREFIX = "_ray_pkg_"  # the folders Ray unpacks working_dir / py_modules into
+
+
+def ray_excludes(root: Path = REPO_ROOT) -> list[str]:
+    """runtime_env `excludes` (gitignore patterns, relative to `root`) that leave only
+    RAY_PACKAGES of the repository, less their caches: every other top-level entry (outputs/,
+    .git/, .offline/, .venv/, docs/, tests/, realmodel/, analysis/, benchmark results, ...) is
+    named, so the upload stays small whatever .gitignore says or lies around."""
+    top = sorted(p.name for p in root.iterdir() if p.name not in RAY_PACKAGES)
+    return ["/" + re.sub(r"([][*?!#\\])", r"\\\1", name) for name in top] + list(RAY_EXCLUDES)
+
+
+def ray_runtime_env(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The runtime_env that ships a cell's code with a Ray job (docs/ARCHITECTURE.md):
+    working_dir = the repository root less `ray_excludes`, i.e. core/ and sim/ (workers start
+    in the unpacked copy, which is on their Python path). For `ray.init(runtime_env=...)`:
+    Ray uploads a local folder for a whole job, not for a single task.
+
+    working_dir rather than py_modules: with a working_dir on the job, Ray does not put the
+    driver's script folder and cwd in front of the workers' sys.path, so a node holding
+    another checkout at the driver's path still runs the uploaded code."""
+    return {"working_dir": str(root), "excludes": ray_excludes(root)}
+
+
+def submitted_job_env() -> dict[str, Any] | None:
+    """The runtime_env of the Ray job this driver was started as (`ray job submit`: Ray's job
+    supervisor passes it in RAY_JOB_CONFIG_JSON_ENV_VAR); None for a driver started
+    otherwise."""
+    raw = os.environ.get(_JOB_CONFIG_VAR)
+    if raw is None:
+        return None
+    try:
+        env = json.loads(raw).get("runtime_env")
+    except (ValueError, AttributeError):
+        return {}
+    return dict(env) if isinstance(env, Mapping) else {}
+
+
+def job_ships_this_code(job_env: Mapping[str, Any] | None) -> bool:
+    """Whether the job's runtime_env already carries the code this driver runs: it has a
+    working_dir or py_modules, and core and sim were imported from a folder Ray unpacked
+    (`_ray_pkg_<hash>`), as in a driver started by `ray job submit --working-dir .` from
+    the repository. The workers of the job then get the same code: nothing is uploaded."""
+    if not job_env or not (job_env.get("working_dir") or job_env.get("py_modules")):
+        return False
+    import core
+    import sim
+
+    return all(any(part.startswith(_RAY_PACKAGE_PREFIX) for part in Path(pkg.__file__).parts)
+               for pkg in (core, sim))
+
+
+def runtime_env_for_job(job_env: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What ray.init adds to the runtime_env of the job the driver was started as (None: not
+    started by `ray job submit`, so all of `ray_runtime_env`). Ray merges the two key by key
+    and refuses a key both set, so only what the job lacks is added: nothing when the job
+    ships this code (`job_ships_this_code`), else `ray_runtime_env`'s working_dir, or core/
+    and sim/ as py_modules where the job has a working_dir of its own. A job with both keys
+    keeps the code it chose."""
+    if job_env is None or (not job_env.get("working_dir") and not job_ships_this_code(job_env)):
+        return ray_runtime_env()
+    if job_ships_this_code(job_env) or job_env.get("py_modules"):
+        return {}
+    return {"py_modules": [str(REPO_ROOT / pkg) for pkg in RAY_PACKAGES],
+            "excludes": list(RAY_EXCLUDES)}
+
+
 def execute_ray(run: RunCell, grid: GridConfig, todo: list[Cell], address: str | None,
                 on_done: OnDone) -> None:
-    """Run `todo` as Ray tasks on the cluster at `address` (a local one if None)."""
+    """Run `todo` as Ray tasks on the cluster at `address` (a local one if None); the cells'
+    code travels in the job's runtime_env (`runtime_env_for_job`), so workers need no copy
+    of the repository. Ray already initialised by the caller is used as it is: its
+    runtime_env ships the code if it was given `ray_runtime_env()`."""
     try:
         import ray
     except ImportError:
         raise RuntimeError("the ray executor needs Ray: pip install 'ds-study[dist]'") from None
     if not ray.is_initialized():
         check_ray_address(address)
-        # Workers import this package from the repository (shared file system or the same
-        # install on every node); one Numba thread each, Ray schedules one cell per CPU.
-        env = {"PYTHONPATH": str(REPO_ROOT), "NUMBA_NUM_THREADS": "1"}
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": env},
-            log_to_driver=False,
-            include_dashboard=False,
-        )
-    remote = ray.remote(num_cpus=1)(_run_cell_worker)
+        env = runtime_env_for_job(submitted_job_env())
+        ray.init(address=address, runtime_env=env or None, log_to_driver=False,
+                 include_dashboard=False)
+    # one Numba thread per worker (a task's env_vars merge with its job's runtime_env)
+    remote = ray.remote(num_cpus=1, runtime_env={"env_vars": dict(RAY_WORKER_ENV)})(
+        _run_cell_worker)
     grid_ref = ray.put(grid)
     pending = [remote.remote(run, grid_ref, cell) for cell in todo]
     try:
