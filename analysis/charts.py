@@ -83,10 +83,12 @@ def mean_ci(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 
 def series_labels(df: pd.DataFrame) -> pd.Series:
-    """The objective, plus each other grid axis (optimiser, beta) that varies in the sweep,
-    so that cells of different optimisers or betas are never averaged into one line."""
+    """The objective, plus each other grid axis (optimiser, beta, the update budget of DESIGN
+    §2) that varies in the sweep, so that cells that differ in one are never averaged into one
+    line."""
     label = df["objective"].astype(str)
-    for col, fmt in (("optimiser", "{}"), ("beta", "β={:g}")):
+    for col, fmt in (("optimiser", "{}"), ("beta", "β={:g}"), ("second_moment", "v {}"),
+                     ("max_grad_norm", "clip {:g}"), ("coupling", "M {}")):
         if col in df.columns and df[col].nunique() > 1:
             label = label + " · " + df[col].map(fmt.format)
     return label

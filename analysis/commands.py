@@ -1,7 +1,7 @@
 """Click commands of the analysis package: report, fit, compare (DESIGN §6).
 
 Commands only parse options and call analysis.report / analysis.fit_io / analysis.compare;
-the options of `fit` and `compare` are the fields of FitConfig (analysis.fit documents each
+the options of `fit` and `compare` are the fields of FitConfig (analysis.fit_config documents each
 one, core.cli_options builds the options); their `--out` is the parent folder and `--name` the
 folder below it (`report`, which takes no name, writes into `--out`). Errors surface as
 one-line `Error:` messages naming the option (core.errors: ReportError, FitError,
@@ -13,6 +13,7 @@ its manifest.json, docs/ARCHITECTURE.md) is left behind.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from analysis.fit import (
+from analysis.fit_config import (
     BOUNDS,
     MAX_FIT_ATTEMPTS,
     MAX_FIT_LENGTH,
@@ -33,6 +34,7 @@ from analysis.fit import (
 from core.cli_options import config_options, number_in
 from core.errors import EXPECTED, fail
 from core.provenance import check_run_name
+from sim.population_commands import CouplingType
 
 
 def _path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
@@ -145,15 +147,15 @@ def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed:
         click.echo(f"  {name}: {path}")
 
 
-# `fit` and `compare` take one option per FitConfig field (analysis.fit documents each one);
+# `fit` and `compare` take one option per FitConfig field (analysis.fit_config documents each);
 # the ranges here make a bad value an error naming its option before any work
 FIT_OPTIONS = config_options(
     FitConfig,
     include=("steps", "max_attempts", "q1_base", "q2_base", "length", "beta", "fit_beta",
-             "transfer", "optimiser", "ft_share", "acc_floor", "max_nfev", "grid_start",
-             "quick"),
+             "transfer", "optimiser", "second_moment", "max_grad_norm", "coupling",
+             "ft_share", "acc_floor", "max_nfev", "grid_start", "quick"),
     rename={"max_attempts": ("--max-attempts", "-K"), "length": ("--length", "-L")},
-    types={"steps": click.IntRange(1, MAX_FIT_STEPS),
+    types={"steps": click.IntRange(1, MAX_FIT_STEPS), "coupling": CouplingType(),
            "max_attempts": click.IntRange(1, MAX_FIT_ATTEMPTS),
            "max_nfev": click.IntRange(1, MAX_FIT_NFEV)},
     callbacks={"q1_base": number_in(0, 1, lo_open=True, hi_open=True),
@@ -161,7 +163,8 @@ FIT_OPTIONS = config_options(
                "length": number_in(0, MAX_FIT_LENGTH, lo_open=True),
                "beta": number_in(0, BOUNDS["beta"][1], lo_open=True),
                "ft_share": number_in(0, 1),
-               "acc_floor": number_in(0, 0.5, lo_open=True, hi_open=True)},
+               "acc_floor": number_in(0, 0.5, lo_open=True, hi_open=True),
+               "max_grad_norm": number_in(0, math.inf, hi_open=True)},
 )
 
 

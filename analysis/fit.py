@@ -37,18 +37,15 @@ import pandas as pd
 from scipy.optimize import brentq, least_squares
 from scipy.special import logit
 
+from analysis.fit_config import BOUNDS, FitConfig, FitError
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
 from core.calibration import Z95
-from core.cli_options import doc
-from core.regimes import PAPER_RL_KL, TRAINED
+from core.regimes import TRAINED
 from core.twostage import accuracy_forced_stop
 from sim.columns import column, split_column
 
-TRANSFER_MODES = ("shared", "per-regime")
 # the regimes a fit trains (core.regimes), by their paper row, in Table 1 order
 TRAINED_REGIMES = tuple(r.paper_row for r in TRAINED)
-BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
-          "lr": (1e-6, 50.0), "beta": (1e-5, 10.0)}
 GRID_ELL_S = (0.7, 2.0, 7.0)
 GRID_ELL_D = (1.0, 4.0, 16.0)
 GRID_LR = {SFT_NO_REFLECTION: (1e-4, 1e-3, 1e-2, 0.05),
@@ -57,76 +54,6 @@ START = {"ell_s": 0.5, "ell_d": 3.0, "beta": 0.001, column("ell", SFT_NO_REFLECT
          column("ell", SFT_REFLECTION): 1.0, column("ell", RL): 3.0,
          column("lr", SFT_NO_REFLECTION): 1e-3, column("lr", SFT_REFLECTION): 1e-3,
          column("lr", RL): 0.3}
-
-
-# Upper bounds of the fit's settings: beyond them a run takes hours or its numbers overflow
-MAX_FIT_ATTEMPTS = 12  # exact enumeration of 2^(K+1) trajectories per evaluation
-MAX_FIT_LENGTH = 1e6  # tokens per candidate answer (the paper's limit is 8,192, DESIGN §5)
-MAX_FIT_STEPS = 100_000  # training steps per regime and evaluation
-MAX_FIT_NFEV = 10_000  # least-squares evaluations
-
-
-class FitError(ValueError):
-    """A fit that cannot be set up (one-line message, for the CLI)."""
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Documented, fixed choices of the fit (everything not in `free`)."""
-
-    max_attempts: int = field(default=8, metadata=doc("K of the forced-stop accuracy Acc_K", "§4"))
-    q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
-    q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
-    length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
-    steps: int = field(default=30, metadata=doc("training steps per regime (the lr is fitted)"))
-    optimiser: str = field(default="sgd", metadata=doc("optimiser", "§2", ("sgd", "adam")))
-    beta: float = field(default=PAPER_RL_KL.beta, metadata=doc("KL coefficient of RL", "§2"))
-    fit_beta: bool = field(default=False, metadata=doc("fit beta too"))
-    ft_share: float = field(default=0.5, metadata=doc("F->T share of reflection SFT data", "§2"))
-    acc_floor: float = field(default=0.005, metadata=doc(
-        "observed accuracies are clipped to [floor, 1 - floor] to solve b_s; in (0, 0.5)", "§1"))
-    transfer: str = field(default="shared", metadata=doc(
-        "length scales: shared (ell_s, ell_d) or per-regime (one ell each)", "§1", TRANSFER_MODES))
-    max_nfev: int = field(default=30, metadata=doc("least-squares evaluations at most"))
-    grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
-    quick: bool = field(default=False, metadata=doc("few steps and evaluations (tests)"))
-
-    def __post_init__(self) -> None:
-        # each message names the field and its CLI option (analysis/commands.py)
-        if not 1 <= self.max_attempts <= MAX_FIT_ATTEMPTS:
-            raise ValueError(f"max_attempts (--max-attempts) must be in 1..{MAX_FIT_ATTEMPTS} "
-                             f"(exact enumeration is 2^(K+1)), got {self.max_attempts}")
-        for name, option in (("q1_base", "--q1-base"), ("q2_base", "--q2-base")):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} ({option}) must be in (0, 1), "
-                                 f"got {getattr(self, name)}")
-        if not (math.isfinite(self.length) and 0 < self.length <= MAX_FIT_LENGTH):
-            raise ValueError(f"length (--length) must be a number in (0, {MAX_FIT_LENGTH:g}] "
-                             f"tokens, got {self.length}")
-        for name, option, top in (("steps", "--steps", MAX_FIT_STEPS),
-                                  ("max_nfev", "--max-nfev", MAX_FIT_NFEV)):
-            if not 1 <= getattr(self, name) <= top:
-                raise ValueError(f"{name} ({option}) must be in 1..{top}, "
-                                 f"got {getattr(self, name)}")
-        if self.transfer not in TRANSFER_MODES:
-            raise ValueError(f"transfer (--transfer) must be one of {TRANSFER_MODES}")
-        if self.optimiser not in ("sgd", "adam"):
-            raise ValueError("optimiser must be sgd or adam")
-        if not 0 < self.beta <= BOUNDS["beta"][1]:  # NaN fails too
-            raise ValueError(f"beta (--beta) must be in (0, {BOUNDS['beta'][1]:g}], "
-                             f"got {self.beta}")
-        if not 0 <= self.ft_share <= 1:
-            raise ValueError(f"ft_share must be in [0, 1], got {self.ft_share}")
-        if not 0 < self.acc_floor < 0.5:
-            raise ValueError(f"acc_floor must be in (0, 0.5), got {self.acc_floor}")
-
-    @property
-    def effective_steps(self) -> int:
-        return min(self.steps, 10) if self.quick else self.steps
-
-    @property
-    def effective_nfev(self) -> int:
-        return min(self.max_nfev, 6) if self.quick else self.max_nfev
 
 
 @dataclass(frozen=True)
@@ -244,7 +171,6 @@ def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: F
                      ell_s: float, ell_d: float, lr: float, beta: float) -> np.ndarray:
     from sim.dynamics import train_expected
     from sim.model import AgentSpec, TaskLadder, TransferConfig
-    from sim.optim import OptimiserConfig
 
     b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
     lad = TaskLadder(ladder.names, tuple(float(i + 1) for i in range(len(ladder.names))),
@@ -252,12 +178,12 @@ def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: F
     spec = AgentSpec(ladder=lad, transfer=TransferConfig((ell_s, ell_d, ell_d),
                                                           (False, False, False)),
                      max_attempts=cfg.max_attempts, len_correct=cfg.length,
-                     len_wrong=cfg.length)
+                     len_wrong=cfg.length, coupling=cfg.coupling)
     phi0 = spec.initial_params()
     steps = cfg.effective_steps
     with np.errstate(over="ignore"):
         phi, _ = train_expected(spec, regime_objective(regime, cfg, beta), phi0, steps,
-                                OptimiserConfig(name=cfg.optimiser, lr=lr), record_every=steps)
+                                cfg.optimiser_config(lr), record_every=steps)
     probs = 1 / (1 + np.exp(-np.clip(spec.task_logits(phi), -50, 50)))
     acc = accuracy_forced_stop(probs[:, 0], probs[:, 1], probs[:, 2], cfg.max_attempts)
     out = np.column_stack([probs, acc])

@@ -9,7 +9,12 @@ import pandas as pd
 
 from sim import kernels as kn
 from sim.model import AgentSpec
-from sim.objectives import ObjectiveConfig, exact_logit_gradients, token_weights
+from sim.objectives import (
+    UNNORMALISED_TOKEN_MODELS,
+    ObjectiveConfig,
+    exact_logit_gradients,
+    token_weights,
+)
 
 PARAM_NAMES = ("theta_s", "theta_1", "theta_2")
 
@@ -59,7 +64,13 @@ def length_decomposition(theta, theta_ref, spec: AgentSpec, obj: ObjectiveConfig
     zero: a RESAMPLE decision's return Q carries the penalties of the sampling actions that
     follow it, which scale with L. The ratio therefore grows ~linearly while L |g1_d| << |g0_d|
     and saturates at |g1_s| / mean(|g1_1|, |g1_2|) once L passes L*_d = |g0_d| / |g1_d|.
+    Only without a loss normaliser (per-token, sequence): the normalisers of real trainers
+    divide by a length-dependent |o| (docs/token_models.md), so g is not affine in L.
     """
+    if obj.token_model not in UNNORMALISED_TOKEN_MODELS:
+        raise ValueError(f"the affine decomposition g(L) = g0 + L g1 needs a token model "
+                         f"without loss normaliser ({', '.join(UNNORMALISED_TOKEN_MODELS)}); "
+                         f"{obj.token_model!r} divides by a length-dependent |o|")
 
     def grad(length: float) -> np.ndarray:
         s = replace(spec, len_correct=length, len_wrong=length)

@@ -1,11 +1,14 @@
 """One sweep cell: train a population, measure it, return one row per agent (DESIGN.md §2-§4).
 
 `run_cell` builds a `PopulationModel` (sim.population) of identical learners from the grid's
-training settings and the cell's objective, beta, token model, optimiser and answer length
-(L_C = L, L_W = ratio * L, DESIGN §2), trains it on the in-distribution tasks and returns the
-results schema: the cell's coordinates, the per-agent summary (p, q1, q2 per task, sampled
-gradients per term), two-stage accuracies on the whole ladder (core.twostage, DESIGN §4) and
-the exact expected gradients at the trained policies (exp_* columns, DESIGN §3).
+training settings and the cell's objective, beta, token model, optimiser, update budget
+(second_moment, max_grad_norm, coupling: DESIGN §2) and answer length (L_C = L, L_W = ratio *
+L, DESIGN §2), trains it on the in-distribution tasks and returns the results schema: the
+cell's coordinates, the per-agent summary (p, q1, q2 per task, sampled gradients per term,
+`max_jump`, the largest one-step move of p or q), `unstable` (the same in every row of the
+cell: some agent's p or q moved by more than 0.5 in one step, chaos rather than a result),
+two-stage accuracies on the whole ladder (core.twostage, DESIGN §4) and the exact expected
+gradients at the trained policies (exp_* columns, DESIGN §3).
 
 `check_finite` is the gate every writer of results passes (sweep cells, training histories):
 NaN or infinities are refused, except in the ratio columns, which are inf or 0/0 by
@@ -22,7 +25,7 @@ from sim.attribution import attribution_ratio
 from sim.columns import column, split_column
 from sim.dynamics import expected_gradients
 from sim.grid import Cell, GridConfig, regime_label
-from sim.model import AgentSpec
+from sim.model import AgentSpec, coupling_label
 from sim.objectives import ObjectiveConfig, combine
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
 
@@ -39,11 +42,11 @@ def column_stat(name: str) -> str:
 def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
     """Train one cell's population and return one row per agent (the results schema)."""
     tr = grid.training
-    spec = tr.spec(grid.ladder, cell.length)
+    spec = tr.spec(grid.ladder, cell.length, cell.coupling)
     learner = LearnerConfig(
         spec=spec,
         objective=tr.objective(cell.objective, cell.beta, cell.token_model),
-        optimiser=tr.optimiser(cell.optimiser),
+        optimiser=tr.optimiser_config(cell.optimiser, cell.second_moment, cell.max_grad_norm),
     )
     model = PopulationModel(
         homogeneous(learner, tr.n_agents),
@@ -67,6 +70,9 @@ def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
             "beta": np.full(n, cell.beta),
             "token_model": [cell.token_model] * n,
             "optimiser": [cell.optimiser] * n,
+            "second_moment": [cell.second_moment] * n,
+            "max_grad_norm": np.full(n, float(cell.max_grad_norm)),
+            "coupling": [coupling_label(cell.coupling)] * n,
             "length": np.full(n, cell.length, dtype=np.int64),
             "len_correct": np.full(n, spec.len_correct),
             "len_wrong": np.full(n, spec.len_wrong),
@@ -75,6 +81,7 @@ def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
             "seed": np.full(n, grid.seed, dtype=np.int64 if grid.seed < 2**63 else np.uint64),
             "steps": np.full(n, tr.steps, dtype=np.int64),
             "lr": np.full(n, learner.optimiser.lr),
+            "unstable": np.full(n, model.unstable),
         }
     )
     ladder = spec.ladder

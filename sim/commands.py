@@ -27,7 +27,13 @@ from sim.attribution import (
 from sim.kernels import MAX_ATTEMPTS
 from sim.lengths import parse_lengths
 from sim.model import AgentSpec
-from sim.objectives import MAX_EXACT_ATTEMPTS, OBJECTIVE_KINDS, ObjectiveConfig, SFTData
+from sim.objectives import (
+    MAX_EXACT_ATTEMPTS,
+    OBJECTIVE_KINDS,
+    TOKEN_MODELS,
+    ObjectiveConfig,
+    SFTData,
+)
 from sim.simulate import MAX_SEED, simulate_and_calibrate
 
 FORMATS = click.Choice(["csv", "table", "json"])
@@ -118,9 +124,12 @@ def illustrate(fmt: str, net: bool) -> None:
               help="A..B (log-spaced, inclusive), A..B:STEP (linear) or N")
 @click.option("--points", type=click.IntRange(1, MAX_LENGTHS), default=16, show_default=True,
               help=f"lengths of an A..B range (at most {MAX_LENGTHS})")
-@click.option("--token-model", type=click.Choice(["per-token", "sequence"]), default="per-token",
+@click.option("--token-model", type=click.Choice(TOKEN_MODELS), default="per-token",
               show_default=True,
-              help="length weighting w(L): per-token (w = L) or sequence (w = 1) (DESIGN §2)")
+              help="length weighting w(L) and loss normaliser: per-token (w = L) or sequence "
+                   "(w = 1), or a trainer's normalisation with w = L: grpo (each trajectory / "
+                   "its |o|), dapo, bnpo, sft-token-mean (/ the batch's mean |o|: exact = "
+                   "E|o|), dr_grpo (/ K (L_max + 1)) (DESIGN §2, docs/token_models.md)")
 @click.option("--kl-estimator", type=click.Choice(["k1", "k2", "k3"]), default="k1",
               show_default=True, help="per-token KL estimator (DESIGN §2)")
 @click.option("--kl-placement", type=click.Choice(["in-reward", "in-loss"]),
@@ -145,6 +154,9 @@ def illustrate(fmt: str, net: bool) -> None:
               help="data set of the sft and dft objectives (DESIGN §2)")
 @click.option("--ft-share", type=float, default=0.5, show_default=True,
               callback=number_in(0.0, 1.0), help="share of F->T chains, in [0, 1]")
+@click.option("--mask-wrong-attempts", is_flag=True,
+              help="no loss on the wrong attempts of the SFT data's F->T chains (their "
+                   "RESAMPLE decisions are still trained) (DESIGN §2)")
 @click.option("--format", "fmt", type=FORMATS, default="csv", show_default=True,
               help="output format")
 @click.option("--explain", is_flag=True,
@@ -154,7 +166,8 @@ def illustrate(fmt: str, net: bool) -> None:
 def attribution(objective: str, lengths: str, points: int, token_model: str,
                 kl_estimator: str, kl_placement: str, theta: str, theta_ref: str,
                 max_attempts: int, gamma: float, group_size: int, std_scaling: bool,
-                sft_data: str, ft_share: float, fmt: str, explain: bool) -> None:
+                sft_data: str, ft_share: float, mask_wrong_attempts: bool, fmt: str,
+                explain: bool) -> None:
     """Exact expected g_s, g_1, g_2 and attribution ratio per answer length L (DESIGN §3).
 
     The ratio is undefined (csv: empty, json: null) where the whole gradient vanishes and
@@ -180,7 +193,8 @@ def attribution(objective: str, lengths: str, points: int, token_model: str,
     obj = ObjectiveConfig(weights=((objective, 1.0),), group_size=group_size,
                           std_scaling=std_scaling, kl_estimator=kl_estimator,
                           kl_placement=kl_placement, token_model=token_model,
-                          sft_data=SFTData(sft_data, ft_share))
+                          sft_data=SFTData(sft_data, ft_share,
+                                           mask_wrong_attempts=mask_wrong_attempts))
     with np.errstate(over="ignore", invalid="ignore"):
         df = attribution_by_length(ls, th, ref, spec, obj, objective)
     _check_attribution_rows(df)

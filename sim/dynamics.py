@@ -4,7 +4,10 @@ The population trainer (sim.population) samples; this one follows the expected g
 so it is noise-free and fast enough for fitting (analysis.fit) and for checking that the
 sampled populations drift the same way. Training uses the in-distribution tasks only, each
 with equal weight (DESIGN.md §1); the reference policy is reset every `ref_update_every`
-steps (DESIGN §2, the paper's Figure 1 cycles).
+steps (DESIGN §2, the paper's Figure 1 cycles). The optimiser's update budget (global norm
+clipping, Adam's shared second moment; DESIGN §2) acts in sim.optim.ascent_step, the coupling
+of the logits in the AgentSpec's Jacobians. No stability bound is imposed here: the fit
+(analysis.fit) treats SGD's learning rate as a fitted amount of training.
 """
 
 from __future__ import annotations

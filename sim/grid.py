@@ -1,7 +1,11 @@
 """The sweep's grid (DESIGN.md §1-§3): axes, training settings, task ladder, seed, cells.
 
 A sweep trains one population per cell of answer length x objective x beta x token model x
-optimiser (sim.cell) on the task ladder of DESIGN §1, with the objectives of DESIGN §2. This
+optimiser x Adam's second moment x gradient clip x coupling (sim.cell; the last three are the
+update budget of DESIGN §2) on the task ladder of DESIGN §1, with the objectives of DESIGN §2.
+The default is the paper's RL run as real trainers run it: Adam (lr 0.02) with a shared second
+moment, KL = k3 in the loss, beta 0.001, no clipping. Plain SGD above its stability bound
+(sim.stability) is refused when the grid is built. This
 module holds the frozen configs that describe it -- `GridConfig` with its `TrainingConfig` and
 `LadderConfig` -- the named objectives (the paper's regimes from core.regimes plus ablations),
 the cells and the grid's digest (what a resumed sweep must match). Every config validates
@@ -25,9 +29,10 @@ from scipy.special import logit
 
 from core.regimes import PAPER_RL_KL, regime
 from sim.lengths import MAX_LENGTH, check_length, parse_lengths
-from sim.model import AgentSpec, TaskLadder, TransferConfig
+from sim.model import AgentSpec, Coupling, TaskLadder, TransferConfig, parse_coupling
 from sim.objectives import MAX_EXACT_ATTEMPTS, TOKEN_MODELS, ObjectiveConfig, SFTData
-from sim.optim import OPTIMISERS, OptimiserConfig
+from sim.optim import OPTIMISERS, OptimiserConfig, check_max_grad_norm, check_second_moment
+from sim.stability import check_sgd_lr
 
 # sim.rng seeds each agent's splitmix64 stream with np.uint64(seed) (DESIGN §2)
 MAX_SEED = 2**64 - 1
@@ -177,15 +182,24 @@ class LadderConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     """How each cell's population is trained (DESIGN §2). Sized so the default sweep
-    (16 lengths x 7 objectives) takes well under a minute on two cores."""
+    (16 lengths x 7 objectives) takes well under a minute on two cores.
+
+    `optimiser`, `second_moment`, `max_grad_norm` and `coupling` are the defaults of the grid's
+    axes `optimisers`, `second_moments`, `max_grad_norms` and `couplings` (an axis given
+    wins): Adam with a shared second moment, no clipping, no coupling (DESIGN §2, "Update
+    budget"). `second_moment` means nothing to SGD (its cells record "none")."""
 
     steps: int = 150
     n_agents: int = 16
     n_queries: int = 4  # queries per agent and step (round-robin over the ID tasks)
     group_size: int = 8  # G
     max_attempts: int = 8  # K
-    lr: float = 0.05  # SGD
+    lr: float = 0.05  # SGD; refused above its stability bound (sim.stability)
     adam_lr: float = 0.02  # Adam (normalised steps need a smaller rate)
+    optimiser: str = "adam"  # "sgd" (the theory) or "adam"
+    second_moment: str = "shared"  # Adam's v: "shared" (one scalar per agent) or per-parameter
+    max_grad_norm: float = 0.0  # global L2 clip of each agent's gradient; 0 = off (TRL: 1.0)
+    coupling: Coupling = None  # M in logits = b(t) + M J_t phi; None (or "none") = identity
     wrong_length_ratio: float = 1.0  # L_C = L, L_W = ratio * L
     # Default: the paper's RL run -- verl's low_var_kl (k3) as a loss term, which is also
     # TRL's GRPOTrainer: each token's k3(x) is differentiated directly, no future terms, so
@@ -225,6 +239,12 @@ class TrainingConfig:
                              f"{self.wrong_length_ratio!r}")
         if self.ref_update_every is not None and self.ref_update_every < 1:
             raise ValueError("ref_update_every must be >= 1 (or omitted)")
+        if self.optimiser not in OPTIMISERS:
+            raise ValueError(f"unknown optimiser {self.optimiser!r}; choose from "
+                             f"{', '.join(OPTIMISERS)}")
+        check_second_moment(self.second_moment)
+        check_max_grad_norm(self.max_grad_norm)
+        object.__setattr__(self, "coupling", parse_coupling(self.coupling))
         # the remaining fields are checked by the objects they build
         self.objective("surrogate+kl", 0.0, "per-token")
         self.spec(LadderConfig(), 10)
@@ -247,17 +267,22 @@ class TrainingConfig:
             sft_data=sft,
         )
 
-    def spec(self, ladder: LadderConfig, length: int) -> AgentSpec:
+    def spec(self, ladder: LadderConfig, length: int, coupling: Coupling = None) -> AgentSpec:
         return AgentSpec(
             ladder=ladder.ladder(),
             transfer=ladder.transfer(),
             max_attempts=self.max_attempts,
             len_correct=float(length),
             len_wrong=float(length) * self.wrong_length_ratio,
+            coupling=coupling,
         )
 
-    def optimiser(self, name: str) -> OptimiserConfig:
-        return OptimiserConfig(name=name, lr=self.adam_lr if name == "adam" else self.lr)
+    def optimiser_config(self, name: str, second_moment: str = "per-parameter",
+                         max_grad_norm: float = 0.0) -> OptimiserConfig:
+        """The optimiser of a cell (DESIGN §2); SGD ignores `second_moment`."""
+        return OptimiserConfig(name=name, lr=self.adam_lr if name == "adam" else self.lr,
+                               second_moment=second_moment if name == "adam" else
+                               "per-parameter", max_grad_norm=float(max_grad_norm))
 
 
 @dataclass(frozen=True)
@@ -269,46 +294,65 @@ class Cell:
     token_model: str
     optimiser: str
     length: int
+    second_moment: str = "per-parameter"  # Adam's; "none" for SGD
+    max_grad_norm: float = 0.0
+    coupling: Coupling = None
 
     @property
     def cell_id(self) -> str:
+        budget = "".join((  # the update budget (DESIGN §2), named only where not plain
+            "__v-shared" if self.second_moment == "shared" else "",
+            f"__clip{self.max_grad_norm!r}" if self.max_grad_norm > 0 else "",
+            "" if self.coupling is None else
+            "__C" + hashlib.sha256(repr(self.coupling).encode()).hexdigest()[:8]))
         raw = (
             # repr, not :g, so that betas differing past 6 digits never share a file
             f"{self.objective}__b{self.beta!r}__{self.token_model}__{self.optimiser}"
-            f"__L{self.length}"
+            f"{budget}__L{self.length}"
         )
         return re.sub(r"[^A-Za-z0-9._-]", "_", raw.replace("+", "_plus_").replace("*", "x"))
 
 
 @dataclass(frozen=True)
 class GridConfig:
-    """The whole sweep: axes, training settings, ladder, seed (DESIGN §2-§3)."""
+    """The whole sweep: axes, training settings, ladder, seed (DESIGN §2-§3).
+
+    The update-budget axes (optimisers, second_moments, max_grad_norms, couplings; DESIGN §2)
+    default to None: one value, the [training] table's (`optimiser`, `second_moment`,
+    `max_grad_norm`, `coupling`); an axis given wins over its [training] value."""
 
     lengths: tuple[int, ...] = tuple(int(x) for x in parse_lengths("10..1000"))
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     betas: tuple[float, ...] = (PAPER_RL_KL.beta,)  # 0.001, the paper's (core.regimes)
     token_models: tuple[str, ...] = ("per-token",)
-    optimisers: tuple[str, ...] = ("sgd",)
+    optimisers: tuple[str, ...] | None = None  # default: (training.optimiser,) = adam
     seed: int = 0
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
+    second_moments: tuple[str, ...] | None = None  # Adam's cells only (DESIGN §2)
+    max_grad_norms: tuple[float, ...] | None = None
+    couplings: tuple[Coupling, ...] | None = None
 
     def __post_init__(self) -> None:
-        for axis in ("lengths", "objectives", "betas", "token_models", "optimisers"):
+        tr = self.training
+        for axis, scalar in BUDGET_AXES.items():  # None: the [training] value alone
+            if getattr(self, axis) is None:
+                object.__setattr__(self, axis, (getattr(tr, scalar),))
+        for axis in AXES:
             if len(getattr(self, axis)) == 0:
                 raise ValueError(f"empty grid axis: {axis}")
         for length in self.lengths:
             if not is_integer(length):
                 raise ValueError(f"lengths must be integers, got {length!r}")
             check_length(length, "lengths")
-        longest_wrong = max(self.lengths) * self.training.wrong_length_ratio
+        longest_wrong = max(self.lengths) * tr.wrong_length_ratio
         if longest_wrong > MAX_LENGTH:
             raise ValueError(f"L_W = wrong_length_ratio * L reaches {longest_wrong:g}, above the "
                              f"largest answer length {MAX_LENGTH}")
         for beta in self.betas:
             if not (is_finite_real(beta) and beta >= 0):
                 raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        for axis in ("objectives", "token_models", "optimisers"):
+        for axis in ("objectives", "token_models", "optimisers", "second_moments"):
             for value in getattr(self, axis):
                 if not isinstance(value, str):
                     raise ValueError(f"{axis} must be strings, got {value!r}")
@@ -320,29 +364,47 @@ class GridConfig:
         for opt in self.optimisers:
             if opt not in OPTIMISERS:
                 raise ValueError(f"unknown optimiser {opt!r}; choose from {', '.join(OPTIMISERS)}")
+        for value in self.second_moments:
+            check_second_moment(value, "second_moments")
+        object.__setattr__(self, "max_grad_norms", tuple(
+            check_max_grad_norm(c, "max_grad_norms") for c in self.max_grad_norms))
+        object.__setattr__(self, "couplings", tuple(
+            parse_coupling(c, "couplings") for c in self.couplings))
         for name in self.objectives:
             if name not in NAMED_OBJECTIVES:
                 try:
-                    self.training.objective(name, 0.0, "per-token")
+                    tr.objective(name, 0.0, "per-token")
                 except ValueError as exc:
                     known = ", ".join(NAMED_OBJECTIVES)
                     raise ValueError(
                         f"unknown objective {name!r} ({exc}); named ones: {known}"
                     ) from None
         check_seed(self.seed)
-        for dup_axis in ("lengths", "objectives", "betas", "token_models", "optimisers"):
+        for dup_axis in AXES:
             values = getattr(self, dup_axis)
             if len(set(values)) != len(values):
                 raise ValueError(f"grid axis {dup_axis} has duplicate values")
+        if "sgd" in self.optimisers:  # refused before any work (sim.stability, DESIGN §2)
+            for o in self.objectives:
+                for b in self.betas:
+                    for tm in self.token_models:
+                        for c in self.couplings:
+                            check_sgd_lr(tr.spec(self.ladder, max(self.lengths), c),
+                                         tr.objective(o, float(b), tm), tr.optimiser_config(
+                                             "sgd"), f"{o} (beta {b:g}, {tm})")
 
     def cells(self) -> list[Cell]:
-        """Every grid point, objectives outermost and lengths innermost (the results' order)."""
+        """Every grid point, objectives outermost and lengths innermost (the results' order);
+        SGD cells once, with second_moment "none" (it is Adam's)."""
         cells = [
-            Cell(o, float(b), tm, opt, int(L))
+            Cell(o, float(b), tm, opt, int(L), v, float(clip), c)
             for o in self.objectives
             for b in self.betas
             for tm in self.token_models
             for opt in self.optimisers
+            for v in (self.second_moments if opt == "adam" else ("none",))
+            for clip in self.max_grad_norms
+            for c in self.couplings
             for L in self.lengths
         ]
         ids = [c.cell_id for c in cells]
@@ -358,6 +420,13 @@ class GridConfig:
         """Hash of everything that determines the results (resume safety)."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+AXES = ("lengths", "objectives", "betas", "token_models", "optimisers", "second_moments",
+        "max_grad_norms", "couplings")
+# the update-budget axes and their one-value defaults in [training] (DESIGN §2)
+BUDGET_AXES = {"optimisers": "optimiser", "second_moments": "second_moment",
+               "max_grad_norms": "max_grad_norm", "couplings": "coupling"}
 
 
 def regime_label(objective: str) -> str:

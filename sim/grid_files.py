@@ -3,7 +3,10 @@
 Grid files are typed strictly (DESIGN §2 settings; sim.grid's configs): a count is an integer
 (an integral float such as 10.0 is read as 10, 10.7 is refused), a real is a finite number
 (ell = inf excepted, DESIGN §1), a bool is never taken for a number, and every error names the
-key and the file. `build_grid` merges a file's dict with the command line's options.
+key and the file. `build_grid` merges a file's dict with the command line's options. The
+update-budget settings (DESIGN §2) are axes (`optimisers`, `second_moments`, `max_grad_norms`,
+`couplings`) or one value under [training] (`optimiser`, `second_moment`, `max_grad_norm`,
+`coupling`); a file giving both for one setting is refused, a command-line axis wins.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from core.provenance import check_output_name
 from sim.grid import (
+    BUDGET_AXES,
     MAX_COUNT,
     MAX_SEED,
     GridConfig,
@@ -26,6 +30,7 @@ from sim.grid import (
     short_repr,
 )
 from sim.lengths import MAX_LENGTH, MAX_POINTS, parse_lengths
+from sim.model import parse_coupling
 
 
 def _coerce(cls, data: dict, where: str):
@@ -104,7 +109,20 @@ _FIELD_READERS: dict[str, Callable[[object, str], object]] = {
         v, k, lambda x, kk: _read_float(x, kk, allow_inf=True), scalar_ok=False, size=3),
     "tuple[bool, bool, bool]": lambda v, k: _read_list(v, k, _read_bool, scalar_ok=False,
                                                          size=3),
+    # "none" or a 3x3 matrix, as a nested list or "1 0.5 0; 0 1 0; 0 0 1" (DESIGN §2)
+    "Coupling": lambda v, k: parse_coupling(v, k),
 }
+
+
+def _read_couplings(value: object, key: str) -> tuple:
+    """A list of couplings, each "none" or a 3x3 matrix; one string stands for a list of one."""
+    if isinstance(value, str):
+        return (parse_coupling(value, key),)
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{key} must be a list of couplings ('none' or 3x3 matrices), got "
+                         f"{short_repr(value)}")
+    return tuple(parse_coupling(v, f"{key}[{i}] (a list of couplings: 'none' or 3x3)")
+                 for i, v in enumerate(value))
 
 
 def _read_table(cls, value: object, table: str) -> dict:
@@ -136,6 +154,9 @@ _TOP_READERS: dict[str, Callable[[object, str], object]] = {
     "betas": lambda v, k: _read_list(v, k, _read_float),
     "token_models": lambda v, k: _read_list(v, k, _read_str),
     "optimisers": lambda v, k: _read_list(v, k, _read_str),
+    "second_moments": lambda v, k: _read_list(v, k, _read_str),
+    "max_grad_norms": lambda v, k: _read_list(v, k, _read_float),
+    "couplings": _read_couplings,
     "seed": lambda v, k: _read_int(v, f"{k} (64 bits)", lo=0, hi=MAX_SEED),
 }
 
@@ -199,13 +220,17 @@ def build_grid(file_data: dict | None = None, source: str | None = None,
     """GridConfig from a grid file's dict and command-line overrides (None = not given).
 
     Recognised top-level keys: name, lengths (a spec string like "10..1000" or a list),
-    points, objectives, betas, token_models, optimisers, seed, [training], [ladder].
-    Overrides: the same names plus any TrainingConfig field. `source` (the file) is named in
-    errors. Returns (name, grid).
+    points, objectives, betas, token_models, optimisers, second_moments, max_grad_norms,
+    couplings, seed, [training], [ladder]. Overrides: the same names plus any TrainingConfig
+    field. `source` (the file) is named in errors. Returns (name, grid).
     """
     where = source or "grid"
     data = read_grid_data(dict(file_data or {}), where)
     training = dict(data.pop("training", {}))
+    for axis, scalar in BUDGET_AXES.items():
+        if axis in data and scalar in training:
+            raise ValueError(f"{where}: give {axis} (an axis) or [training] {scalar} (one "
+                             "value), not both")
     ladder = dict(data.pop("ladder", {}))
     name = data.pop("name", None)
     points = data.pop("points", 16)
@@ -231,7 +256,8 @@ def build_grid(file_data: dict | None = None, source: str | None = None,
         elif is_real(lengths):
             lengths = [lengths]
         data["lengths"] = tuple(int(x) if is_integer(x) else x for x in lengths)
-        for axis in ("objectives", "betas", "token_models", "optimisers"):
+        for axis in ("objectives", "betas", "token_models", "optimisers", "second_moments",
+                     "max_grad_norms", "couplings"):
             if axis in data and not isinstance(data[axis], list | tuple):
                 data[axis] = (data[axis],)
         if "betas" in data:  # floats, as cells and the grid's digest have always had them

@@ -236,14 +236,18 @@ def walk_steps(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, 
 
 @njit(cache=True, inline="always")
 def kl_estimate(x, estimator, clamp):
-    """Per-token KL estimator k(x) and its derivative k'(x) (DESIGN §2); clamp 0 = off."""
+    """Per-token KL estimator k(x) and its derivative k'(x) (DESIGN §2).
+
+    The clamp (0 = off) applies where DESIGN §2 and verl apply it: to k3 (`low_var_kl`,
+    clamped to [-clamp, clamp]; a clamped value has derivative 0); k1 and k2 are never
+    clamped.
+    """
     if estimator == K1:
-        k, dk = x, 1.0
-    elif estimator == K2:
-        k, dk = 0.5 * x * x, x
-    else:
-        e = np.exp(-x)
-        k, dk = e - 1.0 + x, 1.0 - e
+        return x, 1.0
+    if estimator == K2:
+        return 0.5 * x * x, x
+    e = np.exp(-x)
+    k, dk = e - 1.0 + x, 1.0 - e
     if clamp > 0.0 and (k > clamp or k < -clamp):
         return max(-clamp, min(clamp, k)), 0.0
     return k, dk
@@ -272,14 +276,47 @@ def steps_penalties_and_q(nsteps, xdev, weight, attempt, estimator, clamp, gamma
     return total
 
 
+# Loss normalisers of DESIGN §2 "Loss normalisation in real trainers" (docs/token_models.md):
+# a trajectory's kernel sums are divided by `norm`, a positive constant (1: none), or by the
+# trajectory's own token count |o| (NORM_TRAJECTORY, TRL's loss_type "grpo"). NORM_BATCH (the
+# batch's mean |o|: "dapo", "bnpo", SFT's token mean) is a constant that the estimator
+# resolves before calling the kernel (sim.objectives.token_normaliser).
+NORM_TRAJECTORY = 0.0
+NORM_BATCH = -1.0
+
+
+@njit(cache=True, inline="always")
+def trajectory_tokens(mask, n, trunc, max_attempts, final_sampled, w_correct, w_wrong):
+    """|o| = sum_t w_t: the answers' weights plus one per decision token emitted (a forced
+    stop at K emits none; DESIGN §1-§2). With w = L it is the trajectory's token count."""
+    tokens = 0.0
+    for k in range(n):
+        tokens += w_correct if (mask >> k) & 1 else w_wrong
+    decisions = n - 1 if (n == max_attempts and not final_sampled) else n
+    return tokens + decisions
+
+
+@njit(cache=True)
+def batch_tokens(masks, ns, truncs, max_attempts, final_sampled, w_correct, w_wrong):
+    """`trajectory_tokens` of every trajectory of a batch."""
+    out = np.empty(masks.shape[0])
+    for i in range(masks.shape[0]):
+        out[i] = trajectory_tokens(masks[i], ns[i], truncs[i], max_attempts, final_sampled,
+                                   w_correct, w_wrong)
+    return out
+
+
 @njit(cache=True)
 def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, w_correct,
-                     w_wrong, estimator, clamp, gamma, out, bufs, ibufs):
-    """Every kernel of `sim.terms.KERNELS` on one trajectory into out[N_COLUMNS, 3];
-    returns (R, penalty).
+                     w_wrong, estimator, clamp, gamma, norm, out, bufs, ibufs):
+    """Every kernel of `sim.terms.KERNELS` on one trajectory into out[N_COLUMNS, 3], divided
+    by the loss normaliser `norm` (> 0, or NORM_TRAJECTORY: by |o|; DESIGN §2);
+    returns (R, penalty), the penalty sum_t w_t k(x_t) not normalised.
 
     bufs: float64[7, 2K] scratch, ibufs: int64[2, 2K] scratch (no allocation in hot loops).
     """
+    if norm < 0.0:
+        raise ValueError("trajectory_terms: resolve NORM_BATCH to the batch's mean |o| first")
     if out.shape[0] != N_COLUMNS:
         raise ValueError("trajectory_terms: out needs one row per kernel of sim.terms.KERNELS")
     param = ibufs[0]
@@ -293,6 +330,13 @@ def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_lo
     out[:, :] = 0.0
     for t in range(nsteps):
         add_step(out, 0, param[t], glogp[t], weight[t], prob[t], xdev[t], q[t], dk[t])
+    if norm != 1.0:
+        if norm == NORM_TRAJECTORY:
+            norm = trajectory_tokens(mask, n, trunc, max_attempts, final_sampled, w_correct,
+                                     w_wrong)
+        for c in range(out.shape[0]):
+            for j in range(3):
+                out[c, j] /= norm
     reward = 0.0
     if trunc == 0 and (mask >> (n - 1)) & 1:
         reward = gamma ** (n - 1)
@@ -305,7 +349,7 @@ def scratch(max_attempts: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _batch_terms_impl(masks, ns, truncs, max_attempts, final_sampled, logits, ref_logits,
-                      w_correct, w_wrong, estimator, clamp, gamma):
+                      w_correct, w_wrong, estimator, clamp, gamma, norm):
     """`trajectory_terms` over a flat batch of trajectories sharing one set of logits.
 
     Returns terms[N, N_COLUMNS, 3], rewards[N], penalties[N].
@@ -319,7 +363,7 @@ def _batch_terms_impl(masks, ns, truncs, max_attempts, final_sampled, logits, re
         ibufs = np.empty((2, 2 * max_attempts), dtype=np.int64)
         rewards[i], penalties[i] = trajectory_terms(
             masks[i], ns[i], truncs[i], max_attempts, final_sampled, logits, ref_logits,
-            w_correct, w_wrong, estimator, clamp, gamma, out[i], bufs, ibufs)
+            w_correct, w_wrong, estimator, clamp, gamma, norm, out[i], bufs, ibufs)
     return out, rewards, penalties
 
 
@@ -331,11 +375,12 @@ PARALLEL_MIN_BATCH = 20_000
 
 
 def batch_terms(masks, ns, truncs, max_attempts, final_sampled, logits, ref_logits, w_correct,
-                w_wrong, estimator, clamp, gamma):
-    """Dispatch to the serial or parallel kernel by batch size (same results either way)."""
+                w_wrong, estimator, clamp, gamma, norm=1.0):
+    """Dispatch to the serial or parallel kernel by batch size (same results either way);
+    `norm` is the loss normaliser of `trajectory_terms` (default 1: none)."""
     fn = _batch_terms_parallel if masks.shape[0] >= PARALLEL_MIN_BATCH else _batch_terms_serial
     return fn(masks, ns, truncs, max_attempts, final_sampled, logits, ref_logits, w_correct,
-              w_wrong, estimator, clamp, gamma)
+              w_wrong, estimator, clamp, gamma, float(norm))
 
 
 @njit(cache=True)

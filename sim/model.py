@@ -2,10 +2,12 @@
 
 For component x in {s, 1, 2} and task t:
     logit_x(t) = b_x(t) + w_x + sum_{t' in ID} k_x(t, t') u_x[t'],  k_x = exp(-|d(t)-d(t')|/ell_x)
-and optionally logits = C @ (that) with a coupling matrix C. The map from the parameter
-vector phi to the logits of task t is affine, logits(t) = b'(t) + J_t phi, so gradients with
-respect to phi are J_t^T g_logits(t) (chain rule) and every objective can be written on the
-three logits of one task.
+and optionally a coupling matrix M (3x3) mixing the *trained* part only (DESIGN §2, "Update
+budget"): logits(t) = b(t) + M J_t phi, base offsets untouched, so a coupled agent starts from
+the same policy as an uncoupled one. The map from the parameter vector phi to the logits of
+task t is affine, logits(t) = b(t) + J'_t phi with J'_t = M J_t, so gradients with respect to
+phi are J'_t^T g_logits(t) (chain rule) and every objective can be written on the three logits
+of one task.
 """
 
 from __future__ import annotations
@@ -17,6 +19,43 @@ import numpy as np
 
 COMPONENTS = ("s", "1", "2")
 FINAL_DECISIONS = ("forced", "sampled")
+NO_COUPLING = ("none", "identity")  # spellings of M = I (stored as None)
+
+Coupling = tuple[tuple[float, float, float], ...] | None
+
+
+def parse_coupling(value: object, what: str = "coupling") -> Coupling:
+    """A coupling matrix M (DESIGN §2) as a 3x3 tuple of floats, or None for M = I.
+
+    Accepts None, "none"/"identity", a 3x3 nested sequence, or a string of three rows
+    separated by ';' with entries separated by spaces ("1 0.5 0; 0 1 0; 0 0 1")."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in NO_COUPLING):
+        return None
+    rows = value
+    if isinstance(value, str):
+        rows = [r.split() for r in value.split(";")]
+    try:
+        if any(isinstance(x, bool | np.bool_) for row in rows for x in row):  # type: ignore
+            raise TypeError("a bool is not a number")
+        matrix = tuple(tuple(float(x) for x in row) for row in rows)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be 'none' or a 3x3 matrix ('1 0.5 0; 0 1 0; 0 0 1'), "
+                         f"got {value!r}") from None
+    if len(matrix) != 3 or any(len(r) != 3 for r in matrix) or isinstance(value, bytes):
+        raise ValueError(f"{what} must be a 3x3 matrix (three rows of three numbers), got "
+                         f"{value!r}")
+    if not all(math.isfinite(x) for r in matrix for x in r):
+        raise ValueError(f"{what} entries must be finite numbers, got {value!r}")
+    if np.array_equal(np.array(matrix), np.eye(3)):
+        return None  # the identity is no coupling: one spelling, one cell
+    return matrix  # type: ignore[return-value]
+
+
+def coupling_label(coupling: Coupling) -> str:
+    """"none" or the matrix as "a b c; d e f; g h i" (the results' `coupling` column)."""
+    if coupling is None:
+        return "none"
+    return "; ".join(" ".join(f"{x:g}" for x in row) for row in coupling)
 
 
 @dataclass(frozen=True)
@@ -110,7 +149,7 @@ class AgentSpec:
     len_wrong: float = 100.0  # L_W
     gamma: float = 1.0  # per-attempt discount
     final_decision: str = "forced"  # at attempt K: "forced" stop, no token; or "sampled"
-    coupling: tuple[tuple[float, float, float], ...] | None = None  # C (3x3); None = identity
+    coupling: Coupling = None  # M (3x3) acting on J_t phi only (DESIGN §2); None = identity
 
     def __post_init__(self) -> None:
         from sim.kernels import MAX_ATTEMPTS
@@ -125,8 +164,7 @@ class AgentSpec:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.final_decision not in FINAL_DECISIONS:
             raise ValueError(f"final_decision must be one of {FINAL_DECISIONS}")
-        if self.coupling is not None and np.asarray(self.coupling).shape != (3, 3):
-            raise ValueError("coupling must be a 3x3 matrix")
+        object.__setattr__(self, "coupling", parse_coupling(self.coupling))
 
     @property
     def final_sampled(self) -> bool:
@@ -165,11 +203,9 @@ class AgentSpec:
         return jac
 
     def offsets(self) -> np.ndarray:
-        """b(t) after coupling, shape (T, 3)."""
-        b = np.asarray(self.ladder.base_offsets, dtype=float)
-        if self.coupling is not None:
-            b = b @ np.asarray(self.coupling, float).T
-        return b
+        """b(t), shape (T, 3): the base model's offsets, which coupling leaves untouched
+        (logits(t) = b(t) + M J_t phi, DESIGN §2)."""
+        return np.asarray(self.ladder.base_offsets, dtype=float)
 
     def task_logits(self, phi: np.ndarray) -> np.ndarray:
         """Logits of every task, shape (T, 3) (or (..., T, 3) for a batch of phi)."""

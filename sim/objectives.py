@@ -4,7 +4,8 @@ Sign convention: every term is something to *maximise* (gradient ascent):
   surrogate  E[A grad log pi(tau)], group-relative advantages (GRPO-like)
   kl         the token-level KL *penalty* as a return, -E[sum_t w_t k(x_t)]; its weight is beta
   sft, dft   log-likelihood of data trajectories (token-weighted; DFT probability-weighted)
-  nsr, psr   -likelihood of the agent's own failed / +likelihood of its own successful samples
+  nsr, psr   policy gradient on the agent's failed samples (reward -1) / its successful ones
+             (reward +1): answer-level scores, no length factor
 A combination is a weighted sum with non-negative weights, e.g. GRPO = surrogate + beta * kl.
 
 Each term is one entry of `sim.terms.TERMS` (its kernel, trajectories, reward filter, sign,
@@ -30,7 +31,15 @@ from sim.rng import agent_states
 from sim.terms import ANY, BY_KIND, DATA, KINDS, keeps
 
 OBJECTIVE_KINDS = KINDS  # the order of sim.terms.TERMS
-TOKEN_MODELS = ("per-token", "sequence")
+# Token models (DESIGN §2; docs/token_models.md): the weight w(L) of a sampling action and the
+# loss normaliser a trajectory's weighted sum is divided by. per-token: w = L, none (the
+# paper's model); sequence: w = 1, none; the rest are the normalisations of real trainers,
+# all with w = L: grpo (TRL loss_type "grpo": each trajectory by its own |o|), dapo and bnpo
+# (the batch's token sum by its total tokens), dr_grpo (by the constant K (L_max + 1)),
+# sft-token-mean (SFT's token mean over the batch: dapo's formula on the data batch).
+TOKEN_MODELS = ("per-token", "sequence", "grpo", "dapo", "bnpo", "dr_grpo", "sft-token-mean")
+UNNORMALISED_TOKEN_MODELS = ("per-token", "sequence")
+BATCH_NORMALISED_TOKEN_MODELS = ("dapo", "bnpo", "sft-token-mean")
 KL_PLACEMENTS = ("in-reward", "in-loss")
 SFT_KINDS = ("reflection", "no-reflection")
 
@@ -43,11 +52,15 @@ class SFTData:
     reflection: a share `ft_share` of F->T chains (`n_reflections` wrong attempts, each
     followed by RESAMPLE, then a correct attempt and STOP) and 1 - ft_share verified-correct
     STOPs (one correct attempt, STOP).
+    mask_wrong_attempts: no loss on the wrong attempts' answers (their tokens weigh 0 and
+    leave |o|; the RESAMPLE decisions after them keep theirs). Unmasked, those answers are
+    trained at weight w(L_W) and pin p near 1/(1 + f) (f = F->T share of the data).
     """
 
     kind: str = "reflection"
     ft_share: float = 0.5
     n_reflections: int = 1
+    mask_wrong_attempts: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SFT_KINDS:
@@ -56,6 +69,9 @@ class SFTData:
             raise ValueError(f"ft_share must be in [0, 1], got {self.ft_share}")
         if self.n_reflections < 1:
             raise ValueError(f"n_reflections must be >= 1, got {self.n_reflections}")
+        if self.mask_wrong_attempts not in (True, False):
+            raise ValueError(f"mask_wrong_attempts must be a bool, got "
+                             f"{self.mask_wrong_attempts!r}")
 
     def trajectories(self, max_attempts: int) -> tuple[np.ndarray, ...]:
         """(masks, ns, truncs, weights) of the data distribution."""
@@ -82,7 +98,7 @@ class ObjectiveConfig:
     kl_estimator: str = "k1"
     kl_placement: str = "in-reward"
     kl_clamp: float = 10.0  # verl clamps low_var_kl to [-10, 10]; 0 = off
-    token_model: str = "per-token"  # w(L) = L, or "sequence": w(L) = 1
+    token_model: str = "per-token"  # one of TOKEN_MODELS: w(L) and the loss normaliser
     sft_data: SFTData = field(default_factory=SFTData)
 
     def __post_init__(self) -> None:
@@ -170,25 +186,76 @@ def all_trajectories(max_attempts: int, final_sampled: bool) -> tuple[np.ndarray
 
 
 def token_weights(spec: AgentSpec, obj: ObjectiveConfig) -> tuple[float, float]:
-    """w(L_C), w(L_W): L for the per-token model, 1 for the sequence model (DESIGN §2)."""
-    if obj.token_model == "per-token":
-        return float(spec.len_correct), float(spec.len_wrong)
-    return 1.0, 1.0
+    """w(L_C), w(L_W): 1 for the sequence model, L for every other (DESIGN §2)."""
+    if obj.token_model == "sequence":
+        return 1.0, 1.0
+    return float(spec.len_correct), float(spec.len_wrong)
 
 
-def _terms(masks, ns, truncs, logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig):
+def data_token_weights(spec: AgentSpec, obj: ObjectiveConfig) -> tuple[float, float]:
+    """w(L_C), w(L_W) on the SFT data: w(L_W) = 0 where its wrong attempts are masked
+    (SFTData.mask_wrong_attempts, DESIGN §2)."""
     w_c, w_w = token_weights(spec, obj)
+    return w_c, 0.0 if obj.sft_data.mask_wrong_attempts else w_w
+
+
+def token_normaliser(spec: AgentSpec, obj: ObjectiveConfig) -> float:
+    """What each trajectory's weighted sum is divided by (DESIGN §2 "Loss normalisation in
+    real trainers"; docs/token_models.md): 1 (per-token, sequence), kn.NORM_TRAJECTORY (grpo:
+    its own |o|), kn.NORM_BATCH (dapo, bnpo, sft-token-mean: the batch's mean |o|, resolved
+    by each estimator on its batch) or the constant K (L_max + 1) of dr_grpo: TRL's
+    max_completion_length taken as K attempts of at most L_max = max(L_C, L_W) tokens, each
+    with its decision token."""
+    tm = obj.token_model
+    if tm in UNNORMALISED_TOKEN_MODELS:
+        return 1.0
+    if tm == "grpo":
+        return kn.NORM_TRAJECTORY
+    if tm in BATCH_NORMALISED_TOKEN_MODELS:
+        return kn.NORM_BATCH
+    return float(spec.max_attempts * (max(spec.len_correct, spec.len_wrong) + 1.0))
+
+
+def _tokens(masks, ns, truncs, spec: AgentSpec, weights) -> np.ndarray:
+    """|o| of each trajectory under token weights (w(L_C), w(L_W))."""
+    return kn.batch_tokens(masks, ns, truncs, spec.max_attempts, spec.final_sampled, *weights)
+
+
+def population_token_arrays(pairs) -> dict[str, np.ndarray]:
+    """The per-agent loss normalisers and data token weights of the population kernel
+    (`sim.population_kernels.Learners` fields norm_own, norm_data, data_w_w) from one
+    (AgentSpec, ObjectiveConfig) pair per agent. On own samples NORM_BATCH stays (the kernel
+    resolves it on each step's batch); on the SFT data, whose expectation the kernel takes
+    exactly, it is resolved here to E_data |o| (DESIGN §2)."""
+    norm_own, norm_data, data_w_w = [], [], []
+    for spec, obj in pairs:
+        norm = token_normaliser(spec, obj)
+        dweights = data_token_weights(spec, obj)
+        norm_own.append(norm)
+        data_w_w.append(dweights[1])
+        if norm == kn.NORM_BATCH:
+            dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
+            norm = float(dw @ _tokens(dm, dn, dt, spec, dweights) / dw.sum())
+        norm_data.append(norm)
+    return {"norm_own": np.array(norm_own), "norm_data": np.array(norm_data),
+            "data_w_w": np.array(data_w_w)}
+
+
+def _terms(masks, ns, truncs, logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig,
+           weights, norm: float):
+    """The kernels of a batch under token weights (w(L_C), w(L_W)) and a resolved loss
+    normaliser (a constant, or kn.NORM_TRAJECTORY)."""
     return kn.batch_terms(masks, ns, truncs, spec.max_attempts, spec.final_sampled,
-                          np.asarray(logits, float), np.asarray(ref_logits, float), w_c, w_w,
-                          kn.ESTIMATORS[obj.kl_estimator], obj.kl_clamp, spec.gamma)
+                          np.asarray(logits, float), np.asarray(ref_logits, float), *weights,
+                          kn.ESTIMATORS[obj.kl_estimator], obj.kl_clamp, spec.gamma, norm)
 
 
-def group_advantage_factor(p_success: float, obj: ObjectiveConfig) -> float:
-    """a(1) - a(0): the expected group advantage of a success minus that of a failure.
+def group_mean_advantages(p_success: float, obj: ObjectiveConfig) -> tuple[float, float]:
+    """(a(0), a(1)): the expected group advantage of a failure and of a success.
 
-    For binary rewards E[A_i grad log pi_i] = E[grad log pi 1{R=1}] (a(1) - a(0)), where
     a(r) averages the advantage of a trajectory with reward r over the other G-1 rewards,
-    which are Binomial(G-1, P(R=1)). Without std scaling this is 1 - 1/G.
+    which are Binomial(G-1, P(R=1)); for binary rewards E[A_i f_i] = a(1) E[1{R=1} f] +
+    a(0) E[1{R=0} f] for any per-trajectory f (DESIGN §2).
     """
     g = obj.group_size
     m = np.arange(g)
@@ -202,7 +269,14 @@ def group_advantage_factor(p_success: float, obj: ObjectiveConfig) -> float:
         var = (s * (1 - mean) ** 2 + (g - s) * mean**2) / (g - obj.std_ddof)
         return float(pmf @ ((r - mean) / (np.sqrt(var) + obj.adv_eps)))
 
-    return adv(1) - adv(0)
+    return adv(0), adv(1)
+
+
+def group_advantage_factor(p_success: float, obj: ObjectiveConfig) -> float:
+    """a(1) - a(0): for binary rewards and a zero-mean f (the score), E[A_i f_i] =
+    E[f 1{R=1}] (a(1) - a(0)). Without std scaling this is 1 - 1/G."""
+    a0, a1 = group_mean_advantages(p_success, obj)
+    return a1 - a0
 
 
 def exact_logit_gradients(logits, ref_logits, spec: AgentSpec,
@@ -211,12 +285,19 @@ def exact_logit_gradients(logits, ref_logits, spec: AgentSpec,
 
     Each term is read from `sim.terms.TERMS`: its kernel weighted by the probability of every
     trajectory of the agent (or by the data set's weights), times its reward filter and sign.
+    A batch loss normaliser (dapo, bnpo, sft-token-mean: the batch's token sum over its total
+    tokens) is taken in its large-batch limit, the ratio of expectations E[sum_t w_t g_t] /
+    E|o| (DESIGN §2; docs/token_models.md).
     """
     masks, ns, truncs = all_trajectories(spec.max_attempts, spec.final_sampled)
     logits = np.asarray(logits, float)
     probs = np.exp(kn.batch_log_probs(masks, ns, truncs, spec.max_attempts, spec.final_sampled,
                                       logits))
-    terms, rewards, _ = _terms(masks, ns, truncs, logits, ref_logits, spec, obj)
+    weights = token_weights(spec, obj)
+    norm = token_normaliser(spec, obj)
+    if norm == kn.NORM_BATCH:
+        norm = float(probs @ _tokens(masks, ns, truncs, spec, weights))
+    terms, rewards, _ = _terms(masks, ns, truncs, logits, ref_logits, spec, obj, weights, norm)
     data = None  # the SFT data set's kernels, weights and rewards, computed once
     out: dict[str, np.ndarray] = {}
     for kind in obj.kinds:
@@ -225,7 +306,11 @@ def exact_logit_gradients(logits, ref_logits, spec: AgentSpec,
         if term.source == DATA:
             if data is None:
                 dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
-                dterms, drewards, _ = _terms(dm, dn, dt, logits, ref_logits, spec, obj)
+                dweights, dnorm = data_token_weights(spec, obj), token_normaliser(spec, obj)
+                if dnorm == kn.NORM_BATCH:
+                    dnorm = float(dw @ _tokens(dm, dn, dt, spec, dweights) / dw.sum())
+                dterms, drewards, _ = _terms(dm, dn, dt, logits, ref_logits, spec, obj,
+                                             dweights, dnorm)
                 data = dterms, dw, drewards
             kern, weights, r = data
         else:
@@ -237,7 +322,17 @@ def exact_logit_gradients(logits, ref_logits, spec: AgentSpec,
             # E[A grad log pi] for binary R; for gamma < 1 without std scaling the same
             # identity gives (1 - 1/G) grad E[R].
             e_success = (probs * rewards) @ kern[:, col]
-            factor = (group_advantage_factor(float(probs @ rewards), obj) if obj.std_scaling
+            p_success = float(probs @ rewards)
+            if norm == kn.NORM_TRAJECTORY:  # score / |o|: no longer zero-mean
+                e_all = probs @ kern[:, col]
+                if obj.std_scaling:
+                    a0, a1 = group_mean_advantages(p_success, obj)
+                    grad = a1 * e_success + a0 * (e_all - e_success)
+                else:  # E[(R_i - mean R) f_i] = (1 - 1/G) (E[R f] - E[R] E[f])
+                    grad = (1.0 - 1.0 / obj.group_size) * (e_success - p_success * e_all)
+                out[kind] = -grad if term.sign < 0 else grad
+                continue
+            factor = (group_advantage_factor(p_success, obj) if obj.std_scaling
                       else 1.0 - 1.0 / obj.group_size)
             grad = factor * e_success
             out[kind] = -grad if term.sign < 0 else grad
@@ -262,6 +357,9 @@ def mc_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig
 
     `old_logits` is the behaviour policy that sampled them (default: the current one); with
     `clip_epsilon` set the surrogate is PPO-clipped per action, ratio pi / pi_old.
+    A batch loss normaliser (dapo, bnpo, sft-token-mean) is the sample's mean |o| (own
+    samples and data draws each their own batch); its standard error is the delta method's
+    for that ratio estimator (DESIGN §2).
     """
     if n_groups < 2:
         raise ValueError("n_groups must be >= 2 for a standard error")
@@ -272,8 +370,13 @@ def mc_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig
     masks, ns, truncs = kn.sample_population(states, behaviour[None, :], spec.max_attempts,
                                              spec.final_sampled, n_groups * g)
     masks, ns, truncs = masks[0], ns[0].astype(np.int64), truncs[0].astype(np.int64)
-    terms, rewards, _ = _terms(masks, ns, truncs, logits, ref_logits, spec, obj)
-    data = None  # kernels and rewards of n_groups * G draws from the SFT data set
+    weights, norm = token_weights(spec, obj), token_normaliser(spec, obj)
+    tokens = _tokens(masks, ns, truncs, spec, weights)
+    batch = norm == kn.NORM_BATCH
+    if batch:
+        norm = float(tokens.mean())
+    terms, rewards, _ = _terms(masks, ns, truncs, logits, ref_logits, spec, obj, weights, norm)
+    data = None  # kernels, rewards, tokens, normaliser of n_groups * G draws of the SFT data
     per_group: dict[str, np.ndarray] = {}  # (n_groups, 3): each group's own estimate
     for kind in obj.kinds:
         term = BY_KIND[kind]
@@ -283,12 +386,16 @@ def mc_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig
                 dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
                 rng = np.random.default_rng(seed)
                 idx = rng.choice(len(dw), size=n_groups * g, p=dw / dw.sum())
+                dweights, dnorm = data_token_weights(spec, obj), token_normaliser(spec, obj)
+                dtokens = _tokens(dm[idx], dn[idx], dt[idx], spec, dweights)
+                if batch:
+                    dnorm = float(dtokens.mean())
                 dterms, drewards, _ = _terms(dm[idx], dn[idx], dt[idx], logits, ref_logits, spec,
-                                             obj)
-                data = dterms, drewards
-            kern, r = data
+                                             obj, dweights, dnorm)
+                data = dterms, drewards, dtokens, dnorm
+            kern, r, tok, tnorm = data
         else:
-            kern, r = terms, rewards
+            kern, r, tok, tnorm = terms, rewards, tokens, norm
         if term.advantage:  # own trajectories, unfiltered, the score (sim.terms.Term)
             rg = rewards.reshape(n_groups, g)
             adv = rg - rg.mean(axis=1, keepdims=True)
@@ -298,6 +405,8 @@ def mc_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig
                 contrib = kn.batch_clipped_scores(masks, ns, truncs, spec.max_attempts,
                                                   spec.final_sampled, logits, behaviour,
                                                   adv.ravel(), obj.clip_epsilon)
+                if tnorm != 1.0:  # the kernels' loss normaliser, applied here by hand
+                    contrib = contrib / (tok[:, None] if tnorm == kn.NORM_TRAJECTORY else tnorm)
             else:
                 contrib = kern[:, col] * adv.reshape(-1, 1)
         else:
@@ -307,6 +416,10 @@ def mc_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig
         if term.reward_filter != ANY:
             contrib = contrib * keeps(term.reward_filter, r)[:, None]
         per_group[kind] = contrib.reshape(n_groups, g, 3).mean(axis=1)
+        if batch:  # delta method of the ratio estimator: each group's linearised estimate
+            est = per_group[kind].mean(axis=0)
+            share = tok.reshape(n_groups, g).mean(axis=1, keepdims=True) / tnorm
+            per_group[kind] = per_group[kind] + est * (1.0 - share)
     return {k: MCEstimate(v.mean(axis=0), v.std(axis=0, ddof=1) / math.sqrt(n_groups))
             for k, v in per_group.items()}
 

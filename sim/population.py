@@ -14,7 +14,9 @@ Recording: a columnar recorder stores per recorded step and agent p, q1, q2 on e
 the parameters, and the per-term logit gradients g_s, g_1, g_2 and attribution ratio (DESIGN
 §3) -- numpy blocks, not one Python dict per agent, so recording every step stays cheap.
 A Mesa DataCollector records model-level summaries (mean reward, mean total ratio) per step.
-Running means of the gradients over training are always kept (the sweep's columns).
+Running means of the gradients over training are always kept (the sweep's columns), and so is
+each agent's largest one-step move of p, q1 or q2 on any task (`max_jump`; `unstable` when it
+passes 0.5: chaos, not a result, DESIGN §2 "Update budget"; per step: the history's `jump`).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ from sim.model import AgentSpec
 from sim.objectives import ObjectiveConfig, token_weights
 from sim.optim import OptimiserConfig
 from sim.rng import agent_states
+from sim.stability import check_sgd_lr
 from sim.terms import BY_KIND, DATA, KIND_INDEX, KINDS, N_KINDS, term_codes
 
 COMPS = ("s", "1", "2")
 PROBS = ("p", "q1", "q2")
+UNSTABLE_JUMP = 0.5  # a step moving p or q by more than this is chaos (DESIGN §2)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class LearnerConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     theta0: tuple[float, float, float] = (0.0, 0.0, 0.0)  # initial w_x (u_x start at 0)
+
+    def __post_init__(self) -> None:
+        # SGD above its stability bound is chaos, not a result (sim.stability, DESIGN §2)
+        check_sgd_lr(self.spec, self.objective, self.optimiser)
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,9 @@ class PopulationModel(mesa.Model):
             beta1=np.array([float(o.beta1) for o in opts]),
             beta2=np.array([float(o.beta2) for o in opts]),
             eps=np.array([float(o.eps) for o in opts]),
+            second_moment=np.array([pk.V_SHARED if o.second_moment == "shared"
+                                    else pk.V_PER_PARAMETER for o in opts], dtype=np.int64),
+            max_grad_norm=np.array([float(o.max_grad_norm) for o in opts]),
         )
         s0, o0 = first.spec, first.objective
         self.shared = pk.Shared(
@@ -173,7 +184,11 @@ class PopulationModel(mesa.Model):
             clamp=float(o0.kl_clamp),
             **term_codes(o0.kl_placement),
         )
-        self.out = pk.Out(grads=np.zeros((n, N_KINDS, 3)), rewards=np.zeros(n))
+        self.out = pk.Out(grads=np.zeros((n, N_KINDS, 3)), rewards=np.zeros(n),
+                          jumps=np.zeros(n))
+        # per agent, the largest one-step move of p, q1 or q2 on any task so far: above
+        # UNSTABLE_JUMP the run is chaos, not a result (DESIGN §2, "Update budget")
+        self.max_jump = np.zeros(n)
         # the kernel's arguments as plain tuples (sim.population_kernels.population_step),
         # fixed: each step updates their arrays in place
         self._kernel_args = tuple(tuple(t) for t in (self.state, self.learner_arrays,
@@ -270,6 +285,7 @@ class PopulationModel(mesa.Model):
         kernel = pk.population_step if self.parallel else pk.population_step_serial
         state, learners, shared, out = self._kernel_args
         kernel(state, learners, shared, self.step_count, out)
+        np.maximum(self.max_jump, self.out.jumps, out=self.max_jump)
         total = self.total_grad()
         self.grad_sum[:, : N_KINDS] += self.grads
         self.grad_sum[:, N_KINDS] += total
@@ -346,6 +362,7 @@ class PopulationModel(mesa.Model):
             cols = self._term_columns(self.grads, self.total_grad())
         block.update(cols)
         block["mean_reward"] = self.rewards.copy() if self.step_count else np.full(n, np.nan)
+        block["jump"] = self.out.jumps.copy() if self.step_count else np.zeros(n)
         block["ref_reset"] = np.full(n, self.ref_reset)
         self._blocks.append(block)
 
@@ -385,7 +402,13 @@ class PopulationModel(mesa.Model):
             )
         )
         out["mean_reward_last"] = self.rewards.copy()
+        out["max_jump"] = self.max_jump.copy()
         return pd.DataFrame(out)
+
+    @property
+    def unstable(self) -> bool:
+        """Whether any agent's p or q moved by more than UNSTABLE_JUMP in one step."""
+        return bool((self.max_jump > UNSTABLE_JUMP).any())
 
 
 def homogeneous(learner: LearnerConfig, n_agents: int) -> list[LearnerConfig]:

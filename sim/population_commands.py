@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from core.cli_options import config_options
+from core.cli_options import CommaList, config_options
 from core.errors import clear_errors, fail
 from core.provenance import check_output_name
 from sim.columns import keyed_columns
@@ -58,8 +58,28 @@ def _check_rate(value: float | None, option: str) -> None:
         raise ValueError(f"{option} must be a finite number > 0, got {value}")
 
 
+def _check_clip(value: float | None, option: str) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{option} must be a finite number >= 0 (0: no clipping), got {value}")
+
+
 def _fmt(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
+class CouplingType(click.ParamType):
+    """'none' or a 3x3 matrix '1 0.5 0; 0 1 0; 0 0 1' (sim.model.parse_coupling, DESIGN §2)."""
+
+    name = "coupling"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from sim.model import parse_coupling
+
+        try:
+            return parse_coupling(value, "--coupling")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 # `train` takes one option per TrainConfig field (sim.training_run documents each one);
@@ -69,6 +89,7 @@ TRAIN_OPTIONS = config_options(
     exclude=("theta0",),
     rename={"max_attempts": ("-K", "--max-attempts"), "n_queries": "--queries",
             "n_agents": "--agents", "ref_update_every": "--ref-every"},
+    types={"coupling": CouplingType()},
 )
 
 
@@ -96,6 +117,7 @@ def train(name: str, out: str, **fields: Any) -> None:
                      "--group-size": (settings["group_size"], 2),
                      "--record-every": (settings["record_every"], 1)})
     _check_rate(settings["lr"], "--lr")
+    _check_clip(settings["max_grad_norm"], "--max-grad-norm")
     for option, value in (("--length", settings["length"]),
                           ("--wrong-length", settings["wrong_length"])):
         if value is not None and not 0 < value <= MAX_LENGTH:  # NaN fails too
@@ -113,6 +135,9 @@ def train(name: str, out: str, **fields: Any) -> None:
             raise click.ClickException(_OOM) from None
         raise
     click.echo(f"wrote {out_dir}/history.parquet and manifest.json")
+    if meas["unstable"]:
+        click.echo(f"warning: unstable -- p or q moved by {meas['max_jump']:.3g} (> 0.5) in one "
+                   "step: chaos, not a result (DESIGN §2); lower --lr", err=True)
     click.echo("mean |gradient| over training (agents x steps), per parameter:")
     click.echo(f"  {'term':<12}{'theta_s':>10}{'theta_1':>10}{'theta_2':>10}")
     for term, g in meas["mean_abs_gradient"].items():
@@ -137,7 +162,15 @@ def train(name: str, out: str, **fields: Any) -> None:
                    "sft-reflection, dft, nsr, psr or any term spec")
 @click.option("--betas", default=None, help="comma-separated KL weights [0.001]")
 @click.option("--token-models", default=None, help="per-token,sequence [per-token]")
-@click.option("--optimisers", default=None, help="sgd,adam [sgd]")
+@click.option("--optimisers", default=None,
+              help="sgd,adam [adam]; SGD above its stability bound is refused (DESIGN §2)")
+@click.option("--second-moments", default=None, type=CommaList(),
+              help="Adam's second moment: shared,per-parameter [shared] (SGD ignores it)")
+@click.option("--max-grad-norms", default=None,
+              help="global gradient-norm clips, e.g. 0,1.0 (0: off) [0]")
+@click.option("--couplings", default=None,
+              help="couplings of the trained logits, comma-separated: none or a 3x3 matrix "
+                   "'1 0.5 0; 0 1 0; 0 0 1' [none]")
 @click.option("--grid", "grid_file", default=None, help="TOML or YAML grid file")
 @click.option("--name", default=None, help="outputs/sweeps/<name>/ [from the grid's hash]")
 @click.option("--seed", type=int, default=None, help="0 .. 2**64 - 1 [0]")
@@ -146,7 +179,9 @@ def train(name: str, out: str, **fields: Any) -> None:
               help="agents per cell [the grid's]")
 @click.option("--queries", "n_queries", type=int, default=None,
               help="queries per step and agent [the grid's]")
-@click.option("--lr", type=float, default=None, help="learning rate [the grid's]")
+@click.option("--lr", type=float, default=None, help="SGD's learning rate [the grid's: 0.05]")
+@click.option("--adam-lr", type=float, default=None,
+              help="Adam's learning rate [the grid's: 0.02]")
 @click.option("-K", "--max-attempts", type=int, default=None,
               help="K, the forced stop at attempt K (DESIGN §1) [the grid's]")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
@@ -158,9 +193,9 @@ def train(name: str, out: str, **fields: Any) -> None:
 @click.option("--overwrite", is_flag=True, help="discard an existing sweep of this name")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @clear_errors(TypeError)
-def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_file, name, seed,
-          steps, n_agents, n_queries, lr, max_attempts, executor, address, workers, out,
-          overwrite, no_progress) -> None:
+def sweep(lengths, points, objectives, betas, token_models, optimisers, second_moments,
+          max_grad_norms, couplings, grid_file, name, seed, steps, n_agents, n_queries, lr,
+          adam_lr, max_attempts, executor, address, workers, out, overwrite, no_progress) -> None:
     """Run (or resume) a grid of population trainings and write results.parquet."""
     from sim.executors import check_ray_address
     from sim.grid import check_seed
@@ -192,13 +227,16 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, grid_fil
         _check_counts(**{"--steps": (steps, 1), "--agents": (n_agents, 1),
                          "--queries": (n_queries, 1), "-K/--max-attempts": (max_attempts, 1)})
         _check_rate(lr, "--lr")
+        _check_rate(adam_lr, "--adam-lr")
         file_data = load_grid_file(grid_file) if grid_file else None
         given_name, grid = build_grid(
             file_data, source=f"grid file {grid_file}" if grid_file else None,
             name=name, lengths=lengths, points=points,
             objectives=_csv(objectives), betas=_csv(betas, float),
-            token_models=_csv(token_models), optimisers=_csv(optimisers), seed=seed,
-            steps=steps, n_agents=n_agents, n_queries=n_queries, lr=lr,
+            token_models=_csv(token_models), optimisers=_csv(optimisers),
+            second_moments=second_moments, max_grad_norms=_csv(max_grad_norms, float),
+            couplings=_csv(couplings), seed=seed,
+            steps=steps, n_agents=n_agents, n_queries=n_queries, lr=lr, adam_lr=adam_lr,
             max_attempts=max_attempts,
         )
     except (ValueError, TypeError, RuntimeError) as exc:

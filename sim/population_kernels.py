@@ -32,6 +32,7 @@ from sim.rng import threshold53
 from sim.terms import ANY, N_COLUMNS, OWN, drop_stale_caches, fingerprint, keeps
 
 OPT_SGD, OPT_ADAM = 0, 1
+V_PER_PARAMETER, V_SHARED = 0, 1  # Adam's second moment (DESIGN §2, "Update budget")
 
 
 class State(NamedTuple):
@@ -40,7 +41,7 @@ class State(NamedTuple):
     phi: np.ndarray  # (A, P) parameters
     ref_phi: np.ndarray  # (A, P) reference parameters: pi_ref (DESIGN §2)
     adam_m: np.ndarray  # (A, P) Adam first moments
-    adam_v: np.ndarray  # (A, P) Adam second moments
+    adam_v: np.ndarray  # (A, P) Adam second moments (shared: one value, in every column)
     streams: np.ndarray  # (A,) uint64 splitmix64 streams (sim.rng)
 
 
@@ -62,6 +63,14 @@ class Learners(NamedTuple):
     beta1: np.ndarray
     beta2: np.ndarray
     eps: np.ndarray
+    second_moment: np.ndarray  # (A,) V_PER_PARAMETER / V_SHARED (Adam only)
+    max_grad_norm: np.ndarray  # (A,) global L2 clip of grad phi before the step; 0 = off
+    # Loss normalisers and data token weights (DESIGN §2 "Loss normalisation in real
+    # trainers"; sim.objectives.population_token_arrays builds them). Fields with defaults
+    # stay last; the empty default means "no normaliser, no loss mask" for every agent.
+    norm_own: np.ndarray = np.empty(0)  # (A,) on own samples: > 0, NORM_TRAJECTORY, NORM_BATCH
+    norm_data: np.ndarray = np.empty(0)  # (A,) on the SFT data: > 0 or NORM_TRAJECTORY
+    data_w_w: np.ndarray = np.empty(0)  # (A,) w(L_W) on the SFT data (0: wrong attempts masked)
 
 
 class Shared(NamedTuple):
@@ -90,6 +99,7 @@ class Out(NamedTuple):
 
     grads: np.ndarray  # (A, N_KINDS, 3) unweighted per-term logit gradients, mean over queries
     rewards: np.ndarray  # (A,) mean reward of the sampled trajectories
+    jumps: np.ndarray  # (A,) largest |change| of p, q1, q2 over all tasks in this step
 
 
 @njit(cache=True, inline="always")
@@ -114,6 +124,26 @@ def _add_term(gq, k, descend, values, c, scale):
 
 
 @njit(cache=True)
+def _step_mean_tokens(jac_a, off_a, phi_a, id_tasks, step, n_queries, g, max_attempts,
+                      final_sampled, w_c, w_w, st):
+    """The mean token count |o| of the trajectories an agent samples in this step, from a
+    copy of its stream `st` (the same draws as the step's): NORM_BATCH resolved on the
+    step's batch (DESIGN §2 "Loss normalisation in real trainers")."""
+    logits = np.empty(3)
+    total = 0.0
+    for q in range(n_queries):
+        t = id_tasks[((step - 1) * n_queries + q) % id_tasks.shape[0]]
+        _task_logits(jac_a[t], off_a[t], phi_a, logits)
+        p = threshold53(kn.sigmoid(logits[0]))
+        q1 = threshold53(kn.sigmoid(logits[1]))
+        q2 = threshold53(kn.sigmoid(logits[2]))
+        for _ in range(g):
+            m, n, tr, st = kn.sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
+            total += kn.trajectory_tokens(m, n, tr, max_attempts, final_sampled, w_c, w_w)
+    return total / (n_queries * g)
+
+
+@njit(cache=True)
 def step_agent(a, state_, learners_, shared_, step, out_):
     """One training step of agent `a`, in place (the body of `population_step`); the four
     packs as named tuples or as plain tuples in their field order."""
@@ -129,6 +159,14 @@ def step_agent(a, state_, learners_, shared_, step, out_):
     max_attempts, final_sampled = shared.max_attempts, shared.final_sampled
     n_queries = shared.n_queries
     w_c, w_w, gamma = learners.w_c[a], learners.w_w[a], learners.gamma[a]
+    norm_own, norm_data, w_w_data = 1.0, 1.0, w_w  # loss normalisers, data weights (§2)
+    if learners.norm_own.shape[0] > 0:
+        norm_own, norm_data = learners.norm_own[a], learners.norm_data[a]
+        w_w_data = learners.data_w_w[a]
+    if norm_own == kn.NORM_BATCH:
+        norm_own = _step_mean_tokens(jac[a], offsets[a], phi[a], shared.id_tasks, step,
+                                     shared.n_queries, shared.group_size, shared.max_attempts,
+                                     shared.final_sampled, w_c, w_w, state.streams[a])
     bufs = np.empty((7, 2 * max_attempts))
     ibufs = np.empty((2, 2 * max_attempts), dtype=np.int64)
     terms = np.empty((g, N_COLUMNS, 3))
@@ -159,7 +197,8 @@ def step_agent(a, state_, learners_, shared_, step, out_):
             m, n, tr, st = kn.sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
             rewards[i], _ = kn.trajectory_terms(m, n, tr, max_attempts, final_sampled, logits,
                                                 ref_logits, w_c, w_w, shared.estimator,
-                                                shared.clamp, gamma, terms[i], bufs, ibufs)
+                                                shared.clamp, gamma, norm_own, terms[i], bufs,
+                                                ibufs)
             rmean += rewards[i]
         rmean /= g
         reward_sum += rmean
@@ -194,8 +233,8 @@ def step_agent(a, state_, learners_, shared_, step, out_):
                     continue
                 rd, _ = kn.trajectory_terms(learners.data_masks[a, d], learners.data_ns[a, d],
                                             0, max_attempts, final_sampled, logits, ref_logits,
-                                            w_c, w_w, shared.estimator, shared.clamp, gamma,
-                                            dterm, bufs, ibufs)
+                                            w_c, w_w_data, shared.estimator, shared.clamp,
+                                            gamma, norm_data, dterm, bufs, ibufs)
                 for k in range(n_kinds):
                     if not active[a, k] or shared.term_source[k] == OWN:
                         continue
@@ -214,19 +253,58 @@ def step_agent(a, state_, learners_, shared_, step, out_):
                 grad_phi[j] += jac[a, t, x, j] * tot / n_queries
     state.streams[a] = st
     out.rewards[a] = reward_sum / n_queries
-    lr = learners.lr[a]
-    if learners.opt_kind[a] == OPT_SGD:
+    old_phi = phi[a].copy()
+    optimiser_step(phi[a], adam_m[a], adam_v[a], grad_phi, learners.opt_kind[a],
+                   learners.lr[a], learners.beta1[a], learners.beta2[a], learners.eps[a],
+                   learners.second_moment[a], learners.max_grad_norm[a], step)
+    out.jumps[a] = prob_jump(jac[a], offsets[a], old_phi, phi[a])
+
+
+@njit(cache=True)
+def optimiser_step(phi, m, v, grad, opt_kind, lr, beta1, beta2, eps, second_moment,
+                   max_grad_norm, step):
+    """One agent's update in place (sim.optim.ascent_step, DESIGN §2 "Update budget"):
+    clip grad to global L2 norm `max_grad_norm` (0: off), then SGD phi += lr g or Adam with a
+    per-parameter or shared (one scalar: mean_j g_j^2, kept in every entry of v) second
+    moment. `grad` is rescaled in place by the clip."""
+    n_params = phi.shape[0]
+    if max_grad_norm > 0.0:
+        sq = 0.0
         for j in range(n_params):
-            phi[a, j] += lr * grad_phi[j]
-    else:
-        beta1, beta2, eps = learners.beta1[a], learners.beta2[a], learners.eps[a]
-        c1 = 1.0 - beta1**step
-        c2 = 1.0 - beta2**step
+            sq += grad[j] * grad[j]
+        norm = np.sqrt(sq)
+        if norm > max_grad_norm:
+            for j in range(n_params):
+                grad[j] *= max_grad_norm / norm
+    if opt_kind == OPT_SGD:
         for j in range(n_params):
-            gj = grad_phi[j]
-            adam_m[a, j] = beta1 * adam_m[a, j] + (1.0 - beta1) * gj
-            adam_v[a, j] = beta2 * adam_v[a, j] + (1.0 - beta2) * gj * gj
-            phi[a, j] += lr * (adam_m[a, j] / c1) / (np.sqrt(adam_v[a, j] / c2) + eps)
+            phi[j] += lr * grad[j]
+        return
+    c1 = 1.0 - beta1**step
+    c2 = 1.0 - beta2**step
+    mean_sq = 0.0
+    for j in range(n_params):
+        mean_sq += grad[j] * grad[j] / n_params
+    for j in range(n_params):
+        gj = grad[j]
+        m[j] = beta1 * m[j] + (1.0 - beta1) * gj
+        v[j] = beta2 * v[j] + (1.0 - beta2) * (mean_sq if second_moment == V_SHARED else gj * gj)
+        phi[j] += lr * (m[j] / c1) / (np.sqrt(v[j] / c2) + eps)
+
+
+@njit(cache=True)
+def prob_jump(jac_a, off_a, old_phi, new_phi):
+    """max over tasks t and x of |sigmoid(logit_x(t)) after - before| for one agent's update
+    (the chaos flag of DESIGN §2: a step that moves p or q by more than 0.5)."""
+    before = np.empty(3)
+    after = np.empty(3)
+    most = 0.0
+    for t in range(off_a.shape[0]):
+        _task_logits(jac_a[t], off_a[t], old_phi, before)
+        _task_logits(jac_a[t], off_a[t], new_phi, after)
+        for x in range(3):
+            most = max(most, abs(kn.sigmoid(after[x]) - kn.sigmoid(before[x])))
+    return most
 
 
 def _population_step_impl(state, learners, shared, step, out):

@@ -18,6 +18,10 @@ evaluates all of them along one trajectory into the columns of an (N_COLUMNS, 3)
   token_weighted sampling actions weigh w(L) (the length weighting of §2); a statement
                  about the kernel, checked by tests/test_terms.py
 
+Under every token model the trajectory's kernel sums are then divided by its loss normaliser
+(1, |o| or a batch constant: DESIGN §2 "Loss normalisation in real trainers",
+docs/token_models.md), the same for every term, in `sim.kernels.trajectory_terms`.
+
 Three estimators read the table and nothing else about a term: the exact expected sum
 (`sim.objectives.exact_logit_gradients`), the Monte-Carlo mean
 (`sim.objectives.mc_logit_gradients`) and the population kernel
@@ -136,8 +140,9 @@ class Term:
             raise ValueError(f"{self.kind}: sign must be +1 or -1")
         if self.advantage and (self.source != OWN or self.reward_filter != ANY
                                or self.kernel is not SCORE):
-            # the exact estimator uses E[A f] = (a(1) - a(0)) E[1{R=1} f], which needs
-            # E[f] = 0 over the agent's own trajectories: true of the score only
+            # the exact estimator uses E[A f] = a(1) E[1{R=1} f] + a(0) E[1{R=0} f] for
+            # binary R, shortened to (a(1) - a(0)) E[1{R=1} f] where E[f] = 0 over the agent's
+            # own trajectories: true of the score (divided by a constant loss normaliser)
             raise ValueError(f"{self.kind}: an advantage-weighted term takes the score of the "
                              "agent's own trajectories, unfiltered")
 
@@ -159,8 +164,10 @@ TERMS = (
          kernel_in_loss=KL_IN_LOSS),
     Term("sft", DATA, ANY, +1.0, advantage=False, token_weighted=True, kernel=LIKELIHOOD),
     Term("dft", DATA, ANY, +1.0, advantage=False, token_weighted=True, kernel=DFT),
-    Term("nsr", OWN, FAILED, -1.0, advantage=False, token_weighted=True, kernel=LIKELIHOOD),
-    Term("psr", OWN, SUCCEEDED, +1.0, advantage=False, token_weighted=True, kernel=LIKELIHOOD),
+    # policy gradients on negative-only / positive-only samples: answer-level, like the
+    # surrogate's score (DESIGN §2: log pi(tau) has no length factor)
+    Term("nsr", OWN, FAILED, -1.0, advantage=False, token_weighted=False, kernel=SCORE),
+    Term("psr", OWN, SUCCEEDED, +1.0, advantage=False, token_weighted=False, kernel=SCORE),
 )
 KINDS = tuple(t.kind for t in TERMS)
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}

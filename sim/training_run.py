@@ -4,15 +4,20 @@ The default is the paper's Figure 1 setting: the bare 3-logit agent (one task, n
 theta = 0) under GRPO = surrogate + beta * token-level KL (k1, "in reward", per-token model,
 L_C = L_W = 100, beta = 0.01 so that beta * L = 1), plain SGD, with the reference reset to
 the current policy every 50 steps -- the resets make the cycles of Figure 1. Gradients are
-Monte-Carlo estimates from sampled groups (G = 8, 16 queries per step and agent).
+Monte-Carlo estimates from sampled groups (G = 8, 16 queries per step and agent). The update
+budget of DESIGN §2 (Adam's shared second moment, global gradient-norm clipping, coupling of
+the logits) is set by `second_moment`, `max_grad_norm` and `coupling`; plain SGD above its
+stability bound (sim.stability) is refused.
 
 Outputs under outputs/train/<name>/: history.parquet (one row per recorded step and agent:
 step, agent, parameters, p/q1/q2 per task, g_s/g_1/g_2/ratio per term and total, ref_reset)
 and manifest.json, the run record (core.records, kind "train"): config = the TrainConfig,
-results = the objective weights used, parameter, task and term names, headline measurements
-and the Mesa model variables. A run whose history is not finite (outside the ratio columns,
-DESIGN §3, and the gradients of step 0, which has none) raises before writing its history; a
-run that ends by an exception records "failed" (or "interrupted" for Ctrl-C).
+results = the objective weights used, parameter, task and term names, headline measurements,
+`unstable` and `max_jump` (the history's `jump`: the largest one-step move of p or q; above 0.5
+the run is chaos, not a result, DESIGN §2) and the Mesa model variables. A run whose history
+is not finite (outside the ratio columns, DESIGN §3, and the gradients of step 0, which has
+none) raises before writing its history; a run that ends by an exception records "failed" (or
+"interrupted" for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from sim.cell import check_finite, column_stat
 from sim.columns import column
 from sim.grid import MAX_AGENTS, LadderConfig, check_seed
 from sim.lengths import MAX_LENGTH
-from sim.model import AgentSpec, TaskLadder
+from sim.model import AgentSpec, Coupling, TaskLadder, parse_coupling
 from sim.objectives import ObjectiveConfig
-from sim.optim import OptimiserConfig
+from sim.optim import SECOND_MOMENTS, OptimiserConfig
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
 
 DEFAULT_BETA = 0.01
@@ -74,7 +79,18 @@ class TrainConfig:
     n_queries: int = field(default=16, metadata=doc("queries per step and agent"))
     optimiser: str = field(default="sgd", metadata=doc(
         "plain SGD (the theory) or Adam", "§2", choices=("sgd", "adam")))
-    lr: float = field(default=0.1, metadata=doc("learning rate, > 0"))
+    lr: float = field(default=0.1, metadata=doc(
+        "learning rate, > 0 (SGD: at most its stability bound 8 / (w(L) n ||J||^2), "
+        "sim.stability)", "§2"))
+    second_moment: str = field(default="shared", metadata=doc(
+        "Adam's second moment: shared (one scalar per agent, mean of g_j^2) or per-parameter; "
+        "meaningful for adam only", "§2", choices=SECOND_MOMENTS))
+    max_grad_norm: float = field(default=0.0, metadata=doc(
+        "clip each agent's gradient to this global L2 norm before the optimiser (TRL/verl "
+        "default 1.0); 0: off", "§2"))
+    coupling: Coupling = field(default=None, metadata=doc(
+        "coupling M of the trained logits, logits = b(t) + M J_t phi: 'none' or a 3x3 "
+        "matrix '1 0.5 0; 0 1 0; 0 0 1'", "§2"))
     steps: int = field(default=300, metadata=doc("training steps"))
     ref_update_every: int | None = field(default=50, metadata=doc(
         "reset the reference pi_ref <- pi every N steps (None, on the command line 0: "
@@ -101,6 +117,7 @@ class TrainConfig:
                                  f"got {value}")
         if not math.isfinite(self.lr):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        object.__setattr__(self, "coupling", parse_coupling(self.coupling))
         check_seed(self.seed)
         if self.steps < 1 or self.n_agents < 1 or self.record_every < 1:
             raise ValueError("steps, n_agents and record_every must be >= 1")
@@ -124,6 +141,7 @@ class TrainConfig:
             max_attempts=self.max_attempts,
             len_correct=float(self.length),
             len_wrong=float(self.wrong_length if self.wrong_length is not None else self.length),
+            coupling=self.coupling,
         )
         beta = self.beta
         if beta is None and not re.search(r"\*\s*kl\b", self.objective):
@@ -136,7 +154,9 @@ class TrainConfig:
             kl_placement=self.kl_placement,
             token_model=self.token_model,
         )
-        return LearnerConfig(spec, obj, OptimiserConfig(self.optimiser, self.lr), self.theta0)
+        opt = OptimiserConfig(self.optimiser, self.lr, second_moment=self.second_moment,
+                              max_grad_norm=self.max_grad_norm)
+        return LearnerConfig(spec, obj, opt, self.theta0)
 
 
 def measurements(history: pd.DataFrame, kinds: tuple[str, ...]) -> dict[str, Any]:
@@ -195,6 +215,7 @@ def train_and_write(
                      "training")
         write_parquet_atomic(history, out_dir / "history.parquet")
         meas = measurements(history, model.kinds)
+        budget = {"unstable": model.unstable, "max_jump": float(model.max_jump.max())}
         model_vars = (model.datacollector.get_model_vars_dataframe().to_dict("list")
                       if model.datacollector is not None else None)
     except BaseException as exc:  # the record never stays at "running"
@@ -214,5 +235,6 @@ def train_and_write(
         terms=list(model.kinds),
         measurements=meas,
         model_vars=model_vars,
+        **budget,  # chaos, not a result, where unstable (max_jump > UNSTABLE_JUMP, DESIGN §2)
     )
-    return out_dir, meas
+    return out_dir, {**meas, **budget}

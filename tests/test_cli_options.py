@@ -26,8 +26,10 @@ CASES = [
     (train, TrainConfig, False, {"name", "out"}, {"theta0"}),
     (fit, FitConfig, False, {"observed", "out_root", "name"}, set()),
     (compare, FitConfig, False, {"observed", "out_root", "name"}, set()),
-    (sft, SFTRunConfig, True, {"preset", "resume", "print_config"}, {"preset"}),
-    (grpo, GRPORunConfig, True, {"preset", "resume", "print_config"}, {"preset"}),
+    (sft, SFTRunConfig, True, {"preset", "resume", "print_config", "config_file"},
+     {"preset", "trl_args"}),
+    (grpo, GRPORunConfig, True, {"preset", "resume", "print_config", "config_file"},
+     {"preset", "trl_args"}),
 ]
 IDS = [case[0].name for case in CASES]
 
@@ -86,7 +88,7 @@ def test_an_option_given_overrides_the_preset(tmp_path) -> None:
                                          "--lora-target-modules", "q_proj,v_proj",
                                          "--print-config"])
     assert res.exit_code == 0, res.output
-    cfg = json.loads(res.output)
+    cfg = json.loads(res.output)["run_config"]
     assert cfg["max_new_tokens"] == 7 and cfg["backend"] == "transformers"
     assert cfg["lora_target_modules"] == ["q_proj", "v_proj"]
     assert cfg["learning_rate"] == 3e-5  # the preset's, not a CLI default

@@ -346,10 +346,10 @@ def test_likelihood_objectives_against_brute_force_enumeration():
     data = [((0, 1), f), ((1,), 1 - f)]  # W -> RESAMPLE -> C -> STOP, and C -> STOP
     sft = sum(w * grad(_brute_force_steps(o, k_max, THETA, w_c, w_w)) for o, w in data)
     dft = sum(w * grad(_brute_force_steps(o, k_max, THETA, w_c, w_w), True) for o, w in data)
-    nsr, psr = np.zeros(3), np.zeros(3)
+    nsr, psr = np.zeros(3), np.zeros(3)  # answer-level policy gradients: no length weight
     for n in range(1, k_max + 1):
         for outcomes in itertools.product((0, 1), repeat=n):
-            steps = _brute_force_steps(outcomes, k_max, THETA, w_c, w_w)
+            steps = _brute_force_steps(outcomes, k_max, THETA, 1.0, 1.0)
             prob = np.prod([s[2] for s in steps])
             if outcomes[-1]:
                 psr += prob * grad(steps)
@@ -357,3 +357,8 @@ def test_likelihood_objectives_against_brute_force_enumeration():
                 nsr -= prob * grad(steps)
     for name, expected in (("sft", sft), ("dft", dft), ("nsr", nsr), ("psr", psr)):
         np.testing.assert_allclose(ours[name], expected, rtol=1e-12, atol=1e-14, err_msg=name)
+    # the wrong attempts masked: their answers weigh 0, their RESAMPLE decisions stay
+    masked = replace(obj, sft_data=replace(obj.sft_data, mask_wrong_attempts=True))
+    sft = sum(w * grad(_brute_force_steps(o, k_max, THETA, w_c, 0.0)) for o, w in data)
+    np.testing.assert_allclose(exact_logit_gradients(THETA, REF, spec, masked)["sft"], sft,
+                               rtol=1e-12, atol=1e-14)

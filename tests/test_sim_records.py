@@ -26,7 +26,7 @@ SWEEP_RESULTS = {"name", "grid_digest", "n_cells", "ladder", "transfer", "K", "l
                  "seeds", "gradient_columns", "argv", "executor", "workers", "cells_computed",
                  "cells_resumed", "cells_from_other_commits"}
 TRAIN_RESULTS = {"name", "objective_weights", "parameter_names", "tasks", "terms",
-                 "measurements", "model_vars"}
+                 "measurements", "model_vars", "unstable", "max_jump"}
 KIND_OF_ROOT = {"sweeps": "sweep", "train": "train"}
 
 

@@ -59,6 +59,7 @@ def test_in_reward_kl_does_not_shrink_with_length() -> None:
         training=TrainingConfig(steps=40, n_agents=4, kl_placement="in-reward",
                                 kl_estimator="k1"),
         betas=(0.01,),
+        optimisers=("sgd",),  # the paper's theory: plain SGD (the default is now Adam)
     )
     df = pd.concat([run_cell(g, c) for c in g.cells()])
     med = df.groupby("length")[["ratio[kl]", "exp_ratio[kl]", "exp_ratio[surrogate]"]].median()
@@ -74,8 +75,11 @@ def test_objectives_differ_in_learned_q2_and_schema() -> None:
     )
     df = pd.concat([run_cell(g, c) for c in g.cells()], ignore_index=True)
     q2 = df.groupby("objective")["q2[T1]"].mean()
-    assert q2["sft-reflection"] > q2["surrogate"] + 0.1
-    assert q2["surrogate"] > q2["sft-no-reflection"] + 0.02
+    # the default update budget (Adam, shared second moment, DESIGN §2): at L = 100 the
+    # length-weighted SFT gradient fills the shared second moment and starves q2, the
+    # surrogate's is not length-weighted (under SGD SFT-reflection led by 0.1 and more)
+    assert q2["surrogate"] > q2["sft-reflection"] + 0.03
+    assert q2["sft-reflection"] > q2["sft-no-reflection"] + 0.005
     for col in (
         "cell_id",
         "objective",
@@ -83,6 +87,11 @@ def test_objectives_differ_in_learned_q2_and_schema() -> None:
         "beta",
         "token_model",
         "optimiser",
+        "second_moment",
+        "max_grad_norm",
+        "coupling",
+        "unstable",
+        "max_jump",
         "length",
         "agent",
         "seed",

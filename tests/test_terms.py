@@ -17,7 +17,9 @@ from sim.model import AgentSpec
 from sim.objectives import (
     KL_PLACEMENTS,
     OBJECTIVE_KINDS,
+    TOKEN_MODELS,
     ObjectiveConfig,
+    SFTData,
     all_trajectories,
     exact_logit_gradients,
     mc_logit_gradients,
@@ -32,6 +34,9 @@ CASES = [(t, "in-reward") for t in tm.TERMS] + [
     (t, "in-loss") for t in tm.TERMS if t.kernel_in_loss is not None
 ]
 IDS = [f"{t.kind}-{p}" for t, p in CASES]
+# SFT data sets: the data-sourced terms are checked on each (DESIGN §2)
+SFT_DATA = [SFTData(), SFTData("reflection", 0.7, 2, mask_wrong_attempts=True),
+            SFTData("no-reflection")]
 
 
 def _objective(term: tm.Term, placement: str, **kw) -> ObjectiveConfig:
@@ -65,10 +70,10 @@ def test_advantage_terms_must_take_the_unfiltered_score_of_own_samples(bad):
 def test_kernel_columns_are_their_step_coefficients():
     """trajectory_terms' column c = sum_t KERNELS[c](w, pi, x, Q, k') grad log pi(a_t)."""
     k_max, w_c, w_w = SPEC.max_attempts, 30.0, 5.0
-    for final in (False, True):
+    for final, norm in ((False, 1.0), (True, 1.0), (False, 17.0), (True, kn.NORM_TRAJECTORY)):
         masks, ns, truncs = all_trajectories(k_max, final)
         cols, _, _ = kn.batch_terms(masks, ns, truncs, k_max, final, THETA, REF, w_c, w_w,
-                                    kn.K3, 0.0, 0.9)
+                                    kn.K3, 0.0, 0.9, norm)
         bufs, ibufs = kn.scratch(k_max)
         param, attempt = ibufs
         glogp, prob, xdev, weight, r, q, dk = bufs
@@ -81,14 +86,22 @@ def test_kernel_columns_are_their_step_coefficients():
                 for t in range(nsteps):
                     coef = kernel.coefficient.py_func(weight[t], prob[t], xdev[t], q[t], dk[t])
                     expect[c, param[t]] += coef * glogp[t]
+            # the loss normaliser: a constant, or |o| = sum_t w_t (TRL's "grpo")
+            tokens = weight[:nsteps].sum()
+            assert kn.trajectory_tokens(masks[i], ns[i], truncs[i], k_max, final, w_c,
+                                        w_w) == pytest.approx(tokens, rel=1e-15)
+            expect /= tokens if norm == kn.NORM_TRAJECTORY else norm
             np.testing.assert_allclose(cols[i], expect, rtol=1e-13, atol=1e-15)
 
 
 def test_trajectory_terms_refuses_an_output_of_another_width():
     bufs, ibufs = kn.scratch(4)
     with pytest.raises(ValueError, match="one row per kernel"):
-        kn.trajectory_terms(1, 1, 0, 4, False, THETA, REF, 1.0, 1.0, kn.K1, 0.0, 1.0,
+        kn.trajectory_terms(1, 1, 0, 4, False, THETA, REF, 1.0, 1.0, kn.K1, 0.0, 1.0, 1.0,
                             np.zeros((tm.N_COLUMNS + 1, 3)), bufs, ibufs)
+    with pytest.raises(ValueError, match="NORM_BATCH"):
+        kn.trajectory_terms(1, 1, 0, 4, False, THETA, REF, 1.0, 1.0, kn.K1, 0.0, 1.0,
+                            kn.NORM_BATCH, np.zeros((tm.N_COLUMNS, 3)), bufs, ibufs)
 
 
 @pytest.mark.parametrize(("term", "placement"), CASES, ids=IDS)
@@ -105,10 +118,18 @@ def test_token_weighted_says_whether_the_gradient_depends_on_answer_length(term,
                                   exact_logit_gradients(THETA, REF, long_, seq)[term.kind])
 
 
+def _data_cases():
+    """(term, placement, SFT data): every data set for the data-sourced terms."""
+    return [(t, p, d) for t, p in CASES for d in (SFT_DATA if t.source == tm.DATA
+                                                   else SFT_DATA[:1])]
+
+
 @pytest.mark.parametrize("std_scaling", [True, False])
-@pytest.mark.parametrize(("term", "placement"), CASES, ids=IDS)
-def test_exact_and_monte_carlo_agree_for_every_term(term, placement, std_scaling):
-    obj = _objective(term, placement, std_scaling=std_scaling)
+@pytest.mark.parametrize(("term", "placement", "data"), _data_cases(),
+                         ids=[f"{t.kind}-{p}-{d.kind}{'-masked' * d.mask_wrong_attempts}"
+                              for t, p, d in _data_cases()])
+def test_exact_and_monte_carlo_agree_for_every_term(term, placement, data, std_scaling):
+    obj = _objective(term, placement, std_scaling=std_scaling, sft_data=data)
     exact = exact_logit_gradients(THETA, REF, SPEC, obj)[term.kind]
     mc = mc_logit_gradients(THETA, REF, SPEC, obj, n_groups=3000, seed=5)[term.kind]
     assert np.any(exact != 0)
@@ -116,17 +137,35 @@ def test_exact_and_monte_carlo_agree_for_every_term(term, placement, std_scaling
     assert np.all(np.abs(mc.mean - exact) <= 5 * mc.stderr + 1e-9), (exact, mc)
 
 
-def test_reward_filters_split_the_likelihood_of_own_samples():
-    """NSR and PSR see disjoint trajectories: psr - nsr is the whole token-weighted
-    likelihood gradient E[grad (w log pi)] of the agent's own samples (DESIGN §2)."""
-    obj = ObjectiveConfig(weights=(("nsr", 1.0), ("psr", 1.0)))
+@pytest.mark.parametrize("token_model", TOKEN_MODELS)
+@pytest.mark.parametrize(("term", "placement"), CASES, ids=IDS)
+def test_exact_and_monte_carlo_agree_under_every_token_model(term, placement, token_model):
+    """DESIGN §2 "Loss normalisation in real trainers": each trajectory's sum divided by its
+    |o|, by the batch's mean |o| (exact: E|o|, the large-batch limit) or by a constant."""
+    data = SFTData("reflection", 0.5, 1, mask_wrong_attempts=token_model == "grpo")
+    obj = _objective(term, placement, token_model=token_model, sft_data=data)
+    exact = exact_logit_gradients(THETA, REF, SPEC, obj)[term.kind]
+    mc = mc_logit_gradients(THETA, REF, SPEC, obj, n_groups=3000, seed=7)[term.kind]
+    assert np.any(exact != 0)
+    # the batch normaliser's ratio estimator has an O(1/N) bias, far below 5 stderr here
+    assert np.all(np.abs(mc.mean - exact) <= 5 * mc.stderr + 1e-9 * np.abs(exact).max()), \
+        (exact, mc)
+
+
+def test_nsr_and_psr_are_answer_level_policy_gradients_of_the_accuracy():
+    """DESIGN §2: policy gradient on negative-only (reward -1) / positive-only (+1) samples,
+    log pi(tau) with no length factor. For binary rewards both equal grad E[R] and their
+    difference is the score's mean, 0; neither depends on L."""
+    obj = ObjectiveConfig(weights=(("nsr", 1.0), ("psr", 1.0), ("surrogate", 1.0)),
+                          std_scaling=False)
     g = exact_logit_gradients(THETA, REF, SPEC, obj)
-    masks, ns, truncs = all_trajectories(SPEC.max_attempts, SPEC.final_sampled)
-    probs = np.exp(kn.batch_log_probs(masks, ns, truncs, SPEC.max_attempts, False, THETA))
-    cols, _, _ = kn.batch_terms(masks, ns, truncs, SPEC.max_attempts, False, THETA, REF,
-                                SPEC.len_correct, SPEC.len_wrong, kn.K1, 10.0, 1.0)
-    np.testing.assert_allclose(g["psr"] - g["nsr"], probs @ cols[:, tm.LIKELIHOOD.column],
+    np.testing.assert_allclose(g["psr"], g["nsr"], rtol=1e-12, atol=1e-15)
+    # the surrogate without std scaling is (1 - 1/G) grad E[R]
+    np.testing.assert_allclose(g["psr"] * (1 - 1 / obj.group_size), g["surrogate"],
                                rtol=1e-12, atol=1e-15)
+    g_long = exact_logit_gradients(THETA, REF, replace(SPEC, len_correct=900.0), obj)
+    for kind in ("nsr", "psr"):
+        np.testing.assert_array_equal(g[kind], g_long[kind])
 
 
 def test_caches_compiled_against_other_sources_are_dropped():

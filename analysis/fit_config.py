@@ -1,0 +1,100 @@
+"""The fit's documented settings (DESIGN §1, §2, §4): `FitConfig`, its bounds and `FitError`.
+
+Every choice of the fit that is not a free parameter is a field here (and, through
+core.cli_options, an option of `fit` and `compare`), including the update budget of DESIGN §2
+("Update budget": Adam's shared second moment, global gradient-norm clipping, the coupling of
+the trained logits) with which the fit's exact-gradient dynamics train (sim.dynamics,
+sim.optim). analysis.fit re-exports every name; the fit itself is there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from core.cli_options import doc
+from core.regimes import PAPER_RL_KL
+from sim.model import Coupling, parse_coupling
+from sim.optim import SECOND_MOMENTS, OptimiserConfig
+
+TRANSFER_MODES = ("shared", "per-regime")
+BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
+          "lr": (1e-6, 50.0), "beta": (1e-5, 10.0)}
+
+
+# Upper bounds of the fit's settings: beyond them a run takes hours or its numbers overflow
+MAX_FIT_ATTEMPTS = 12  # exact enumeration of 2^(K+1) trajectories per evaluation
+MAX_FIT_LENGTH = 1e6  # tokens per candidate answer (the paper's limit is 8,192, DESIGN §5)
+MAX_FIT_STEPS = 100_000  # training steps per regime and evaluation
+MAX_FIT_NFEV = 10_000  # least-squares evaluations
+
+
+class FitError(ValueError):
+    """A fit that cannot be set up (one-line message, for the CLI)."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Documented, fixed choices of the fit (everything not in `free`)."""
+
+    max_attempts: int = field(default=8, metadata=doc("K of the forced-stop accuracy Acc_K", "§4"))
+    q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
+    q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
+    length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
+    steps: int = field(default=30, metadata=doc("training steps per regime (the lr is fitted)"))
+    optimiser: str = field(default="sgd", metadata=doc("optimiser", "§2", ("sgd", "adam")))
+    second_moment: str = field(default="shared", metadata=doc(
+        "Adam's second moment: shared (one scalar) or per-parameter", "§2", SECOND_MOMENTS))
+    max_grad_norm: float = field(default=0.0, metadata=doc("gradient-norm clip; 0: off", "§2"))
+    coupling: Coupling = field(default=None, metadata=doc("M in b(t) + M J_t phi", "§2"))
+    beta: float = field(default=PAPER_RL_KL.beta, metadata=doc("KL coefficient of RL", "§2"))
+    fit_beta: bool = field(default=False, metadata=doc("fit beta too"))
+    ft_share: float = field(default=0.5, metadata=doc("F->T share of reflection SFT data", "§2"))
+    acc_floor: float = field(default=0.005, metadata=doc(
+        "observed accuracies are clipped to [floor, 1 - floor] to solve b_s; in (0, 0.5)", "§1"))
+    transfer: str = field(default="shared", metadata=doc(
+        "length scales: shared (ell_s, ell_d) or per-regime (one ell each)", "§1", TRANSFER_MODES))
+    max_nfev: int = field(default=30, metadata=doc("least-squares evaluations at most"))
+    grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
+    quick: bool = field(default=False, metadata=doc("few steps and evaluations (tests)"))
+
+    def __post_init__(self) -> None:
+        # each message names the field and its CLI option (analysis/commands.py)
+        if not 1 <= self.max_attempts <= MAX_FIT_ATTEMPTS:
+            raise ValueError(f"max_attempts (--max-attempts) must be in 1..{MAX_FIT_ATTEMPTS} "
+                             f"(exact enumeration is 2^(K+1)), got {self.max_attempts}")
+        for name, option in (("q1_base", "--q1-base"), ("q2_base", "--q2-base")):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} ({option}) must be in (0, 1), "
+                                 f"got {getattr(self, name)}")
+        if not (math.isfinite(self.length) and 0 < self.length <= MAX_FIT_LENGTH):
+            raise ValueError(f"length (--length) must be a number in (0, {MAX_FIT_LENGTH:g}] "
+                             f"tokens, got {self.length}")
+        for name, option, top in (("steps", "--steps", MAX_FIT_STEPS),
+                                  ("max_nfev", "--max-nfev", MAX_FIT_NFEV)):
+            if not 1 <= getattr(self, name) <= top:
+                raise ValueError(f"{name} ({option}) must be in 1..{top}, "
+                                 f"got {getattr(self, name)}")
+        if self.transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer (--transfer) must be one of {TRANSFER_MODES}")
+        object.__setattr__(self, "coupling", parse_coupling(self.coupling))
+        self.optimiser_config(1.0)  # the update budget's own checks (DESIGN §2)
+        if not 0 < self.beta <= BOUNDS["beta"][1]:  # NaN fails too
+            raise ValueError(f"beta (--beta) must be in (0, {BOUNDS['beta'][1]:g}], "
+                             f"got {self.beta}")
+        if not 0 <= self.ft_share <= 1:
+            raise ValueError(f"ft_share must be in [0, 1], got {self.ft_share}")
+        if not 0 < self.acc_floor < 0.5:
+            raise ValueError(f"acc_floor must be in (0, 0.5), got {self.acc_floor}")
+
+    def optimiser_config(self, lr: float) -> OptimiserConfig:
+        return OptimiserConfig(self.optimiser, lr, second_moment=self.second_moment,
+                               max_grad_norm=self.max_grad_norm)
+
+    @property
+    def effective_steps(self) -> int:
+        return min(self.steps, 10) if self.quick else self.steps
+
+    @property
+    def effective_nfev(self) -> int:
+        return min(self.max_nfev, 6) if self.quick else self.max_nfev
