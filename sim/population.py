@@ -33,7 +33,7 @@ from sim import population_kernels as pk
 from sim.attribution import attribution_ratio
 from sim.kernels import ESTIMATORS
 from sim.model import AgentSpec
-from sim.objectives import ObjectiveConfig, token_weights
+from sim.objectives import ObjectiveConfig, population_token_arrays, token_weights
 from sim.optim import OptimiserConfig
 from sim.rng import agent_states
 from sim.stability import check_sgd_lr
@@ -169,6 +169,8 @@ class PopulationModel(mesa.Model):
             second_moment=np.array([pk.V_SHARED if o.second_moment == "shared"
                                     else pk.V_PER_PARAMETER for o in opts], dtype=np.int64),
             max_grad_norm=np.array([float(o.max_grad_norm) for o in opts]),
+            # loss normalisers and data token weights of the token model (DESIGN §2)
+            **population_token_arrays([(lc.spec, lc.objective) for lc in self.learners]),
         )
         s0, o0 = first.spec, first.objective
         self.shared = pk.Shared(

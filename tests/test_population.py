@@ -219,14 +219,10 @@ def test_population_matches_exact_under_token_models(token_model, masked) -> Non
             (term.kind, mc, se, exact[term.kind])
 
 
-@pytest.mark.xfail(strict=True, reason="sim/population.py does not pass "
-                   "sim.objectives.population_token_arrays to pk.Learners yet: populations "
-                   "(train, sweep) ignore the loss normalisers and the wrong-attempt mask; "
-                   "remove this mark once it does")
 def test_population_model_passes_the_token_arrays() -> None:
     obj = ObjectiveConfig.parse("sft+kl", token_model="grpo",
                                 sft_data=SFTData(mask_wrong_attempts=True))
-    m = PopulationModel(homogeneous(LearnerConfig(AgentSpec(), obj), 2))
+    m = PopulationModel(homogeneous(LearnerConfig(AgentSpec(), obj, OptimiserConfig(lr=1e-3)), 2))
     want = population_token_arrays([(lc.spec, lc.objective) for lc in m.learners])
     for name, value in want.items():
         np.testing.assert_array_equal(getattr(m.learner_arrays, name), value)
