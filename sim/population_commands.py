@@ -263,9 +263,13 @@ def sweep(lengths, points, objectives, betas, token_models, optimisers, second_m
         f"done in {result.wall_s:.1f} s: {len(result.computed)} cells computed, "
         f"{len(result.skipped)} resumed -> {result.out_dir}/results.parquet"
     )
+    if result.results is not None and len(result.results):
+        from sim.headline import headline
+
+        click.echo(headline(result.results))
     summary = {"name": name, "wall_s": round(result.wall_s, 2), "computed": len(result.computed),
                "resumed": len(result.skipped)}
-    click.echo(json.dumps(summary))
+    click.echo(json.dumps(summary))  # the last line of stdout: scripts parse it
 
 
 COMMANDS = [train, sweep]
