@@ -29,46 +29,42 @@ import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq, least_squares
-from scipy.special import logit
+from scipy.optimize import least_squares
 
-from analysis.fit_config import BOUNDS, FitConfig, FitError
-from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
+from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
+from analysis.fit_model import (
+    TRAINED_REGIMES,
+    Ladder,
+    base_sampling_logits,
+    bounds_of,
+    free_parameter_names,
+    lr_name,
+    regime_objective,
+    simulate_regime,
+)
+from analysis.observed import BASE, RL, SFT_REFLECTION, check_observed
 from core.calibration import Z95
-from core.regimes import TRAINED
-from core.twostage import accuracy_forced_stop
-from sim.columns import column, split_column
+from sim.columns import column
 
-# the regimes a fit trains (core.regimes), by their paper row, in Table 1 order
-TRAINED_REGIMES = tuple(r.paper_row for r in TRAINED)
-GRID_ELL_S = (0.7, 2.0, 7.0)
+__all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampling_logits",
+           "fit_observed", "free_parameter_names", "ladder_of", "observed_digest",
+           "regime_objective", "simulate_regime"]
+
+GRID_ELL = (0.7, 2.0, 7.0)
 GRID_ELL_D = (1.0, 4.0, 16.0)
-GRID_LR = {SFT_NO_REFLECTION: (1e-4, 1e-3, 1e-2, 0.05),
-           SFT_REFLECTION: (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3), RL: (0.3, 1.0, 3.0, 10.0, 30.0)}
-START = {"ell_s": 0.5, "ell_d": 3.0, "beta": 0.001, column("ell", SFT_NO_REFLECTION): 2.0,
-         column("ell", SFT_REFLECTION): 1.0, column("ell", RL): 3.0,
-         column("lr", SFT_NO_REFLECTION): 1e-3, column("lr", SFT_REFLECTION): 1e-3,
-         column("lr", RL): 0.3}
-
-
-@dataclass(frozen=True)
-class Ladder:
-    """The observed task ladder: names in order, difficulty = position, ID flags."""
-
-    names: tuple[str, ...]
-    in_distribution: tuple[bool, ...]
+GRID_LR = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "lr_frac": (0.01, 0.03, 0.1, 0.3, 1.0)}
+START = {"ell_s": 0.5, "ell_d": 3.0, "ell": 1.0, "beta": 0.001}
+START_LR = {"lr": 0.03, "lr_frac": 0.1}
 
 
 @dataclass
 class FitResult:
     """Fitted values, per-task curves and residuals (JSON round trip: analysis.fit_io)."""
 
-    params: pd.DataFrame  # name, value, stderr, ci_low, ci_high, at_bound, free
+    params: pd.DataFrame  # name, value, se, ci_low, ci_high, identified, at_bound, free
     curves: pd.DataFrame  # regime, task, task_index, in_distribution, p, q1, q2, accuracy,
     #                       observed, ci_low, ci_high, residual
     rmse: float  # over the trained regimes' cells (what the free parameters fit)
@@ -90,8 +86,12 @@ class FitResult:
             if not r.free:
                 lines.append(f"  {r.name:<26} {r.value:.4g} (fixed)")
                 continue
-            unc = ("at bound, no standard error" if r.at_bound or not np.isfinite(r.stderr)
-                   else f"± {r.stderr:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]")
+            if r.at_bound or not np.isfinite(r.se):
+                unc = "at bound, no standard error: NOT identified"
+            else:
+                span = r.ci_high / r.ci_low if r.ci_low > 0 else math.inf
+                unc = (f"± {r.se:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}] (x{span:.3g}"
+                       f"{'' if r.identified else ': NOT identified'})")
             lines.append(f"  {r.name:<26} {r.value:.4g} {unc}")
         lines.append("per-task residuals, observed - fitted (percentage points):")
         piv = self.curves.pivot_table(index="regime", columns="task", values="residual",
@@ -119,9 +119,6 @@ def observed_digest(observed: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-# ------------------------------------------------------------------------------- model
-
-
 def ladder_of(observed: pd.DataFrame) -> Ladder:
     """Tasks by task_index; ID = the table's in_distribution flags (default: the first two)."""
     tasks = (observed.drop_duplicates("task").sort_values("task_index")[["task",
@@ -134,101 +131,6 @@ def ladder_of(observed: pd.DataFrame) -> Ladder:
     if not any(ids):
         raise FitError("the observed table marks no in-distribution task")
     return Ladder(tuple(tasks["task"]), ids)
-
-
-def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
-    """b_s(t) with Acc_K(sigmoid(b_s), q1_base, q2_base) = clip(observed base accuracy)."""
-    out = []
-    k = cfg.max_attempts
-    lo_acc = float(accuracy_forced_stop(1e-9, cfg.q1_base, cfg.q2_base, k))
-    hi_acc = float(accuracy_forced_stop(1 - 1e-9, cfg.q1_base, cfg.q2_base, k))
-    for a in np.clip(np.asarray(base_acc, float), cfg.acc_floor, 1 - cfg.acc_floor):
-        a = float(np.clip(a, lo_acc + 1e-9, hi_acc - 1e-9))
-        f = lambda z, a=a: float(accuracy_forced_stop(1 / (1 + math.exp(-z)), cfg.q1_base,  # noqa: E731
-                                                      cfg.q2_base, k)) - a
-        out.append(brentq(f, -25.0, 25.0, xtol=1e-10))
-    return np.array(out)
-
-
-def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
-    """The simulator objective reproducing a trained regime, given by its paper row (see the
-    module docstring): the regime table's term spec (core.regimes) with the KL weight `beta`
-    and its SFT data (reflection data with `cfg.ft_share` F->T chains). KL estimator and
-    placement stay the ObjectiveConfig defaults (k1 in the reward, the paper's theory)."""
-    from sim.objectives import ObjectiveConfig, SFTData
-
-    found = next((r for r in TRAINED if r.paper_row == regime), None)
-    if found is None or found.objective is None:
-        raise FitError(f"no simulator objective for regime {regime!r}")
-    extra = {}
-    if found.sft_data is not None:
-        extra["sft_data"] = SFTData(found.sft_data, ft_share=cfg.ft_share)
-    return ObjectiveConfig.parse(found.objective, beta=beta, **extra)
-
-
-@lru_cache(maxsize=4096)
-def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig,
-                     ell_s: float, ell_d: float, lr: float, beta: float) -> np.ndarray:
-    from sim.dynamics import train_expected
-    from sim.model import AgentSpec, TaskLadder, TransferConfig
-
-    b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
-    lad = TaskLadder(ladder.names, tuple(float(i + 1) for i in range(len(ladder.names))),
-                     ladder.in_distribution, tuple((b, b1, b2) for b in b_s))
-    spec = AgentSpec(ladder=lad, transfer=TransferConfig((ell_s, ell_d, ell_d),
-                                                          (False, False, False)),
-                     max_attempts=cfg.max_attempts, len_correct=cfg.length,
-                     len_wrong=cfg.length, coupling=cfg.coupling)
-    phi0 = spec.initial_params()
-    steps = cfg.effective_steps
-    with np.errstate(over="ignore"):
-        phi, _ = train_expected(spec, regime_objective(regime, cfg, beta), phi0, steps,
-                                cfg.optimiser_config(lr), record_every=steps)
-    probs = 1 / (1 + np.exp(-np.clip(spec.task_logits(phi), -50, 50)))
-    acc = accuracy_forced_stop(probs[:, 0], probs[:, 1], probs[:, 2], cfg.max_attempts)
-    out = np.column_stack([probs, acc])
-    out.setflags(write=False)
-    return out
-
-
-def simulate_regime(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
-                    values: dict[str, float]) -> np.ndarray:
-    """(T, 4) array of p, q1, q2, Acc_K per task after training `regime` with `values`."""
-    if regime == BASE:
-        b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
-        p = 1 / (1 + np.exp(-np.asarray(b_s)))
-        q1, q2 = np.full_like(p, 1 / (1 + math.exp(-b1))), np.full_like(p, 1 / (1 + math.exp(-b2)))
-        return np.column_stack([p, q1, q2, accuracy_forced_stop(p, q1, q2, cfg.max_attempts)])
-    if cfg.transfer == "per-regime":
-        ell_s = ell_d = values[column("ell", regime)]
-    else:
-        ell_s, ell_d = values["ell_s"], values["ell_d"]
-    return _simulate_cached(regime, ladder, tuple(round(float(b), 12) for b in b_s), cfg,
-                            _r(ell_s), _r(ell_d),
-                            _r(values[column("lr", regime)]), _r(values.get("beta", cfg.beta)))
-
-
-def _exp(x: float) -> float:
-    return math.exp(x) if x < 700 else math.inf
-
-
-def _r(x: float) -> float:
-    return float(f"{x:.12g}")  # stable cache keys
-
-
-def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
-    if cfg.transfer == "per-regime":
-        names = [n for r in regimes for n in (column("ell", r), column("lr", r))]
-    else:
-        names = ["ell_s", "ell_d"] + [column("lr", r) for r in regimes]
-    if cfg.fit_beta and RL in regimes:
-        names.append("beta")
-    return names
-
-
-def _bounds(name: str) -> tuple[float, float]:
-    parts = split_column(name)  # lr[RL] -> lr; ell_s -> ell_s
-    return BOUNDS[parts[0] if parts else name]
 
 
 def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
@@ -262,11 +164,11 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         notes.append(f"no simulator objective for {skipped}: left out of the fit")
     if not regimes:
         raise FitError("the observed table has no trained regime (SFT or RL rows) to fit")
+    notes.extend(_setting_notes(regimes, cfg))
     names = free_parameter_names(regimes, cfg)
-    start = {**START, **(start or {})}
-    x0 = np.log([np.clip(start[n], *_bounds(n)) for n in names])
-    lo = np.log([_bounds(n)[0] for n in names])
-    hi = np.log([_bounds(n)[1] for n in names])
+    start = {**START, **{n: _start_value(n) for n in names if n not in START}, **(start or {})}
+    lo = np.log([bounds_of(n, cfg)[0] for n in names])
+    hi = np.log([bounds_of(n, cfg)[1] for n in names])
     y = {r: np.array([obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
                       for t in ladder.names], float) for r in regimes}
 
@@ -279,29 +181,32 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         out = np.concatenate(res)
         return np.nan_to_num(out[np.isfinite(np.concatenate([y[r] for r in regimes]))], nan=1.0)
 
-    def regime_sse(r: str, vals: dict[str, float]) -> float:
-        res = simulate_regime(r, ladder, b_s, cfg, vals)[:, 3] - y[r]
-        return float(np.nansum(res**2))
+    def sse(rows: list[str], vals: dict[str, float]) -> float:
+        return sum(float(np.nansum((simulate_regime(r, ladder, b_s, cfg, vals)[:, 3]
+                                    - y[r])**2)) for r in rows)
 
     def grid_start() -> dict[str, float]:
-        """Coarse grid; the lr of each regime only moves that regime, so it is chosen per
-        regime given the length scales."""
+        """Coarse grid; a learning rate moves only its own regimes, so it is chosen per
+        learning rate given the length scales."""
         best: tuple[float, dict[str, float]] = (math.inf, {})
-        combos = ([{"ell_s": a, "ell_d": b} for a in GRID_ELL_S for b in GRID_ELL_D]
-                  if cfg.transfer == "shared" else [{}])
+        by_lr: dict[str, list[str]] = {}
+        for r in regimes:
+            by_lr.setdefault(lr_name(r, cfg), []).append(r)
+        if cfg.transfer == "shared":
+            combos = [{"ell_s": a, "ell_d": b} for a in GRID_ELL for b in GRID_ELL_D]
+        elif cfg.transfer == "single":
+            combos = [{"ell": a} for a in (*GRID_ELL, GRID_ELL_D[-1])]
+        else:
+            combos = [{}]
         for ells in combos:
             total, chosen = 0.0, dict(ells)
-            for r in regimes:
-                cands = []
-                for lr in GRID_LR[r]:
-                    for ell in (GRID_ELL_S if cfg.transfer == "per-regime" else (None,)):
-                        vals = {**start, **ells, column("lr", r): lr}
-                        if ell is not None:
-                            vals[column("ell", r)] = ell
-                        cands.append((regime_sse(r, vals), {column("lr", r): lr} |
-                                      ({} if ell is None else {column("ell", r): ell})))
-                sse, pick = min(cands, key=lambda c: c[0])
-                total += sse
+            for lr, rows in by_lr.items():
+                ell_cands = ([{column("ell", r): e for r in rows} for e in GRID_ELL]
+                             if cfg.transfer == "per-regime" else [{}])
+                cands = [(sse(rows, {**start, **ells, **ell, lr: v}), {lr: v, **ell})
+                         for v in GRID_LR[lr.split("[")[0]] for ell in ell_cands]
+                err, pick = min(cands, key=lambda c: c[0])
+                total += err
                 chosen |= pick
             if total < best[0]:
                 best = (total, chosen)
@@ -312,53 +217,19 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     try:
         if cfg.grid_start and not cfg.quick:
             start = {**start, **grid_start()}
-            x0 = np.log([np.clip(start[n], *_bounds(n)) for n in names])
+        x0 = np.clip(np.log([start[n] for n in names]), lo, hi)
         sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", diff_step=1e-3,
                             max_nfev=cfg.effective_nfev, x_scale=1.0)
     finally:
         numba.set_num_threads(threads)
-    n_obs_trained = sol.fun.size
-    k = len(names)
-    dof = max(n_obs_trained - k, 1)
-    s2 = float(sol.fun @ sol.fun) / dof
-    cov = s2 * np.linalg.pinv(sol.jac.T @ sol.jac)
-    se_log = np.sqrt(np.clip(np.diag(cov), 0, None))
-    at_bound = (sol.active_mask != 0) | np.isclose(sol.x, lo, atol=1e-6) | \
-        np.isclose(sol.x, hi, atol=1e-6)
+    params = parameter_table(names, sol, lo, hi, cfg)
+    free = params[params["free"]]
+    if not free["identified"].all():
+        notes.append("not identified (at a bound, no standard error, or a 95% interval "
+                     f"spanning {MAX_CI_RATIO:g}x or more): "
+                     + ", ".join(free.loc[~free["identified"], "name"]))
     vals = values_of(sol.x)
-    rows = []
-    for i, n in enumerate(names):
-        v = vals[n]
-        se = float("nan") if at_bound[i] else v * se_log[i]
-        rows.append({"name": n, "value": v, "stderr": se,
-                     "ci_low": float("nan") if at_bound[i] else v * _exp(-Z95 * se_log[i]),
-                     "ci_high": float("nan") if at_bound[i] else v * _exp(Z95 * se_log[i]),
-                     "at_bound": bool(at_bound[i]), "free": True})
-    fixed = {"K": cfg.max_attempts, "q1_base": cfg.q1_base, "q2_base": cfg.q2_base,
-             "L (tokens)": cfg.length, "steps": cfg.effective_steps}
-    if not cfg.fit_beta:
-        fixed["beta"] = cfg.beta
-    rows.extend({"name": n, "value": float(v), "stderr": float("nan"), "ci_low": float("nan"),
-                 "ci_high": float("nan"), "at_bound": False, "free": False}
-                for n, v in fixed.items())
-    params = pd.DataFrame(rows)
-    if at_bound.any():
-        notes.append("at a bound (not identified by these data): "
-                     + ", ".join(n for n, b in zip(names, at_bound, strict=True) if b))
-    curves = []
-    for r in [BASE, *regimes]:
-        sim = simulate_regime(r, ladder, b_s, cfg, vals)
-        for i, t in enumerate(ladder.names):
-            o = obs.loc[(r, t)] if (r, t) in obs.index else None
-            curves.append({"regime": r, "task": t, "task_index": i + 1,
-                           "in_distribution": ladder.in_distribution[i],
-                           "p": sim[i, 0], "q1": sim[i, 1], "q2": sim[i, 2],
-                           "accuracy": sim[i, 3],
-                           "observed": np.nan if o is None else float(o["accuracy"]),
-                           "ci_low": np.nan if o is None else float(o["ci_low"]),
-                           "ci_high": np.nan if o is None else float(o["ci_high"])})
-    curves = pd.DataFrame(curves)
-    curves["residual"] = curves["observed"] - curves["accuracy"]
+    curves = _curves(observed, ladder, b_s, cfg, vals, [BASE, *regimes])
     trained = curves[curves["regime"] != BASE]["residual"].dropna()
     allres = curves["residual"].dropna()
     if not sol.success:
@@ -367,9 +238,87 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         notes.append("quick mode: few steps and evaluations; not a converged fit")
     return FitResult(params=params, curves=curves,
                      rmse=float(np.sqrt(np.mean(trained**2))),
-                     rmse_all=float(np.sqrt(np.mean(allres**2))), n_free=k,
-                     n_params=k + len(ladder.names), n_obs=int(len(allres)),
+                     rmse_all=float(np.sqrt(np.mean(allres**2))), n_free=len(names),
+                     n_params=len(names) + len(ladder.names), n_obs=int(len(allres)),
                      config=asdict(cfg), notes=notes, wall_s=time.time() - t0,
                      observed_source=str(observed["source"].iloc[0])
                      if "source" in observed.columns else "",
                      observed_sha256=observed_digest(observed))
+
+
+def _start_value(name: str) -> float:
+    return START_LR[name.split("[")[0]] if "[" in name else START[name]
+
+
+def _setting_notes(regimes: list[str], cfg: FitConfig) -> list[str]:
+    """What the trained regimes are, as run (DESIGN §2): optimiser, RL's KL, SGD's bound."""
+    opt = cfg.optimiser_config(1.0).label
+    out = [f"training: {opt}, {cfg.effective_steps} steps from the base model, exact "
+           f"gradients at K = {cfg.max_attempts}, L = {cfg.length:g}"]
+    if RL in regimes:
+        kl = regime_objective(RL, cfg, cfg.beta)
+        out.append(f"RL: surrogate + beta * KL with beta = {cfg.beta:g}, estimator "
+                   f"{kl.kl_estimator} {kl.kl_placement} (the paper's run)")
+    if cfg.optimiser == "sgd":
+        out.append("SGD: lr_frac = lr / lr_max, lr_max = the stability bound of "
+                   "sim.stability at the fitted length scales, so lr_frac <= 1")
+    if cfg.lr_mode == "sft-shared":
+        out.append("both SFT rows share one learning rate (one SFT recipe in the paper)")
+    return out
+
+
+def parameter_table(names: list[str], sol: object, lo: np.ndarray, hi: np.ndarray,
+                    cfg: FitConfig) -> pd.DataFrame:
+    """name, value, se, ci_low, ci_high, identified, at_bound, free: the free parameters
+    (cov = s^2 (J^T J)^+ in log space, delta-method se, 95% interval exp(log x +- 1.96 se);
+    identified = inside its bounds with an interval spanning less than MAX_CI_RATIO), then
+    the fixed settings."""
+    x, fun, jac = sol.x, sol.fun, sol.jac  # type: ignore[attr-defined]
+    dof = max(fun.size - len(names), 1)
+    cov = float(fun @ fun) / dof * np.linalg.pinv(jac.T @ jac)
+    se_log = np.sqrt(np.clip(np.diag(cov), 0, None))
+    at_bound = ((sol.active_mask != 0) | np.isclose(x, lo, atol=1e-6)  # type: ignore[attr-defined]
+                | np.isclose(x, hi, atol=1e-6))
+    rows = []
+    for i, n in enumerate(names):
+        v = float(np.exp(x[i]))
+        ok = not at_bound[i] and np.isfinite(se_log[i]) and se_log[i] > 0
+        lo_ci = v * _exp(-Z95 * se_log[i]) if ok else float("nan")
+        hi_ci = v * _exp(Z95 * se_log[i]) if ok else float("nan")
+        rows.append({"name": n, "value": v, "se": v * se_log[i] if ok else float("nan"),
+                     "ci_low": lo_ci, "ci_high": hi_ci,
+                     "identified": bool(ok and lo_ci > 0 and hi_ci / lo_ci < MAX_CI_RATIO),
+                     "at_bound": bool(at_bound[i]), "free": True})
+    fixed = {"K": cfg.max_attempts, "q1_base": cfg.q1_base, "q2_base": cfg.q2_base,
+             "L (tokens)": cfg.length, "steps": cfg.effective_steps}
+    if not cfg.fit_beta:
+        fixed["beta"] = cfg.beta
+    rows.extend({"name": n, "value": float(v), "se": float("nan"), "ci_low": float("nan"),
+                 "ci_high": float("nan"), "identified": False, "at_bound": False,
+                 "free": False} for n, v in fixed.items())
+    return pd.DataFrame(rows)
+
+
+def _curves(observed: pd.DataFrame, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
+            vals: dict[str, float], regimes: list[str]) -> pd.DataFrame:
+    """Per (regime, task): fitted p, q1, q2, accuracy, the observation and the residual."""
+    obs = observed.set_index(["regime", "task"])
+    rows = []
+    for r in regimes:
+        sim = simulate_regime(r, ladder, b_s, cfg, vals)
+        for i, t in enumerate(ladder.names):
+            o = obs.loc[(r, t)] if (r, t) in obs.index else None
+            rows.append({"regime": r, "task": t, "task_index": i + 1,
+                         "in_distribution": ladder.in_distribution[i],
+                         "p": sim[i, 0], "q1": sim[i, 1], "q2": sim[i, 2],
+                         "accuracy": sim[i, 3],
+                         "observed": np.nan if o is None else float(o["accuracy"]),
+                         "ci_low": np.nan if o is None else float(o["ci_low"]),
+                         "ci_high": np.nan if o is None else float(o["ci_high"])})
+    curves = pd.DataFrame(rows)
+    curves["residual"] = curves["observed"] - curves["accuracy"]
+    return curves
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf

@@ -17,13 +17,21 @@ from core.regimes import PAPER_RL_KL
 from sim.model import Coupling, parse_coupling
 from sim.optim import SECOND_MOMENTS, OptimiserConfig
 
-TRANSFER_MODES = ("shared", "per-regime")
+TRANSFER_MODES = ("shared", "single", "per-regime")
+LR_MODES = ("per-regime", "sft-shared")
+# search bounds of the free parameters (analysis.fit_model names them); Adam's step is about
+# lr per parameter and step, so 2.0 over the default 30 steps already saturates every logit;
+# SGD's lr_frac is the learning rate over the stability bound (sim.stability), at most 1
 BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
-          "lr": (1e-6, 50.0), "beta": (1e-5, 10.0)}
+          "lr": (1e-6, 50.0), "adam_lr": (1e-5, 2.0), "lr_frac": (1e-6, 1.0),
+          "beta": (1e-5, 10.0)}
+# a free parameter is identified when its 95% interval spans less than this factor
+MAX_CI_RATIO = 10.0
 
 
 # Upper bounds of the fit's settings: beyond them a run takes hours or its numbers overflow
-MAX_FIT_ATTEMPTS = 12  # exact enumeration of 2^(K+1) trajectories per evaluation
+# exact gradients enumerating 2^(K+1) trajectories take seconds per evaluation beyond K = 16
+MAX_FIT_ATTEMPTS = 16
 MAX_FIT_LENGTH = 1e6  # tokens per candidate answer (the paper's limit is 8,192, DESIGN §5)
 MAX_FIT_STEPS = 100_000  # training steps per regime and evaluation
 MAX_FIT_NFEV = 10_000  # least-squares evaluations
@@ -42,7 +50,7 @@ class FitConfig:
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
     length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
     steps: int = field(default=30, metadata=doc("training steps per regime (the lr is fitted)"))
-    optimiser: str = field(default="sgd", metadata=doc("optimiser", "§2", ("sgd", "adam")))
+    optimiser: str = field(default="adam", metadata=doc("optimiser", "§2", ("sgd", "adam")))
     second_moment: str = field(default="shared", metadata=doc(
         "Adam's second moment: shared (one scalar) or per-parameter", "§2", SECOND_MOMENTS))
     max_grad_norm: float = field(default=0.0, metadata=doc("gradient-norm clip; 0: off", "§2"))
@@ -53,7 +61,11 @@ class FitConfig:
     acc_floor: float = field(default=0.005, metadata=doc(
         "observed accuracies are clipped to [floor, 1 - floor] to solve b_s; in (0, 0.5)", "§1"))
     transfer: str = field(default="shared", metadata=doc(
-        "length scales: shared (ell_s, ell_d) or per-regime (one ell each)", "§1", TRANSFER_MODES))
+        "length scales: shared (ell_s, ell_d), single (one ell: ell_d = ell_s) or per-regime "
+        "(one ell each)", "§1", TRANSFER_MODES))
+    lr_mode: str = field(default="per-regime", metadata=doc(
+        "learning rates: one per regime, or sft-shared (both SFT rows share lr[SFT])", "§5",
+        LR_MODES))
     max_nfev: int = field(default=30, metadata=doc("least-squares evaluations at most"))
     grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
     quick: bool = field(default=False, metadata=doc("few steps and evaluations (tests)"))
@@ -77,6 +89,8 @@ class FitConfig:
                                  f"got {getattr(self, name)}")
         if self.transfer not in TRANSFER_MODES:
             raise ValueError(f"transfer (--transfer) must be one of {TRANSFER_MODES}")
+        if self.lr_mode not in LR_MODES:
+            raise ValueError(f"lr_mode (--lr-mode) must be one of {LR_MODES}")
         object.__setattr__(self, "coupling", parse_coupling(self.coupling))
         self.optimiser_config(1.0)  # the update budget's own checks (DESIGN §2)
         if not 0 < self.beta <= BOUNDS["beta"][1]:  # NaN fails too

@@ -2,7 +2,9 @@
 fitted parameters as caption text.
 
 A fit folder holds fit.json (the whole FitResult; strict JSON, NaN as null, round-trips),
-params.csv, curves.csv (with residuals), summary.txt and its run record manifest.json
+params.csv (name, value, se, ci_low, ci_high, identified, at_bound, free), curves.csv (fitted
+p, q1, q2 and accuracy per regime and task), residuals.csv (observed - fitted per trained
+regime and task, in percentage points), summary.txt and its run record manifest.json
 (core.records, kind "fit": config = the FitConfig, inputs = the observed table). `cli.py fit`
 and the report's fit cache write the same folder (`fit_and_save`); a cached fit is reused only
 for the same data (observed_sha256), source and FitConfig (`find_cached_fit`).
@@ -21,10 +23,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import FitConfig, FitError, FitResult, fit_observed, observed_digest
+from analysis.observed import BASE
 from core.provenance import finite_json, json_default
 from core.records import finish_record, record_outcome, start_record
 
-FIT_FILES = ("fit.json", "params.csv", "curves.csv", "summary.txt")
+FIT_FILES = ("fit.json", "params.csv", "curves.csv", "residuals.csv", "summary.txt")
 
 
 # ----------------------------------------------------------------------- JSON round trip
@@ -45,8 +48,8 @@ def fit_from_json(d: dict[str, Any]) -> FitResult:
     """Inverse of fit_to_json: None is read back as NaN, except an interval's upper end with
     a finite standard error, which is null only because it overflowed to inf."""
     params = _frame(d["params"])
-    if {"ci_high", "stderr"} <= set(params.columns):
-        overflow = params["ci_high"].isna() & np.isfinite(params["stderr"])
+    if {"ci_high", "se"} <= set(params.columns):
+        overflow = params["ci_high"].isna() & np.isfinite(params["se"])
         params.loc[overflow, "ci_high"] = np.inf
     return FitResult(params, _frame(d["curves"]), _float(d["rmse"]), _float(d["rmse_all"]),
                      d["n_free"], d["n_params"], d["n_obs"], d["config"],
@@ -73,7 +76,7 @@ def _frame(records: list[dict]) -> pd.DataFrame:
 
 
 def save_fit(result: FitResult, out_dir: Path) -> list[Path]:
-    """fit.json (round-trips), params.csv, curves.csv (with residuals) and summary.txt; the
+    """fit.json (round-trips), params.csv, curves.csv, residuals.csv and summary.txt; the
     caller writes the folder's run record."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in FIT_FILES]
@@ -81,8 +84,18 @@ def save_fit(result: FitResult, out_dir: Path) -> list[Path]:
                                    allow_nan=False), encoding="utf-8")
     result.params.to_csv(paths[1], index=False)
     result.curves.to_csv(paths[2], index=False)
-    paths[3].write_text(result.summary() + "\n", encoding="utf-8")
+    residual_table(result).to_csv(paths[3], index=False)
+    paths[4].write_text(result.summary() + "\n", encoding="utf-8")
     return paths
+
+
+def residual_table(result: FitResult) -> pd.DataFrame:
+    """regime, task, observed, fitted, residual_pp (observed - fitted, percentage points) of
+    the trained regimes' observed cells: what the RMSE is over."""
+    cur = result.curves[(result.curves["regime"] != BASE) & result.curves["observed"].notna()]
+    return pd.DataFrame({"regime": cur["regime"], "task": cur["task"],
+                         "observed": cur["observed"], "fitted": cur["accuracy"],
+                         "residual_pp": cur["residual"] * 100})
 
 
 def params_text(result: FitResult) -> str:
@@ -90,7 +103,7 @@ def params_text(result: FitResult) -> str:
     parts = []
     for r in result.params.itertuples():
         if r.free:
-            unc = "at bound" if r.at_bound or not np.isfinite(r.stderr) else f"± {r.stderr:.2g}"
+            unc = "at bound" if r.at_bound or not np.isfinite(r.se) else f"± {r.se:.2g}"
             parts.append(f"{r.name} = {r.value:.3g} ({unc})")
         else:
             parts.append(f"{r.name} = {r.value:g}")

@@ -144,7 +144,7 @@ def test_fit_json_is_strict_json(tmp_path):
     from analysis.fit_io import save_fit
 
     res = fit_observed(load_paper_table1(), FitConfig(quick=True))
-    assert res.params["stderr"].isna().any()
+    assert res.params["se"].isna().any()
     save_fit(res, tmp_path)
     text = (tmp_path / "fit.json").read_text(encoding="utf-8")
 

@@ -1,0 +1,170 @@
+"""The model the fit evaluates (DESIGN §1, §2, §4): base offsets from the Base row, the
+simulator objective of each trained regime, and the trained agent's per-task (p, q1, q2,
+Acc_K) for given values of the free parameters. analysis.fit does the least squares; the
+module docstring there states the model.
+
+Free parameters, by name (`free_parameter_names`):
+  ell_s, ell_d   length scales of sampling and decisions (transfer "shared")
+  ell            one length scale for both (transfer "single": ell_d = ell_s)
+  ell[<row>]     one length scale per regime (transfer "per-regime")
+  lr[<row>]      Adam's learning rate of a regime; with lr_mode "sft-shared" the two SFT rows
+                 share lr[SFT] (the paper trains both with one SFT recipe, DESIGN §5)
+  lr_frac[<row>] plain SGD: the learning rate as a fraction of the regime's stability bound
+                 (sim.stability, DESIGN §2), so no fitted SGD run is in chaos
+  beta           the KL coefficient of RL (fit_beta only)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.special import logit
+
+from analysis.fit_config import BOUNDS, FitConfig, FitError
+from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
+from core.regimes import TRAINED
+from core.twostage import accuracy_forced_stop
+from sim.columns import column, split_column
+
+# the regimes a fit trains (core.regimes), by their paper row, in Table 1 order
+TRAINED_REGIMES = tuple(r.paper_row for r in TRAINED)
+SFT_ROWS = (SFT_NO_REFLECTION, SFT_REFLECTION)
+SHARED_SFT = "SFT"  # the name of the SFT rows' shared learning rate: lr[SFT]
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The observed task ladder: names in order, difficulty = position, ID flags."""
+
+    names: tuple[str, ...]
+    in_distribution: tuple[bool, ...]
+
+
+def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
+    """b_s(t) with Acc_K(sigmoid(b_s), q1_base, q2_base) = clip(observed base accuracy)."""
+    out = []
+    k = cfg.max_attempts
+    lo_acc = float(accuracy_forced_stop(1e-9, cfg.q1_base, cfg.q2_base, k))
+    hi_acc = float(accuracy_forced_stop(1 - 1e-9, cfg.q1_base, cfg.q2_base, k))
+    for a in np.clip(np.asarray(base_acc, float), cfg.acc_floor, 1 - cfg.acc_floor):
+        a = float(np.clip(a, lo_acc + 1e-9, hi_acc - 1e-9))
+        f = lambda z, a=a: float(accuracy_forced_stop(1 / (1 + math.exp(-z)), cfg.q1_base,  # noqa: E731
+                                                      cfg.q2_base, k)) - a
+        out.append(brentq(f, -25.0, 25.0, xtol=1e-10))
+    return np.array(out)
+
+
+def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
+    """The simulator objective reproducing a trained regime, given by its paper row: the
+    regime table's term spec (core.regimes) with the KL weight `beta`, the KL estimator and
+    placement of the paper's run where the regime has one (RL: k3 in the loss, verl's
+    low_var_kl, DESIGN §2, §5), and its SFT data (reflection data with `cfg.ft_share` F->T
+    chains)."""
+    from sim.objectives import ObjectiveConfig, SFTData
+
+    found = next((r for r in TRAINED if r.paper_row == regime), None)
+    if found is None or found.objective is None:
+        raise FitError(f"no simulator objective for regime {regime!r}")
+    extra: dict[str, Any] = {}
+    if found.sft_data is not None:
+        extra["sft_data"] = SFTData(found.sft_data, ft_share=cfg.ft_share)
+    if found.kl is not None:
+        extra["kl_estimator"] = found.kl.estimator
+        extra["kl_placement"] = found.kl.placement
+    return ObjectiveConfig.parse(found.objective, beta=beta, **extra)
+
+
+def agent_spec(ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig, ell_s: float,
+               ell_d: float) -> Any:
+    """The fit's agent (DESIGN §1): difficulty = position, shared w_x frozen, per-ID-task
+    u_x trained, base offsets (b_s(t), logit q1_base, logit q2_base)."""
+    from sim.model import AgentSpec, TaskLadder, TransferConfig
+
+    b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
+    lad = TaskLadder(ladder.names, tuple(float(i + 1) for i in range(len(ladder.names))),
+                     ladder.in_distribution, tuple((b, b1, b2) for b in b_s))
+    return AgentSpec(ladder=lad, transfer=TransferConfig((ell_s, ell_d, ell_d),
+                                                         (False, False, False)),
+                     max_attempts=cfg.max_attempts, len_correct=cfg.length,
+                     len_wrong=cfg.length, coupling=cfg.coupling)
+
+
+@lru_cache(maxsize=4096)
+def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig,
+                     ell_s: float, ell_d: float, lr: float, beta: float) -> np.ndarray:
+    from sim.dynamics import train_expected
+    from sim.stability import sgd_lr_bound
+
+    spec = agent_spec(ladder, b_s, cfg, ell_s, ell_d)
+    obj = regime_objective(regime, cfg, beta)
+    if cfg.optimiser == "sgd":  # lr is a fraction of the stability bound (DESIGN §2)
+        lr = lr * sgd_lr_bound(spec, obj)
+    steps = cfg.effective_steps
+    with np.errstate(over="ignore"):
+        phi, _ = train_expected(spec, obj, spec.initial_params(), steps,
+                                cfg.optimiser_config(lr), record_every=steps)
+    probs = 1 / (1 + np.exp(-np.clip(spec.task_logits(phi), -50, 50)))
+    acc = accuracy_forced_stop(probs[:, 0], probs[:, 1], probs[:, 2], cfg.max_attempts)
+    out = np.column_stack([probs, acc])
+    out.setflags(write=False)
+    return out
+
+
+def lr_name(regime: str, cfg: FitConfig) -> str:
+    """The free parameter that sets `regime`'s learning rate (module docstring)."""
+    row = SHARED_SFT if cfg.lr_mode == "sft-shared" and regime in SFT_ROWS else regime
+    return column("lr_frac" if cfg.optimiser == "sgd" else "lr", row)
+
+
+def length_scales(regime: str, cfg: FitConfig, values: dict[str, float]) -> tuple[float, float]:
+    """(ell_s, ell_d) of a regime under cfg.transfer."""
+    if cfg.transfer == "per-regime":
+        return values[column("ell", regime)], values[column("ell", regime)]
+    if cfg.transfer == "single":
+        return values["ell"], values["ell"]
+    return values["ell_s"], values["ell_d"]
+
+
+def simulate_regime(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
+                    values: dict[str, float]) -> np.ndarray:
+    """(T, 4) array of p, q1, q2, Acc_K per task after training `regime` with `values`."""
+    if regime == BASE:
+        p = 1 / (1 + np.exp(-np.asarray(b_s)))
+        q1, q2 = np.full_like(p, cfg.q1_base), np.full_like(p, cfg.q2_base)
+        return np.column_stack([p, q1, q2, accuracy_forced_stop(p, q1, q2, cfg.max_attempts)])
+    ell_s, ell_d = length_scales(regime, cfg, values)
+    return _simulate_cached(regime, ladder, tuple(round(float(b), 12) for b in b_s), cfg,
+                            _r(ell_s), _r(ell_d), _r(values[lr_name(regime, cfg)]),
+                            _r(values.get("beta", cfg.beta)))
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.12g}")  # stable cache keys
+
+
+def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
+    """The fit's free parameters for these trained regimes (module docstring), in order."""
+    if cfg.transfer == "per-regime":
+        names = [column("ell", r) for r in regimes]
+    elif cfg.transfer == "single":
+        names = ["ell"]
+    else:
+        names = ["ell_s", "ell_d"]
+    names += list(dict.fromkeys(lr_name(r, cfg) for r in regimes))
+    if cfg.fit_beta and RL in regimes:
+        names.append("beta")
+    return names
+
+
+def bounds_of(name: str, cfg: FitConfig) -> tuple[float, float]:
+    """Search bounds of a free parameter (analysis.fit_config.BOUNDS)."""
+    parts = split_column(name)  # lr[RL] -> lr; ell_s -> ell_s
+    kind = parts[0] if parts else name
+    if kind == "lr" and cfg.optimiser == "adam":
+        return BOUNDS["adam_lr"]
+    return BOUNDS[kind]
