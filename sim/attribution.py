@@ -44,12 +44,14 @@ def attribution_ratio(g: np.ndarray, atol: float = 1e-12) -> float | np.ndarray:
 
 
 def attribution_by_length(lengths: np.ndarray, theta: np.ndarray, theta_ref: np.ndarray,
-                          spec: AgentSpec, obj: ObjectiveConfig, kind: str) -> pd.DataFrame:
-    """Exact expected g_s, g_1, g_2 and the ratio of one objective term per L (L_C = L_W = L)."""
+                          spec: AgentSpec, obj: ObjectiveConfig, kind: str,
+                          method: str = "dp") -> pd.DataFrame:
+    """Exact expected g_s, g_1, g_2 and the ratio of one objective term per L (L_C = L_W = L);
+    `method` of sim.objectives.exact_logit_gradients."""
     rows = []
     for length in lengths:
         s = replace(spec, len_correct=float(length), len_wrong=float(length))
-        g = exact_logit_gradients(theta, theta_ref, s, obj)[kind]
+        g = exact_logit_gradients(theta, theta_ref, s, obj, method)[kind]
         rows.append({"L": float(length), "g_s": g[0], "g_1": g[1], "g_2": g[2],
                      "ratio": attribution_ratio(g)})
     return pd.DataFrame(rows)

@@ -140,7 +140,7 @@ def illustrate(fmt: str, net: bool) -> None:
 @click.option("--theta-ref", default=",".join(map(str, APPENDIX_C_REF)), show_default=True,
               help="logits of the reference policy pi_ref (default: Appendix C, DESIGN §3)")
 @click.option("--max-attempts", "-K", type=click.IntRange(1, MAX_EXACT_ATTEMPTS), default=8,
-              show_default=True, help="K (exact enumeration of 2^(K+1) trajectories)")
+              show_default=True, help="K (exact: dynamic programming over attempts)")
 @click.option("--gamma", type=float, default=1.0, show_default=True,
               callback=number_in(0.0, 1.0, lo_open=True), help="discount, in (0, 1]")
 @click.option("--group-size", type=click.IntRange(2, MAX_GROUP_SIZE), default=8,

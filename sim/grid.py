@@ -30,7 +30,7 @@ from scipy.special import logit
 from core.regimes import PAPER_RL_KL, regime
 from sim.lengths import MAX_LENGTH, check_length, parse_lengths
 from sim.model import AgentSpec, Coupling, TaskLadder, TransferConfig, parse_coupling
-from sim.objectives import MAX_EXACT_ATTEMPTS, TOKEN_MODELS, ObjectiveConfig, SFTData
+from sim.objectives import MAX_SAMPLED_ATTEMPTS, TOKEN_MODELS, ObjectiveConfig, SFTData
 from sim.optim import OPTIMISERS, OptimiserConfig, check_max_grad_norm, check_second_moment
 from sim.stability import check_sgd_lr
 
@@ -226,8 +226,8 @@ class TrainingConfig:
             raise ValueError(f"n_queries must be >= 1, got {self.n_queries}")
         if self.max_attempts < 1:
             raise ValueError(f"K (max_attempts) must be >= 1, got {self.max_attempts}")
-        if self.max_attempts > MAX_EXACT_ATTEMPTS:  # the exp_* columns enumerate trajectories
-            raise ValueError(f"K (max_attempts) must be <= {MAX_EXACT_ATTEMPTS} in a sweep, "
+        if self.max_attempts > MAX_SAMPLED_ATTEMPTS:  # the population samples 64-bit masks
+            raise ValueError(f"K (max_attempts) must be <= {MAX_SAMPLED_ATTEMPTS} in a sweep, "
                              f"got {self.max_attempts}")
         for name in ("lr", "adam_lr"):
             value = getattr(self, name)

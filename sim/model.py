@@ -152,11 +152,11 @@ class AgentSpec:
     coupling: Coupling = None  # M (3x3) acting on J_t phi only (DESIGN §2); None = identity
 
     def __post_init__(self) -> None:
-        from sim.kernels import MAX_ATTEMPTS
+        from sim.exact_dp import MAX_EXACT_ATTEMPTS  # sampling checks its own K (<= 60)
 
         if int(self.max_attempts) != self.max_attempts or not 1 <= self.max_attempts <= \
-                MAX_ATTEMPTS:
-            raise ValueError(f"max_attempts (K) must be an integer in 1..{MAX_ATTEMPTS}, "
+                MAX_EXACT_ATTEMPTS:
+            raise ValueError(f"max_attempts (K) must be an integer in 1..{MAX_EXACT_ATTEMPTS}, "
                              f"got {self.max_attempts}")
         if not (self.len_correct > 0 and self.len_wrong > 0):
             raise ValueError("answer lengths L_C, L_W must be > 0")

@@ -9,9 +9,10 @@ Sign convention: every term is something to *maximise* (gradient ascent):
 A combination is a weighted sum with non-negative weights, e.g. GRPO = surrogate + beta * kl.
 
 Each term is one entry of `sim.terms.TERMS` (its kernel, trajectories, reward filter, sign,
-advantage); two estimators read that table and share the per-trajectory kernels
-(`sim.kernels.trajectory_terms`):
-  exact  enumeration of every trajectory (2^(K+1) of them) weighted by its probability
+advantage); two estimators read that table and share the kernels' step values
+(`sim.kernels`, `sim.terms.add_step`):
+  exact  expectations by dynamic programming over attempts (sim.exact_dp), or by enumerating
+         every trajectory (2^(K+1), sim.exact_dp_enumeration: the reference it is tested on)
   mc     Monte-Carlo average over sampled groups, with a standard error
 """
 
@@ -20,15 +21,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 from scipy.stats import binom
 
+from sim import exact_dp
 from sim import kernels as kn
+from sim.exact_dp import MAX_EXACT_ATTEMPTS as MAX_EXACT_ATTEMPTS
+from sim.exact_dp_enumeration import MAX_ENUMERATED_ATTEMPTS as MAX_ENUMERATED_ATTEMPTS
+from sim.exact_dp_enumeration import all_trajectories as all_trajectories
+from sim.exact_dp_enumeration import enumerated_moments
 from sim.model import AgentSpec
 from sim.rng import agent_states
-from sim.terms import ANY, BY_KIND, DATA, KINDS, keeps
+from sim.terms import ANY, BY_KIND, DATA, FAILED, KINDS, SUCCEEDED, keeps
 
 OBJECTIVE_KINDS = KINDS  # the order of sim.terms.TERMS
 # Token models (DESIGN §2; docs/token_models.md): the weight w(L) of a sampling action and the
@@ -73,16 +78,22 @@ class SFTData:
             raise ValueError(f"mask_wrong_attempts must be a bool, got "
                              f"{self.mask_wrong_attempts!r}")
 
-    def trajectories(self, max_attempts: int) -> tuple[np.ndarray, ...]:
-        """(masks, ns, truncs, weights) of the data distribution."""
+    def chains(self, max_attempts: int) -> tuple[np.ndarray, np.ndarray]:
+        """(attempts, weights): each data trajectory is W^(attempts - 1) C, then STOP."""
         if self.kind == "no-reflection":
-            return (np.array([1], np.int64), np.array([1], np.int64), np.array([0], np.int64),
-                    np.array([1.0]))
+            return np.array([1], np.int64), np.array([1.0])
         m = self.n_reflections
         if m + 1 > max_attempts:
             raise ValueError(f"n_reflections={m} needs max_attempts >= {m + 1}")
-        return (np.array([1 << m, 1], np.int64), np.array([m + 1, 1], np.int64),
-                np.array([0, 0], np.int64), np.array([self.ft_share, 1.0 - self.ft_share]))
+        return np.array([m + 1, 1], np.int64), np.array([self.ft_share, 1.0 - self.ft_share])
+
+    def trajectories(self, max_attempts: int) -> tuple[np.ndarray, ...]:
+        """(masks, ns, truncs, weights) of the data distribution (sim.kernels' encoding)."""
+        ns, weights = self.chains(max_attempts)
+        if ns.max() > kn.MAX_ATTEMPTS:
+            raise ValueError(f"a data chain of {ns.max()} attempts exceeds the trajectory "
+                             f"masks of sim.kernels (K <= {kn.MAX_ATTEMPTS})")
+        return np.left_shift(1, ns - 1), ns, np.zeros_like(ns), weights
 
 
 @dataclass(frozen=True)
@@ -157,32 +168,12 @@ class ObjectiveConfig:
 
 
 
-# ---------------------------------------------------------------------------- enumeration
+# ---------------------------------------------------------------------------- exact
 
-
-MAX_EXACT_ATTEMPTS = 16  # 2^17 trajectories: beyond, enumeration costs seconds and gigabytes
-
-
-@lru_cache(maxsize=64)
-def all_trajectories(max_attempts: int, final_sampled: bool) -> tuple[np.ndarray, ...]:
-    """Every trajectory (masks, ns, truncs) for K = max_attempts (DESIGN §3, exact)."""
-    if max_attempts > MAX_EXACT_ATTEMPTS:
-        raise ValueError(f"exact gradients enumerate 2^(K+1) trajectories: K must be <= "
-                         f"{MAX_EXACT_ATTEMPTS}, got {max_attempts} (Monte Carlo has no limit)")
-    masks, ns, truncs = [], [], []
-    for n in range(1, max_attempts + 1):
-        for mask in range(1 << n):
-            masks.append(mask)
-            ns.append(n)
-            truncs.append(0)
-            if n == max_attempts and final_sampled:
-                masks.append(mask)
-                ns.append(n)
-                truncs.append(1)
-    out = tuple(np.array(a, dtype=np.int64) for a in (masks, ns, truncs))
-    for a in out:
-        a.setflags(write=False)
-    return out
+# exact gradients: "dp", the dynamic programme over attempts (sim.exact_dp, K up to
+# MAX_EXACT_ATTEMPTS), or "enumerate", every trajectory (sim.exact_dp_enumeration, K <= 16)
+EXACT_METHODS = ("dp", "enumerate")
+MAX_SAMPLED_ATTEMPTS = kn.MAX_ATTEMPTS  # sampled trajectories are 64-bit masks (sim.kernels)
 
 
 def token_weights(spec: AgentSpec, obj: ObjectiveConfig) -> tuple[float, float]:
@@ -216,6 +207,14 @@ def token_normaliser(spec: AgentSpec, obj: ObjectiveConfig) -> float:
     return float(spec.max_attempts * (max(spec.len_correct, spec.len_wrong) + 1.0))
 
 
+def check_sampled_attempts(spec: AgentSpec) -> None:
+    """Sampled trajectories are 64-bit masks (sim.kernels): K <= MAX_SAMPLED_ATTEMPTS, while
+    exact gradients (sim.exact_dp) take K up to MAX_EXACT_ATTEMPTS."""
+    if spec.max_attempts > MAX_SAMPLED_ATTEMPTS:
+        raise ValueError(f"sampled trajectories need K <= {MAX_SAMPLED_ATTEMPTS}, got "
+                         f"{spec.max_attempts} (exact gradients take K <= {MAX_EXACT_ATTEMPTS})")
+
+
 def _tokens(masks, ns, truncs, spec: AgentSpec, weights) -> np.ndarray:
     """|o| of each trajectory under token weights (w(L_C), w(L_W))."""
     return kn.batch_tokens(masks, ns, truncs, spec.max_attempts, spec.final_sampled, *weights)
@@ -229,6 +228,7 @@ def population_token_arrays(pairs) -> dict[str, np.ndarray]:
     exactly, it is resolved here to E_data |o| (DESIGN §2)."""
     norm_own, norm_data, data_w_w = [], [], []
     for spec, obj in pairs:
+        check_sampled_attempts(spec)
         norm = token_normaliser(spec, obj)
         dweights = data_token_weights(spec, obj)
         norm_own.append(norm)
@@ -279,25 +279,71 @@ def group_advantage_factor(p_success: float, obj: ObjectiveConfig) -> float:
     return a1 - a0
 
 
-def exact_logit_gradients(logits, ref_logits, spec: AgentSpec,
-                          obj: ObjectiveConfig) -> dict[str, np.ndarray]:
+def _data_terms(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig, method: str):
+    """(kernels, weights, rewards) of the SFT data set under its token weights and loss
+    normaliser (a batch normaliser: the data's mean |o|, DESIGN §2)."""
+    dweights, dnorm = data_token_weights(spec, obj), token_normaliser(spec, obj)
+    if method == "dp":
+        attempts, dw = obj.sft_data.chains(spec.max_attempts)
+        kern, rewards = exact_dp.chain_terms(attempts, dw, spec.max_attempts, spec.final_sampled,
+                                             logits, ref_logits, *dweights,
+                                             kn.ESTIMATORS[obj.kl_estimator], obj.kl_clamp,
+                                             spec.gamma, dnorm)
+        return kern, dw, rewards
+    dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
+    if dnorm == kn.NORM_BATCH:
+        dnorm = float(dw @ _tokens(dm, dn, dt, spec, dweights) / dw.sum())
+    kern, rewards, _ = _terms(dm, dn, dt, logits, ref_logits, spec, obj, dweights, dnorm)
+    return kern, dw, rewards
+
+
+def _advantage_gradient(own: exact_dp.OwnMoments, col: int, norm: float,
+                        obj: ObjectiveConfig) -> np.ndarray:
+    """E[A grad log pi] (the surrogate's kernel column `col`) for binary R; for gamma < 1
+    without std scaling the same identity gives (1 - 1/G) grad E[R] (DESIGN §2)."""
+    if obj.std_scaling and not own.binary_rewards:
+        raise NotImplementedError("exact std-scaled advantages need binary rewards "
+                                  "(gamma = 1); use the Monte-Carlo estimator")
+    e_success = own.by_weight[exact_dp.REWARD_WEIGHTED, col]
+    p_success = own.p_reward
+    if norm == kn.NORM_TRAJECTORY:  # score / |o|: no longer zero-mean
+        e_all = own.by_weight[exact_dp.ALL, col]
+        if obj.std_scaling:
+            a0, a1 = group_mean_advantages(p_success, obj)
+            return a1 * e_success + a0 * (e_all - e_success)
+        # E[(R_i - mean R) f_i] = (1 - 1/G) (E[R f] - E[R] E[f])
+        return (1.0 - 1.0 / obj.group_size) * (e_success - p_success * e_all)
+    factor = (group_advantage_factor(p_success, obj) if obj.std_scaling
+              else 1.0 - 1.0 / obj.group_size)
+    return factor * e_success
+
+
+# the row of OwnMoments.by_weight that a reward filter reads (sim.terms)
+_FILTER_ROWS = {ANY: exact_dp.ALL, FAILED: exact_dp.FAILED_ONLY,
+                SUCCEEDED: exact_dp.SUCCEEDED_ONLY}
+
+
+def exact_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig,
+                          method: str = "dp") -> dict[str, np.ndarray]:
     """Exact expected gradient of each term (unweighted) on (theta_s, theta_1, theta_2).
 
-    Each term is read from `sim.terms.TERMS`: its kernel weighted by the probability of every
-    trajectory of the agent (or by the data set's weights), times its reward filter and sign.
+    Each term is read from `sim.terms.TERMS`: its kernel's expectation over the agent's
+    trajectories (or over the data set's), under its reward filter and sign. `method` "dp"
+    takes the expectations by dynamic programming over attempts (sim.exact_dp: O(K), O(K^2)
+    for grpo with L_C != L_W; K <= MAX_EXACT_ATTEMPTS), "enumerate" by enumerating all
+    2^(K+1) trajectories (K <= MAX_ENUMERATED_ATTEMPTS); they agree to rounding (DESIGN §3).
     A batch loss normaliser (dapo, bnpo, sft-token-mean: the batch's token sum over its total
     tokens) is taken in its large-batch limit, the ratio of expectations E[sum_t w_t g_t] /
     E|o| (DESIGN §2; docs/token_models.md).
     """
-    masks, ns, truncs = all_trajectories(spec.max_attempts, spec.final_sampled)
-    logits = np.asarray(logits, float)
-    probs = np.exp(kn.batch_log_probs(masks, ns, truncs, spec.max_attempts, spec.final_sampled,
-                                      logits))
-    weights = token_weights(spec, obj)
+    if method not in EXACT_METHODS:
+        raise ValueError(f"method must be one of {EXACT_METHODS}, got {method!r}")
+    logits, ref_logits = np.asarray(logits, float), np.asarray(ref_logits, float)
     norm = token_normaliser(spec, obj)
-    if norm == kn.NORM_BATCH:
-        norm = float(probs @ _tokens(masks, ns, truncs, spec, weights))
-    terms, rewards, _ = _terms(masks, ns, truncs, logits, ref_logits, spec, obj, weights, norm)
+    moments = exact_dp.own_moments if method == "dp" else enumerated_moments
+    own = moments(logits, ref_logits, spec.max_attempts, spec.final_sampled, spec.gamma,
+                  *token_weights(spec, obj), kn.ESTIMATORS[obj.kl_estimator], obj.kl_clamp,
+                  norm)
     data = None  # the SFT data set's kernels, weights and rewards, computed once
     out: dict[str, np.ndarray] = {}
     for kind in obj.kinds:
@@ -305,43 +351,16 @@ def exact_logit_gradients(logits, ref_logits, spec: AgentSpec,
         col = term.column(obj.kl_placement)
         if term.source == DATA:
             if data is None:
-                dm, dn, dt, dw = obj.sft_data.trajectories(spec.max_attempts)
-                dweights, dnorm = data_token_weights(spec, obj), token_normaliser(spec, obj)
-                if dnorm == kn.NORM_BATCH:
-                    dnorm = float(dw @ _tokens(dm, dn, dt, spec, dweights) / dw.sum())
-                dterms, drewards, _ = _terms(dm, dn, dt, logits, ref_logits, spec, obj,
-                                             dweights, dnorm)
-                data = dterms, dw, drewards
+                data = _data_terms(logits, ref_logits, spec, obj, method)
             kern, weights, r = data
+            if term.reward_filter != ANY:
+                weights = weights * keeps(term.reward_filter, r)
+            grad = weights @ kern[:, col]
+        elif term.advantage:  # own trajectories, unfiltered, the score (sim.terms.Term)
+            grad = _advantage_gradient(own, col, norm, obj)
         else:
-            kern, weights, r = terms, probs, rewards
-        if term.advantage:  # own trajectories, unfiltered, the score (sim.terms.Term)
-            if obj.std_scaling and not np.all((rewards == 0) | (rewards == 1)):
-                raise NotImplementedError("exact std-scaled advantages need binary rewards "
-                                          "(gamma = 1); use the Monte-Carlo estimator")
-            # E[A grad log pi] for binary R; for gamma < 1 without std scaling the same
-            # identity gives (1 - 1/G) grad E[R].
-            e_success = (probs * rewards) @ kern[:, col]
-            p_success = float(probs @ rewards)
-            if norm == kn.NORM_TRAJECTORY:  # score / |o|: no longer zero-mean
-                e_all = probs @ kern[:, col]
-                if obj.std_scaling:
-                    a0, a1 = group_mean_advantages(p_success, obj)
-                    grad = a1 * e_success + a0 * (e_all - e_success)
-                else:  # E[(R_i - mean R) f_i] = (1 - 1/G) (E[R f] - E[R] E[f])
-                    grad = (1.0 - 1.0 / obj.group_size) * (e_success - p_success * e_all)
-                out[kind] = -grad if term.sign < 0 else grad
-                continue
-            factor = (group_advantage_factor(p_success, obj) if obj.std_scaling
-                      else 1.0 - 1.0 / obj.group_size)
-            grad = factor * e_success
-            out[kind] = -grad if term.sign < 0 else grad
-            continue
-        if term.reward_filter != ANY:
-            weights = weights * keeps(term.reward_filter, r)
-        if term.sign < 0:
-            weights = -weights
-        out[kind] = weights @ kern[:, col]
+            grad = own.by_weight[_FILTER_ROWS[term.reward_filter], col]
+        out[kind] = -grad if term.sign < 0 else grad
     return out
 
 
@@ -363,6 +382,7 @@ def mc_logit_gradients(logits, ref_logits, spec: AgentSpec, obj: ObjectiveConfig
     """
     if n_groups < 2:
         raise ValueError("n_groups must be >= 2 for a standard error")
+    check_sampled_attempts(spec)
     logits = np.asarray(logits, float)
     behaviour = logits if old_logits is None else np.asarray(old_logits, float)
     g = obj.group_size
