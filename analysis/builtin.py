@@ -30,6 +30,7 @@ from sim.attribution import (  # DESIGN §3 worked example
 )
 from sim.columns import column
 from sim.dynamics import expected_gradients, train_expected
+from sim.grid import regime_label
 from sim.model import AgentSpec, TaskLadder
 from sim.objectives import ObjectiveConfig, SFTData, combine
 from sim.optim import OptimiserConfig
@@ -124,7 +125,8 @@ def builtin_sweep(cfg: BuiltinSweep) -> pd.DataFrame:
                                              record_every=cfg.steps)
                 last = hist.iloc[-1]
                 rows.append({"cell_id": f"{objective}/{tm}/{length:g}", "objective": objective,
-                             "regime": objective, "token_model": tm, "length": float(length),
+                             "regime": regime_label(objective), "token_model": tm,
+                             "length": float(length),
                              "agent": 0, "seed": 0, "steps": cfg.steps,
                              "ratio": cfg.ratio(spec, obj), p: last[p], q1: last[q1],
                              q2: last[q2]})

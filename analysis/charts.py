@@ -20,18 +20,20 @@ import pandas as pd
 
 from analysis.observed import REGIMES
 from core.calibration import Z95
-from core.regimes import REGIME_TABLE
+from core.regimes import REGIME_TABLE, display_label
 
-# one colour per paper row (the `regime` value of the tidy tables), from core.regimes
-REGIME_COLOURS = {r.paper_row: r.colour for r in REGIME_TABLE}
+# one colour per regime, under its paper row ("RL") and its display label ("GRPO")
+REGIME_COLOURS = {k: r.colour for r in REGIME_TABLE for k in (r.paper_row, r.label)}
+FADED = 0.15  # opacity of the series a legend click did not pick
 FALLBACK_COLOURS = ("#2ca02c", "#d62728", "#17becf", "#8c564b", "#e377c2", "#bcbd22",
                     "#393b79", "#ad494a", "#637939", "#7b4173")
 PANEL_W, PANEL_H = 250, 190
 
 
 def regime_domain(*labels: Iterable[str]) -> list[str]:
-    """The paper's regimes first (in Table 1 order), then every other label once."""
-    seen = list(REGIMES)
+    """The paper's regimes first (in Table 1 order, display labels: core.regimes), then every
+    other label once."""
+    seen = [display_label(r) for r in REGIMES]
     for group in labels:
         for lab in group:
             if lab not in seen:
@@ -83,10 +85,12 @@ def mean_ci(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 
 
 def series_labels(df: pd.DataFrame) -> pd.Series:
-    """The objective, plus each other grid axis (optimiser, beta, the update budget of DESIGN
+    """The regime's display label (core.regimes; else the objective), plus each other grid
+    axis (optimiser, beta, the update budget of DESIGN
     §2) that varies in the sweep, so that cells that differ in one are never averaged into one
     line."""
-    label = df["objective"].astype(str)
+    label = (df["regime"].map(display_label) if "regime" in df.columns
+             else df["objective"]).astype(str)
     for col, fmt in (("optimiser", "{}"), ("beta", "β={:g}"), ("second_moment", "v {}"),
                      ("max_grad_norm", "clip {:g}"), ("coupling", "M {}")):
         if col in df.columns and df[col].nunique() > 1:
@@ -99,3 +103,17 @@ def message_chart(text: str) -> alt.Chart:
     return alt.Chart(pd.DataFrame({"text": [text]})).mark_text(
         align="left", fontSize=13, color="#555").encode(text="text:N").properties(
         width=500, height=40)
+
+
+def labelled(df: pd.DataFrame, column: str = "regime") -> pd.DataFrame:
+    """A copy whose `column` holds display labels (core.regimes: "RL" -> "GRPO")."""
+    out = df.copy()
+    out[column] = out[column].map(display_label)
+    return out
+
+
+def legend_pick(field: str) -> tuple[alt.Parameter, dict]:
+    """A selection bound to the legend of `field` (click an entry to pick its series,
+    shift-click for several, double-click to reset) and the opacity that fades the rest."""
+    sel = alt.selection_point(fields=[field], bind="legend")
+    return sel, {"opacity": alt.condition(sel, alt.value(1.0), alt.value(FADED))}

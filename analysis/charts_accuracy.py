@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
-from analysis.charts import PANEL_H, PANEL_W, scale_for, task_sort
+from analysis.charts import PANEL_H, PANEL_W, legend_pick, scale_for, task_sort
 
 # ---------------------------------------------------------------------------- calibration
 
@@ -44,8 +45,13 @@ def calibration_chart(cal: pd.DataFrame, domain: Sequence[str] | None = None) ->
                      alt.Tooltip(f"{stat}_ci_low:Q", format=".3f"),
                      alt.Tooltip(f"{stat}_ci_high:Q", format=".3f")])
         bars = enc.mark_rule().encode(y=f"{stat}_ci_low:Q", y2=f"{stat}_ci_high:Q")
-        panels.append(alt.layer(bars, pts).properties(width=PANEL_W, height=PANEL_H,
-                                                      title=title))
+        # an estimate the sample leaves undefined (e.g. q̂2 with no wrong candidate): a marked
+        # gap at its task, not a missing point
+        gap = enc.mark_text(text="undefined", angle=270, fontSize=11, baseline="middle").encode(
+            y=alt.value(PANEL_H / 2), tooltip=["label:N", "task:N"]).transform_filter(
+            f"!isValid(datum['{stat}']) || !isFinite(datum['{stat}'])")
+        panels.append(alt.layer(bars, pts, gap).properties(width=PANEL_W, height=PANEL_H,
+                                                           title=title))
     pct = df.copy()
     for c in ("predicted_accuracy", "observed_accuracy"):
         for s in ("", "_ci_low", "_ci_high"):
@@ -152,12 +158,63 @@ def ood_curves(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.HC
     return alt.hconcat(*panels).resolve_scale(x="independent")
 
 
-def fit_overlay(curves: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.HConcatChart:
+def ood_overlay(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.HConcatChart:
+    """One panel per regime (its colour), simulated and observed accuracy vs task overlaid in
+    it: each data source (the sweep or fitted simulator, the paper's Table 1, real-model runs)
+    one line style and point shape, in one legend ("data", click to pick); 95% CIs as bars, ID
+    tasks shaded.
+
+    `acc`: as for ood_curves (regime, task, task_index, in_distribution, accuracy, ci_low,
+    ci_high, source; optionally series).
+    """
+    d = _with_series(acc)
+    d["curve"] = np.where(d["series"] != d["regime"], d["source"] + " · " + d["series"],
+                          d["source"])
+    for c in ("accuracy", "ci_low", "ci_high"):
+        d[c] = d[c] * 100
+    scale = scale_for(d["regime"].unique(), domain)
+    curves = list(dict.fromkeys(d["curve"]))
+    style = alt.Scale(domain=curves)
+    legend = alt.Legend(orient="bottom", columns=1, title="data (click to pick)",
+                        symbolStrokeColor="#333", symbolFillColor="#333", labelLimit=420)
+    yd = alt.Scale(domain=[0, 100], clamp=True)
+    panels = []
+    pick, faded = legend_pick("curve")  # one selection for every panel (one legend)
+    for regime in scale.domain:
+        sub = d[d["regime"] == regime]
+        tasks = task_sort(sub)
+        enc = alt.Chart(sub).encode(
+            x=alt.X("task:N", sort=tasks, title="task (difficulty →)"),
+            color=alt.Color("regime:N", scale=scale, legend=None), **faded)
+        tip = ["regime:N", "curve:N", "task:N",
+               alt.Tooltip("accuracy:Q", format=".1f", title="accuracy %"),
+               alt.Tooltip("ci_low:Q", format=".1f"), alt.Tooltip("ci_high:Q", format=".1f")]
+        layers = []
+        band = _id_band(sub, tasks)
+        if band is not None:
+            layers.append(band)
+        layers += [
+            enc.mark_rule(strokeWidth=1.5).encode(y=alt.Y("ci_low:Q", scale=yd), y2="ci_high:Q"),
+            enc.mark_line(strokeWidth=2).encode(
+                y=alt.Y("accuracy:Q", scale=yd, title="accuracy (%)"), detail="curve:N",
+                strokeDash=alt.StrokeDash("curve:N", scale=style, legend=legend)),
+            enc.mark_point(filled=True, size=50).encode(
+                y=alt.Y("accuracy:Q", scale=yd), tooltip=tip,
+                shape=alt.Shape("curve:N", scale=style, legend=legend)),
+        ]
+        panels.append(alt.layer(*layers).properties(width=PANEL_W, height=PANEL_H + 20,
+                                                    title=str(regime)))
+    return alt.hconcat(*panels).resolve_scale(x="independent").add_params(pick)
+
+
+def fit_overlay(curves: pd.DataFrame, domain: Sequence[str] | None = None,
+                subtitle: Sequence[str] = ()) -> alt.HConcatChart:
     """Fitted simulated curves (lines) over the observed accuracies (points, 95% CIs), and the
     per-task residuals observed - fitted in percentage points.
 
     `curves`: analysis.fit.FitResult.curves (regime, task, task_index, in_distribution,
-    accuracy = fitted, observed, ci_low, ci_high, residual).
+    accuracy = fitted, observed, ci_low, ci_high, residual). `subtitle`: lines under the
+    overlay's title (the fit's RMSE and which parameters the data identify).
     """
     scale = scale_for(curves["regime"].unique(), domain)
     tasks = task_sort(curves)
@@ -190,7 +247,8 @@ def fit_overlay(curves: pd.DataFrame, domain: Sequence[str] | None = None) -> al
     ]
     overlay = alt.layer(*layers).properties(
         width=PANEL_W + 60, height=PANEL_H + 20,
-        title="fitted simulator (lines) over observed (points, 95% CI)")
+        title=alt.TitleParams("fitted simulator (lines) over observed (points, 95% CI)",
+                              subtitle=list(subtitle), anchor="start"))
     resid = enc.mark_bar().encode(
         xOffset=off, y=alt.Y("residual_pp:Q", title="residual, observed − fitted (pp)"),
         tooltip=["regime:N", "task:N",

@@ -12,7 +12,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.charts import PANEL_H, PANEL_W, mean_ci, series_labels
+from analysis.charts import PANEL_H, PANEL_W, legend_pick, mean_ci, series_labels
 from sim.columns import column, keyed_columns, split_column
 
 COMPONENT_LABELS = {"s": "θ_s (sampling)", "1": "θ_1 (STOP after correct)",
@@ -22,6 +22,20 @@ LINE_LEGEND = alt.Legend(orient="bottom", columns=2, symbolType="stroke", symbol
 SHARED_PARAMS = ("w_s", "w_1", "w_2")  # sim.model.AgentSpec.parameter_names
 TASK_PARAMS = ("u_s", "u_1", "u_2")  # u_x[t] per ID task
 AGENT_BAND = (0.025, 0.975)  # quantiles of the band over agents
+UNDEFINED_RATIO = "undefined (0/0: never leaves π_ref)"  # a series whose ratio is never finite
+
+
+def undefined_ratios(df: pd.DataFrame, ratio_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(series x token model with no finite positive ratio at any L: degenerate objectives,
+    e.g. the KL alone, whose gradients are all zero at pi = pi_ref; the (series, token model,
+    length) cells undefined in every agent of an otherwise defined series: gaps)."""
+    ok = np.isfinite(df[ratio_column]) & (df[ratio_column] > 0)
+    cell = df.assign(ok=ok).groupby(["series", "token_model", "length"], as_index=False)["ok"].any()
+    per_series = cell.groupby(["series", "token_model"], as_index=False)["ok"].any()
+    degenerate = per_series[~per_series["ok"]][["series", "token_model"]]
+    defined = per_series[per_series["ok"]][["series", "token_model"]]
+    gaps = cell[~cell["ok"]].merge(defined, on=["series", "token_model"])
+    return degenerate.reset_index(drop=True), gaps[["series", "token_model", "length"]]
 
 
 # ---------------------------------------------------------------- attribution landscape
@@ -36,17 +50,20 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
     token_model, length, `ratio_column`, p[T], q2[T].
     """
     df = results.copy()
-    df = df[np.isfinite(df[ratio_column]) & (df[ratio_column] > 0)]
     df["series"] = series_labels(df)
-    agg = mean_ci(df, ["series", "token_model", "length"], ratio_column)
+    degenerate, gaps = undefined_ratios(df, ratio_column)
+    finite = df[np.isfinite(df[ratio_column]) & (df[ratio_column] > 0)]
+    agg = mean_ci(finite, ["series", "token_model", "length"], ratio_column)
     agg["ci_low"] = agg["ci_low"].clip(lower=agg["mean"] * 1e-3)
+    pick, faded = legend_pick("series")
     base = alt.Chart(agg).encode(
         x=alt.X("length:Q", scale=alt.Scale(type="log"),
                 title="answer length L (tokens, log scale)"),
         # dark2 has 8 colours: beyond that (e.g. objectives x optimisers) use 20
-        color=alt.Color("series:N", title="objective", legend=LINE_LEGEND,
+        color=alt.Color("series:N", title="objective (click to pick)", legend=LINE_LEGEND,
                         scale=alt.Scale(scheme="dark2" if agg["series"].nunique() <= 8
                                         else "tableau20")),
+        **faded,
     )
     tooltip = [alt.Tooltip("series:N", title="objective"), "token_model:N",
                alt.Tooltip("length:Q", title="L (tokens)"),
@@ -58,13 +75,35 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
         y=alt.Y("ci_low:Q", scale=alt.Scale(type="log"), title=ytitle), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
         y=alt.Y("mean:Q", scale=alt.Scale(type="log"), title=ytitle), tooltip=tooltip,
-        strokeDash=alt.StrokeDash("series:N", legend=None))
+        strokeDash=alt.StrokeDash("series:N", legend=None)).add_params(pick)
+    # R = 1: sampling and decision gradients equally large (DESIGN §3)
+    unit = alt.Chart(pd.DataFrame({"R": [1.0], "label": ["R = 1"]}))
+    unit_rule = unit.mark_rule(color="#444", strokeDash=[6, 3]).encode(y="R:Q")
+    unit_text = unit.mark_text(align="left", dx=4, dy=-7, fontSize=12, color="#444").encode(
+        y="R:Q", x=alt.value(0), text="label:N")
     panels = []
-    for tm in sorted(agg["token_model"].unique()):
-        sub = alt.layer(band, line).transform_filter(alt.datum.token_model == tm)
-        panels.append(sub.properties(width=PANEL_W + 60, height=PANEL_H,
-                                     title=f"token model: {tm}"))
-    landscape = alt.hconcat(*panels).resolve_scale(y="shared")
+    for tm in sorted(set(agg["token_model"]) | set(degenerate["token_model"])):
+        layers = [band, line, unit_rule, unit_text]
+        gap = gaps[gaps["token_model"] == tm]
+        if len(gap):  # a defined series undefined at some L: a marked gap, not a silent hole
+            gap = gap.assign(label="undefined: " + gap["series"])
+            g = alt.Chart(gap)
+            layers += [g.mark_rule(color="#c00", strokeDash=[2, 2]).encode(
+                           x="length:Q", tooltip=["label:N", "length:Q"]),
+                       g.mark_text(angle=270, align="right", baseline="bottom", dx=-4,
+                                   fontSize=12, color="#c00").encode(
+                           x="length:Q", y=alt.value(0), text="label:N")]
+        dead = degenerate[degenerate["token_model"] == tm]
+        for i, series in enumerate(dead["series"]):  # degenerate objectives: listed, not dropped
+            layers.append(alt.Chart(pd.DataFrame({"label": [f"{series}: ratio {UNDEFINED_RATIO}"]}))
+                          .mark_text(align="left", baseline="bottom", fontSize=12, color="#c00")
+                          .encode(x=alt.value(4), y=alt.value(PANEL_H - 4 - 16 * i),
+                                  text="label:N"))
+        sub = alt.layer(*[lay.transform_filter(alt.datum.token_model == tm)
+                          if lay is band or lay is line else lay for lay in layers])
+        panels.append(sub.properties(
+            width=PANEL_W + 60, height=PANEL_H, title=f"token model: {tm}"))
+    landscape = alt.hconcat(*panels)
 
     wanted = set(id_tasks) if id_tasks else None
     cols = [c for c in df.columns if (parts := split_column(c)) is not None
@@ -76,14 +115,24 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
     heat = long.groupby(["component", "row", "length"], as_index=False)["value"].mean()
     maps = []
     for comp, title in (("p", "learned p (ID mean)"), ("q2", "learned q2 (ID mean)")):
-        maps.append(alt.Chart(heat[heat["component"] == comp]).mark_rect().encode(
+        data = heat[heat["component"] == comp].assign(
+            label=lambda d: np.where(np.isfinite(d["value"]), "", "undefined"))
+        cells = alt.Chart(data).encode(
             x=alt.X("length:O", title="answer length L (tokens)"),
-            y=alt.Y("row:N", title="objective · token model"),
+            y=alt.Y("row:N", title="objective · token model"))
+        rect = cells.mark_rect().encode(
             color=alt.Color("value:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"),
                             title=f"{comp} (0–1)"),
             tooltip=["row:N", alt.Tooltip("length:O", title="L"),
-                     alt.Tooltip("value:Q", title=comp, format=".3f")],
-        ).properties(width=PANEL_W, height=max(60, 22 * heat["row"].nunique()), title=title))
+                     alt.Tooltip("value:Q", title=comp, format=".3f")])
+        # an unresolved value (NaN) is a hatched-grey cell saying so, not a hole
+        undefined = cells.mark_rect(color="#ddd").encode(
+            tooltip=["row:N", alt.Tooltip("length:O", title="L"), "label:N"]).transform_filter(
+            alt.datum.label == "undefined")
+        text = cells.mark_text(fontSize=10, color="#a00", angle=270).encode(
+            text="label:N").transform_filter(alt.datum.label == "undefined")
+        maps.append(alt.layer(rect, undefined, text).properties(
+            width=PANEL_W, height=max(60, 22 * heat["row"].nunique()), title=title))
     heatmaps = alt.hconcat(*maps).resolve_scale(color="independent")
     return alt.vconcat(landscape, heatmaps)
 
@@ -180,3 +229,61 @@ def training_dynamics(history: pd.DataFrame,
     top = alt.hconcat(p_chart, net, ratio).resolve_scale(color="independent")
     bottom = alt.hconcat(*comp_charts).resolve_scale(color="shared")
     return alt.vconcat(top, bottom).resolve_scale(color="independent")
+
+
+# ------------------------------------------------------------------------ phase diagram
+
+
+def budget_label(table: pd.DataFrame) -> pd.Series:
+    """One label per update-budget setting (DESIGN §2): the axes that vary, else the one."""
+    axes = [("optimiser", "{}"), ("second_moment", "v {}"), ("max_grad_norm", "clip {:g}"),
+            ("coupling", "M {}")]
+    present = [(c, f) for c, f in axes if c in table.columns]
+    varying = [(c, f) for c, f in present if table[c].nunique(dropna=False) > 1] or present[:1]
+    if not varying:
+        return pd.Series("default", index=table.index)
+    parts = [table[c].map(lambda v, f=f: "–" if pd.isna(v) else f.format(v)) for c, f in varying]
+    label = parts[0].astype(str)
+    for p in parts[1:]:
+        label = label + " · " + p.astype(str)
+    return label
+
+
+def phase_diagram(table: pd.DataFrame) -> alt.VConcatChart:
+    """Heatmaps over answer length x update-budget setting, one column per regime: the median
+    attribution ratio (log colour, R = 1 at the middle of the diverging scale) and, where
+    present, the median q2 of the first task. Undefined medians are grey cells saying so.
+
+    `table`: analysis.report_inputs.phase_table (regime, length, budget axes, medians).
+    """
+    d = table.copy()
+    d["setting"] = budget_label(d)
+    q2 = next((c for c in d.columns if (parts := split_column(c)) and parts[0] == "q2"), None)
+    rows = []
+    for metric, title, scale in (
+            ("ratio", "median attribution ratio R (log; R = 1 white)",
+             alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1)),
+            (q2, f"median {q2} (0–1)", alt.Scale(domain=[0, 1], scheme="viridis"))):
+        if metric is None or metric not in d.columns:
+            continue
+        m = d.assign(value=d[metric].astype(float))
+        m["label"] = np.where(np.isfinite(m["value"]) & ((m["value"] > 0) | (metric != "ratio")),
+                              "", "undefined")
+        cells = alt.Chart(m).encode(
+            x=alt.X("length:O", title="answer length L (tokens)"),
+            y=alt.Y("setting:N", title="update budget"))
+        rect = cells.mark_rect().encode(
+            color=alt.Color("value:Q", scale=scale, title=metric),
+            tooltip=["regime:N", "setting:N", "length:O",
+                     alt.Tooltip("value:Q", format=".3g", title=metric)]).transform_filter(
+            alt.datum.label == "")
+        grey = cells.mark_rect(color="#ddd").encode(
+            tooltip=["regime:N", "setting:N", "length:O", "label:N"]).transform_filter(
+            alt.datum.label == "undefined")
+        text = cells.mark_text(fontSize=10, color="#a00", text="undef.").transform_filter(
+            alt.datum.label == "undefined")
+        rows.append(alt.layer(rect, grey, text).properties(
+            width=max(160, 26 * d["length"].nunique()),
+            height=max(40, 22 * d["setting"].nunique())).facet(
+            column=alt.Column("regime:N", title=None), title=title))
+    return alt.vconcat(*rows).resolve_scale(color="independent")

@@ -119,12 +119,15 @@ def load_checked_observed(path: Path, option: str = "--observed") -> Any:
               default=Path("outputs"), show_default=True,
               help="Root searched (read only) for the newest sweeps/, train/, real/ and fit/ "
                    "outputs; given, it must be an existing folder.")
+@click.option("--phase-diagram", type=click.Path(), callback=_path, default=None,
+              help="A phase-diagram CSV (e.g. docs/results/simulator/phase_diagram.csv; "
+                   "default: a sweep of a grid_phase.toml under --outputs, if any).")
 @click.option("--no-png", is_flag=True, help="Skip the PNG of each chart.")
 @click.option("--quick", is_flag=True, help="Tiny built-in runs and fit (tests).")
 @click.pass_context
 def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed: Path | None,
            real: Path | None, fit_json: Path | None, out_dir: Path, outputs_root: Path,
-           no_png: bool, quick: bool) -> None:
+           phase_diagram: Path | None, no_png: bool, quick: bool) -> None:
     """Build outputs/report/index.html (self-contained) and a PNG per chart (DESIGN §6)."""
     from analysis.observed import reference_dir
     from analysis.report import ReportConfig, write_report
@@ -136,7 +139,8 @@ def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed:
                              f"{'is not a folder' if outputs_root.exists() else 'does not exist'}")
         check_out_dir(out_dir, "--out")
         cfg = ReportConfig(out_dir=out_dir, outputs=outputs_root, sweep=sweep, train=train,
-                           observed=observed, real=real, fit=fit_json, png=not no_png, quick=quick)
+                           observed=observed, real=real, fit=fit_json, png=not no_png, quick=quick,
+                           phase_diagram=phase_diagram)
         if fit_json is None:  # the fit needs a sound observed table (else --fit is used)
             load_checked_observed(observed or reference_dir() / "paper_table1.csv")
         with removed_on_failure(out_dir, "--out"):

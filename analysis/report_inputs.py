@@ -6,6 +6,9 @@ Inputs (the output contracts of sweep / train / realmodel, each with its run rec
   --observed a paper-style accuracy CSV (default: the paper's Table 1) and, found under
              outputs/real/, any real-model calibration.csv
   --fit      a fit.json of `cli.py fit`; else a cached fit of the same data, else fit now
+  --phase-diagram  a phase-diagram CSV (medians per update-budget setting, L and regime);
+             else a sweep under outputs/sweeps/ run from a grid file named grid_phase.toml
+             (examples/grid_phase.toml), reduced to the same table; else no phase panel
 With no --sweep / --train the newest folder under outputs/sweeps/ and outputs/train/ is used;
 where there is none, the section runs its built-in simulation (analysis.builtin) and its
 caption says so.
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import charts
@@ -24,6 +28,7 @@ from analysis.builtin import FULL, QUICK, BuiltinRuns
 from analysis.fit import FitConfig, FitResult
 from analysis.fit_io import cached_or_new_fit, load_fit, slug
 from analysis.observed import (
+    BASE,
     ObservedDataError,
     find_calibrations,
     load_calibrations,
@@ -32,6 +37,7 @@ from analysis.observed import (
     reference_dir,
 )
 from analysis.runs import SWEEP_FILE, TRAIN_FILE, SweepRun, TrainRun, newest_run, run_dir
+from core.records import RecordError, read_record
 
 
 class ReportError(ValueError):
@@ -49,15 +55,16 @@ class ReportConfig:
     observed: Path | None = None  # None: the paper's Table 1
     real: Path | None = None  # None: outputs/real if it holds calibrations
     fit: Path | None = None  # a fit.json; None: cached fit of `observed`, else fit now
+    phase_diagram: Path | None = None  # a phase-diagram CSV; None: a grid_phase sweep if any
     png: bool = True
     png_scale: float = 1.5
     quick: bool = False  # tests: the built-in runs and the fit kept small (builtin.QUICK)
 
     def __post_init__(self) -> None:
-        for name in ("sweep", "train", "observed", "real", "fit"):
+        for name in ("sweep", "train", "observed", "real", "fit", "phase_diagram"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
-                raise ValueError(f"--{name}: {value} does not exist")
+                raise ValueError(f"--{name.replace('_', '-')}: {value} does not exist")
         # an input given explicitly is used, never silently replaced by the newest run or a
         # built-in one (DESIGN §6: the report says where each chart comes from)
         for name, filename in (("sweep", SWEEP_FILE), ("train", TRAIN_FILE)):
@@ -103,6 +110,8 @@ class ReportInputs:
     kang_path: Path
     domain: list[str]  # every regime label, for one colour per regime
     runs: BuiltinRuns  # the built-in simulations' settings (ReportConfig.runs)
+    phase: pd.DataFrame | None = None  # the phase-diagram table (phase_table), if any
+    phase_path: Path | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -115,7 +124,8 @@ class ReportInputs:
                 "real": None if self.real is None else str(self.real_root),
                 "sweep": None if self.sweep is None else str(self.sweep.path),
                 "train": None if self.train is None else str(self.train.path),
-                "kang2025": str(self.kang_path)}
+                "kang2025": str(self.kang_path),
+                "phase_diagram": None if self.phase_path is None else str(self.phase_path)}
 
 
 def load_or_fit(cfg: ReportConfig, observed: pd.DataFrame,
@@ -155,8 +165,109 @@ def load_inputs(cfg: ReportConfig, log: Callable[[str], None] = print) -> Report
     fit, fit_path = load_or_fit(cfg, observed, log)
     domain = charts.regime_domain(observed["regime"], fit.curves["regime"],
                                   [] if real is None else real["regime"])
+    phase, phase_path = load_phase(cfg)
     return ReportInputs(
-        cfg=cfg, observed=observed, observed_path=Path(observed_path), fit=fit,
+        phase=phase, phase_path=phase_path, cfg=cfg, observed=observed,
+        observed_path=Path(observed_path), fit=fit,
         fit_path=fit_path, real=real, real_root=real_root, sweep=sweep, train=train,
         kang=load_kang2025(), kang_path=reference_dir() / "kang2025_p_FT.csv", domain=domain,
         runs=cfg.runs)
+
+
+PHASE_AXES = ("optimiser", "second_moment", "max_grad_norm", "coupling")  # DESIGN §2 budget
+PHASE_GRID = "grid_phase.toml"  # the grid file of the phase-diagram sweep (examples/)
+PHASE_METRICS = ("ratio", "ratio[kl]", "q2[T1]", "id_accuracy", "ood_accuracy")
+
+
+def phase_table(results: pd.DataFrame) -> pd.DataFrame:
+    """A sweep reduced to the phase-diagram table: medians over agents per update-budget
+    setting (PHASE_AXES present), L and regime, of PHASE_METRICS present."""
+    keys = [c for c in PHASE_AXES if c in results.columns] + ["length", "regime"]
+    metrics = [c for c in PHASE_METRICS if c in results.columns]
+    return results.groupby(keys, as_index=False, dropna=False)[metrics].median()
+
+
+def read_phase_csv(path: Path) -> pd.DataFrame:
+    """A phase-diagram CSV in the phase_table layout: `L` is read as length and a
+    `median_<metric>` column as <metric>; the regime, a length and a metric are required."""
+    df = pd.read_csv(path)
+    df = df.rename(columns={"L": "length", **{c: c.removeprefix("median_") for c in df.columns
+                                              if c.startswith("median_")}})
+    missing = [c for c in ("regime", "length") if c not in df.columns]
+    if missing or not any(c in df.columns for c in PHASE_METRICS):
+        raise ReportError(f"--phase-diagram {path}: expected columns regime, length (or L) "
+                          f"and one of {', '.join(PHASE_METRICS)} (optionally median_...); "
+                          f"got {', '.join(map(str, df.columns))}")
+    return df
+
+
+def load_phase(cfg: ReportConfig) -> tuple[pd.DataFrame | None, Path | None]:
+    """(phase-diagram table, where from): --phase-diagram, else the newest sweep whose record
+    names a grid file PHASE_GRID, else (None, None)."""
+    if cfg.phase_diagram is not None:
+        return read_phase_csv(Path(cfg.phase_diagram)), Path(cfg.phase_diagram)
+    root = cfg.outputs / "sweeps"
+    runs = sorted(root.glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if root.is_dir() else []
+    for path in runs:
+        try:
+            grid = read_record(path.parent).get("inputs", {}).get("grid")
+        except RecordError:
+            continue
+        if grid and Path(str(grid)).name == PHASE_GRID:
+            return phase_table(pd.read_parquet(path)), path.parent
+    return None, None
+
+
+@dataclass(frozen=True)
+class FitQuality:
+    """How well the fit matches and what it identifies: RMSE over the trained regimes (from
+    the fit's residuals), the free parameters the data identify and those they do not, and
+    the file that said so (params.csv with an `identified` column, else the fit.json)."""
+
+    rmse: float
+    identified: tuple[str, ...]
+    not_identified: tuple[str, ...]
+    source: Path
+
+    def lines(self) -> list[str]:
+        ident = ", ".join(self.identified) or "none"
+        unident = ", ".join(self.not_identified) or "none"
+        return [f"RMSE {self.rmse * 100:.1f} pp over the trained regimes",
+                f"identified: {ident}; not identified: {unident}"]
+
+
+def fit_quality(fit: FitResult, fit_path: Path) -> FitQuality:
+    """FitQuality from the fit folder's params.csv where it has an `identified` column (the
+    fit's own verdict), else from the fit's parameter table: a free parameter is identified
+    when it is off its bounds with a finite standard error. RMSE from the residuals in
+    curves.csv where present, else the fit's."""
+    folder = Path(fit_path).parent
+    params, source = fit.params, Path(fit_path)
+    csv = folder / "params.csv"
+    if csv.is_file():
+        try:
+            read = pd.read_csv(csv)
+        except (OSError, ValueError):
+            read = None
+        if read is not None and {"name", "identified"} <= set(read.columns):
+            params, source = read, csv
+    if "identified" in params.columns:
+        flag = params["identified"].astype(str).str.lower().isin(("true", "1", "yes"))
+        free = params.get("free", pd.Series(True, index=params.index)).astype(bool)
+    else:
+        free = params["free"].astype(bool)
+        se = pd.to_numeric(params.get("stderr", params.get("se")), errors="coerce")
+        flag = ~params["at_bound"].astype(bool) & np.isfinite(se)
+    names = params["name"].astype(str)
+    rmse = fit.rmse
+    curves = folder / "curves.csv"
+    if curves.is_file():
+        try:
+            c = pd.read_csv(curves)
+            trained = c[c["regime"] != BASE] if "regime" in c.columns else c
+            if "residual" in trained.columns and trained["residual"].notna().any():
+                rmse = float(np.sqrt(np.nanmean(trained["residual"].astype(float) ** 2)))
+        except (OSError, ValueError, KeyError):
+            pass
+    return FitQuality(rmse, tuple(names[free & flag]), tuple(names[free & ~flag]), source)

@@ -1,14 +1,13 @@
 """The report's sections (DESIGN §6), one function each: loaded inputs -> chart + caption.
 
-`SECTIONS` lists them in page order; a section that has nothing to show returns None. Every
+analysis.report.SECTIONS lists them in page order (the Findings and the phase diagram are in
+analysis.sections_findings); a section that has nothing to show returns None. Every
 number a caption states comes from the object the chart's data came from: a run's record
 (analysis.runs), the fit's config (analysis.fit), or the parameter object of a built-in
 simulation (analysis.builtin), never a literal repeated here.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,13 +20,16 @@ from analysis.builtin import (
     simulated_calibration,
     simulated_echo,
 )
+from analysis.charts import labelled
 from analysis.fit import RL, TRAINED_REGIMES, FitConfig, fit_observed, regime_objective
 from analysis.fit_io import params_text
 from analysis.observed import BASE, canonical_regime, load_observed
 from analysis.page import Section
-from analysis.report_inputs import ReportInputs
+from analysis.report_inputs import ReportInputs, fit_quality
 from analysis.runs import SweepRun
+from core.regimes import display_label
 from sim.columns import keyed_columns
+from sim.headline import cell_medians, headline_sentence
 from sim.training_run import TrainConfig
 
 SWEEP_ACCURACY_LENGTH = 100.0  # the OOD section shows the sweep's cells nearest this L
@@ -65,17 +67,22 @@ def attribution(inp: ReportInputs) -> Section:
         extra = (f"{sweep.kl_text()}. Each point is the mean over the cell's population with a "
                  f"95% CI of that mean (normal approximation over agents); {sweep.ell_text()}.")
     else:
+        sweep = None
         chart = charts_sim.attribution_landscape(builtin_sweep(inp.runs.sweep))
         src = "built-in run (no outputs/sweeps/*/results.parquet found)"
         extra = builtin_sweep_text(inp.runs.sweep)
+    found = headline_sentence(cell_medians(sweep.results if inp.sweep is not None
+                                           else builtin_sweep(inp.runs.sweep)))
     return Section(
         "attribution", "1. Attribution landscape", chart,
         "Attribution ratio R = |g_s| / mean(|g_1|, |g_2|) of the total objective gradient "
-        "against the answer length L (both axes log), per objective (colour) and token model "
-        "(panel), and heatmaps of the learned p and q2 (mean over agents and ID tasks). "
+        "against the answer length L (both axes log), per regime (colour; click the legend to "
+        "pick) and token model (panel), with R = 1 dashed, and heatmaps of the learned p and "
+        "q2 (mean over agents and ID tasks). An objective whose ratio is 0/0 everywhere is "
+        "named in red in its panel; a length where a ratio is undefined is a red dotted rule. "
         "Theory (DESIGN §3): the surrogate's ratio is O(1) and flat in L, the per-token KL "
         "grows ~linearly in L (L-weighted sampling penalties, the paper's assumption), the "
-        f"sequence-model KL stays flat. {extra} Source: {src}.", [src])
+        f"sequence-model KL stays flat. This run: {found} {extra} Source: {src}.", [src])
 
 
 # --------------------------------------------------------------------- 2. dynamics (§2-§3)
@@ -145,7 +152,7 @@ def calibration(inp: ReportInputs) -> Section:
                  "or folder name).")
     return Section(
         "calibration", "3. Calibration (the paper's Figures 2–3 layout)",
-        charts_accuracy.calibration_chart(cal, inp.domain),
+        charts_accuracy.calibration_chart(labelled(cal), _domain(inp)),
         "p̂ (first-attempt accuracy), q̂1 (STOPs / decisions after a correct candidate) and "
         "q̂2 (RESAMPLEs / decisions after a wrong one) per task, with 95% percentile-bootstrap "
         "CIs over queries, and the two-stage model's predicted accuracy Acc_K against the "
@@ -242,9 +249,12 @@ def ood(inp: ReportInputs) -> Section:
                 f"closest to L = {SWEEP_ACCURACY_LENGTH:g})" if inp.sweep is not None else
                 "the fitted simulator of section 5 (deterministic: no CI)")
     return Section(
-        "ood", "4. OOD curves", charts_accuracy.ood_curves(acc, inp.domain),
-        "Accuracy against task (ordered by difficulty) for each training regime. Simulated: "
-        f"{sim_note}. Observed: {observed_text(inp.observed)} and any real-model calibration. "
+        "ood", "4. OOD curves: simulated and observed per regime",
+        charts_accuracy.ood_overlay(labelled(acc), _domain(inp)),
+        "Accuracy against task (ordered by difficulty), one panel per training regime, "
+        "simulated and observed overlaid (line style and point shape per data source, one "
+        f"legend; click to pick). Simulated: {sim_note}. Observed: "
+        f"{observed_text(inp.observed)} and any real-model calibration. "
         "The shaded tasks are in-distribution (trained on); the rest are OOD and are reached "
         "only through the transfer kernel k_x(t, t') = exp(-|d(t) - d(t')| / ell_x) of "
         "DESIGN §1 (difficulty d = task position).", [str(inp.observed_path)])
@@ -257,9 +267,11 @@ def fit(inp: ReportInputs) -> Section:
     result = inp.fit
     fit_cfg = FitConfig(**result.config)
     token_model = regime_objective(RL, fit_cfg, fit_cfg.beta).token_model
+    quality = fit_quality(result, inp.fit_path)
     return Section(
         "fit", "5. Simulator fitted to the observed curves",
-        charts_accuracy.fit_overlay(result.curves, inp.domain),
+        charts_accuracy.fit_overlay(labelled(result.curves), _domain(inp),
+                                    subtitle=quality.lines()),
         f"Least-squares fit (scipy, bounded, log-parameters) of the simulator to "
         f"{result.observed_source}: base offsets b_s(t) solved from the Base row with the base "
         f"model's q1, q2 fixed (accuracy alone does not identify p, q1, q2 — a documented "
@@ -268,10 +280,10 @@ def fit(inp: ReportInputs) -> Section:
         f"SFT reflection with an F→T share of {fit_cfg.ft_share}, RL = surrogate + beta·KL, "
         f"{token_model} model, L = {fit_cfg.length:g}); OOD transfer only through the kernel "
         f"of DESIGN §1 ({fit_cfg.transfer} length scales). Fitted: {params_text(result)}. "
-        f"RMSE over the trained regimes {result.rmse * 100:.1f} pp with {result.n_free} free "
-        f"parameters + {result.n_params - result.n_free} base offsets for {result.n_obs} "
-        "cells. Uncertainties: s²(JᵀJ)⁻¹ at the optimum (delta method); a parameter at its "
-        "bound is not identified by these data.", ["fit"])
+        f"{result.n_free} free parameters + {result.n_params - result.n_free} base offsets for "
+        f"{result.n_obs} cells (RMSE and identification in the chart's subtitle, from "
+        f"{quality.source.name}). Uncertainties: s²(JᵀJ)⁻¹ at the optimum (delta method); a "
+        "parameter at its bound is not identified by these data.", ["fit"])
 
 
 # ------------------------------------------------------------------------- 6. echo effect
@@ -288,7 +300,7 @@ def echo(inp: ReportInputs) -> Section:
     lo, hi = inp.kang["p_ft"].min(), inp.kang["p_ft"].max()
     return Section(
         "echo", "6. The echo effect: p(F→T) after SFT",
-        charts_accuracy.echo_chart(data, inp.kang, inp.domain),
+        charts_accuracy.echo_chart(labelled(data), inp.kang, _domain(inp)),
         "Probability that a wrong first answer followed by RESAMPLE is corrected (F→T), "
         "against the share of F→T chains in the SFT data. Simulator: one ID task starting "
         f"from the fitted base (p = {p0:.2f}, q1 = {q1:g}, q2 = {q2:g}), {cfg.steps} "
@@ -323,11 +335,12 @@ def compare(inp: ReportInputs) -> Section | None:
                            caption, [str(inp.real_root)])
         caption += (f"Simulator fitted to these runs' observed accuracies as in section 5: "
                     f"{params_text(own)}; RMSE {own.rmse * 100:.1f} pp.")
-        chart = charts_accuracy.compare_chart(real, own.curves, inp.domain)
+        chart = charts_accuracy.compare_chart(labelled(real), labelled(own.curves), _domain(inp))
     elif set(real["task"]) <= set(inp.fit.curves["task"]):
         caption += "Simulator: the fit of section 5 (same task names)."
         chart = charts_accuracy.compare_chart(
-            real, inp.fit.curves[inp.fit.curves["regime"].isin(regimes)], inp.domain)
+            labelled(real), labelled(inp.fit.curves[inp.fit.curves["regime"].isin(regimes)]),
+            _domain(inp))
     else:
         caption += ("No Base run to fit the real runs' ladder, and its tasks differ from the "
                     "observed table's: run `python cli.py compare --observed outputs/real/...`.")
@@ -335,6 +348,6 @@ def compare(inp: ReportInputs) -> Section | None:
     return Section("compare", title, chart, caption, [str(inp.real_root)])
 
 
-# in page order
-SECTIONS: tuple[Callable[[ReportInputs], Section | None], ...] = (
-    attribution, dynamics, calibration, ood, fit, echo, compare)
+def _domain(inp: ReportInputs) -> list[str]:
+    """The report's regime domain in display labels (one colour per regime)."""
+    return list(dict.fromkeys(display_label(r) for r in inp.domain))

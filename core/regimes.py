@@ -86,6 +86,16 @@ TRAINED: tuple[Regime, ...] = tuple(r for r in REGIME_TABLE if r.trained)
 BY_NAME: dict[str, Regime] = {r.name: r for r in REGIME_TABLE}
 
 
+# display label of each paper row (the report writes "GRPO" where Table 1 writes "RL")
+LABEL_OF_ROW: dict[str, str] = {r.paper_row: r.label for r in REGIME_TABLE}
+
+
+def display_label(value: str) -> str:
+    """The label of a regime for charts and text: a paper row becomes its regime's label
+    ("RL" -> "GRPO"); anything else is kept."""
+    return LABEL_OF_ROW.get(str(value), str(value))
+
+
 def regime(name: str) -> Regime:
     """The regime called `name` ("base", "sft-no-reflection", "sft-reflection", "grpo")."""
     try:

@@ -40,12 +40,16 @@ def test_no_analysis_module_is_over_450_lines():
 
 
 def test_the_sections_are_a_list_of_functions(inputs):
-    assert [f.__name__ for f in sections.SECTIONS] == [
-        "attribution", "dynamics", "calibration", "ood", "fit", "echo", "compare"]
-    built = build_sections(inputs)  # no real-model runs: no compare section
-    assert [s.slug for s in built] == ["attribution", "dynamics", "calibration", "ood", "fit",
-                                       "echo"]
+    from analysis.report import SECTIONS
+
+    assert [f.__name__ for f in SECTIONS] == [
+        "findings", "attribution", "phase", "dynamics", "calibration", "ood", "fit", "echo",
+        "compare"]
+    built = build_sections(inputs)  # no real-model runs or phase diagram: no such sections
+    assert [s.slug for s in built] == ["findings", "attribution", "dynamics", "calibration",
+                                       "ood", "fit", "echo"]
     assert all(s.caption and s.inputs for s in built)
+    assert built[0].chart is None and built[0].points  # the Findings are text
 
 
 def test_figure1_is_the_train_default_in_every_mode():
@@ -110,7 +114,7 @@ def test_ood_caption_reads_the_observed_table(inputs):
 
 
 def test_page_escapes_and_embeds_every_section(inputs):
-    built = build_sections(inputs)[:2]
+    built = build_sections(inputs)[:3]  # findings (text), attribution, dynamics
     page = render_html(built, "t <x>", "m")
     specs = json.loads(page[page.index("const SPECS = ") + 14:page.index(";\n", page.index(
         "const SPECS = "))].replace("<\\/", "</"))

@@ -4,6 +4,7 @@ on synthetic inputs carrying run records (test_report_fixtures)."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from analysis.runs import SweepRun, newest_run
 from analysis.sections import sweep_accuracy
 from core.records import read_record
 
-SECTIONS = ("attribution", "dynamics", "calibration", "ood", "fit", "echo", "compare")
+CHARTS = ("attribution", "dynamics", "calibration", "ood", "fit", "echo", "compare")
+SECTIONS = ("findings", *CHARTS)  # the Findings are text, first
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +43,10 @@ def test_page_is_self_contained_with_every_section(built_report):
     assert not re.search(r"<script[^>]+src\s*=", page)  # nothing fetched: works offline
     assert not re.search(r"<link[^>]+href\s*=\s*['\"]https?:", page)
     assert "window.vegaEmbed" in page
-    for slug in SECTIONS:
+    for slug in CHARTS:
         assert f"id='chart-{slug}'" in page
+    assert "id='findings'" in page and "id='chart-findings'" not in page
+    assert page.index("id='findings'") < page.index("id='attribution'")
     assert page.count("class='caption'") == len(SECTIONS)
     assert "ell" in page and "q1 = 0.9" in page  # captions state parameters and assumptions
     assert "sweeps/demo" in page and "train/demo" in page  # newest outputs were used
@@ -102,7 +106,8 @@ def test_report_writes_a_record(built_report):
 
 
 def test_png_per_chart(built_report):
-    for slug in SECTIONS:
+    assert not (built_report / "findings.png").exists()
+    for slug in CHARTS:
         data = (built_report / f"{slug}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -163,12 +168,12 @@ def test_sweep_accuracy_keeps_optimisers_apart():
     acc = sweep_accuracy(results, SweepRun(Path("sweeps/x"), results, grid))
     t1 = acc[acc["task"] == "T1"].set_index("series")
     assert set(acc["regime"]) == {"RL"}  # canonical regime: the colour
-    assert t1.loc["surrogate+kl · sgd", "accuracy"] == pytest.approx(0.2)
-    assert t1.loc["surrogate+kl · adam", "accuracy"] == pytest.approx(0.9)
+    assert t1.loc["GRPO · sgd", "accuracy"] == pytest.approx(0.2)
+    assert t1.loc["GRPO · adam", "accuracy"] == pytest.approx(0.9)
     assert (acc["n"] == 3).all() and len(acc) == 4
     two_tm = sweep_accuracy(_two_optimiser_sweep(("per-token", "sequence")))
     assert two_tm["series"].nunique() == 4 and (two_tm["n"] == 3).all()
-    assert "surrogate+kl · adam · sequence" in set(two_tm["series"])
+    assert "GRPO · adam · sequence" in set(two_tm["series"])
 
 
 def test_simulated_calibration_is_sim_simulate():
@@ -207,3 +212,106 @@ def test_report_errors_are_click_errors(tmp_path, monkeypatch, case):
                                     str(tmp_path), "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
     assert res.output.startswith("Error") and len(res.output.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ findings and new panels
+
+
+def test_findings_state_numbers_from_the_data(built_report):
+    """The Findings come first and are written from the inputs: the sweep's OOD winner (the
+    fixture's accuracies), the degenerate objective kept as a row, the fit's RMSE."""
+    page = (built_report / "index.html").read_text(encoding="utf-8")
+    text = _caption(page, "findings")
+    assert "sweeps/demo" in text and "Attribution ratio R from L = 10 to 1000" in text
+    assert "GRPO · per-token" in text  # the sweep's "RL" rows under their display label
+    assert "Observed (paper Table 1), mean OOD accuracy: GRPO" in text  # labels, not "RL"
+    assert "RMSE" in text and "pp over the trained regimes" in text
+    assert "Real-model runs, mean OOD accuracy: base-smol" in text
+
+
+def test_findings_follow_the_numbers(tmp_path):
+    """The same sweep with the OOD accuracies of two regimes swapped names the other one."""
+    from analysis.report_inputs import load_inputs
+    from analysis.sections_findings import findings
+
+    run = write_sweep(tmp_path)
+    df = pd.read_parquet(run / "results.parquet")
+    cfg = ReportConfig(out_dir=tmp_path / "r", outputs=tmp_path, quick=True, png=False)
+    inputs = load_inputs(cfg, log=lambda _: None)
+    texts = []
+    for winner in ("SFT (reflection)", "RL"):
+        d = df.copy()
+        d["ood_accuracy"] = [0.5 if (r, tm) == (winner, "sequence") else 0.1
+                             for r, tm in zip(d["regime"], d["token_model"], strict=True)]
+        sweep = type(inputs.sweep)(inputs.sweep.path, d, inputs.sweep.grid)
+        texts.append(" ".join(findings(inputs.__class__(**{**inputs.__dict__,
+                                                            "sweep": sweep})).points))
+    assert "SFT (reflection) · sequence generalises best" in texts[0]
+    assert "GRPO · sequence generalises best" in texts[1]
+
+
+def test_degenerate_objective_is_marked_not_dropped(tmp_path):
+    from analysis import charts_sim
+
+    run = write_sweep(tmp_path)
+    df = pd.read_parquet(run / "results.parquet")
+    df.loc[df["objective"] == "kl", "ratio"] = float("nan")
+    spec = json.dumps(charts_sim.attribution_landscape(df).to_dict())
+    assert "KL only: ratio undefined (0/0: never leaves" in spec
+    assert '"R = 1"' in spec  # the reference line
+    assert '"bind": "legend"' in spec
+
+
+def test_fit_subtitle_reads_params_csv_when_it_says_what_is_identified(tmp_path):
+    from analysis.fit_io import load_fit
+    from analysis.report_inputs import fit_quality
+
+    fit_dir = Path("outputs/fit/paper-table-1-quick")
+    if not (fit_dir / "fit.json").is_file():
+        pytest.skip("no saved fit")
+    fit = load_fit(fit_dir / "fit.json")
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    (folder / "fit.json").write_text((fit_dir / "fit.json").read_text())
+    q = fit_quality(fit, folder / "fit.json")  # no params.csv: from the fit's own table
+    assert q.source.name == "fit.json"
+    free = [n for n, f in zip(fit.params["name"], fit.params["free"], strict=True) if f]
+    pd.DataFrame({"name": free, "value": 1.0, "se": 0.1, "ci_low": 0.0, "ci_high": 2.0,
+                  "identified": [i == 0 for i in range(len(free))]}).to_csv(
+        folder / "params.csv", index=False)
+    q = fit_quality(fit, folder / "fit.json")
+    assert q.source.name == "params.csv"
+    assert q.identified == (free[0],) and q.not_identified == tuple(free[1:])
+    assert f"identified: {free[0]}; not identified: {free[1]}" in q.lines()[1]
+
+
+def test_phase_panel_only_with_results(tmp_path, built_report):
+    from cli import main
+
+    page = (built_report / "index.html").read_text(encoding="utf-8")
+    assert "id='phase'" not in page
+    rows = [{"optimiser": o, "second_moment": "shared", "max_grad_norm": c, "coupling": "none",
+             "L": L, "regime": "GRPO", "median_ratio": r, "median_q2[T1]": 0.5}
+            for o in ("sgd", "adam") for c in (0.0, 1.0) for L, r in ((10, 0.5), (100, 3.0))]
+    rows[0]["median_ratio"] = float("nan")
+    pd.DataFrame(rows).to_csv(tmp_path / "phase.csv", index=False)
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(main, ["report", "--quick", "--no-png", "--outputs",
+                                    str(built_report.parent), "--out", str(out),
+                                    "--phase-diagram", str(tmp_path / "phase.csv")])
+    assert res.exit_code == 0, res.output
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "id='chart-phase'" in page
+    assert "R > 1 in 4 of 7" in _caption(page, "findings")
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"x": [1]}).to_csv(bad, index=False)
+    res = CliRunner().invoke(main, ["report", "--quick", "--no-png", "--outputs",
+                                    str(built_report.parent), "--out", str(tmp_path / "r2"),
+                                    "--phase-diagram", str(bad)])
+    assert res.exit_code != 0 and "expected columns regime" in res.output
+
+
+def test_charts_have_legible_fonts_and_the_export_menu(built_report):
+    page = (built_report / "index.html").read_text(encoding="utf-8")
+    assert '"labelFontSize": 13' in page and '"titleFontSize": 13' in page
+    assert '"export": true' in page

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_report import SECTIONS, built_report  # noqa: F401  (session fixture)
+from test_report import CHARTS, built_report  # noqa: F401  (session fixture)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -37,7 +37,7 @@ def test_every_chart_draws_in_headless_chromium(built_report, tmp_path):  # noqa
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln]
     errors = [ln for ln in console if re.search(r"error|Vega|WARN", ln, re.I)]
     assert not errors, errors
-    for slug in SECTIONS:
+    for slug in CHARTS:
         m = re.search(rf'(<div[^>]*id="chart-{slug}"[^>]*>)(.*?)</div>\s*<p', dom, re.S)
         assert m, f"chart {slug} missing from the rendered page"
         assert 'data-rendered="ok"' in m.group(1), f"chart {slug} did not finish rendering"
