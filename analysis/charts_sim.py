@@ -263,7 +263,9 @@ def phase_diagram(table: pd.DataFrame) -> alt.VConcatChart:
     for metric, title, scale in (
             ("ratio", "median attribution ratio R (log; R = 1 white)",
              alt.Scale(type="log", scheme="redblue", reverse=True, domainMid=1)),
-            (q2, f"median {q2} (0–1)", alt.Scale(domain=[0, 1], scheme="viridis"))):
+            (q2, f"median {q2} (0–1)", alt.Scale(domain=[0, 1], scheme="viridis")),
+            ("ood_accuracy", "median OOD accuracy (0–1)",
+             alt.Scale(domain=[0, 1], scheme="viridis"))):
         if metric is None or metric not in d.columns:
             continue
         m = d.assign(value=d[metric].astype(float))

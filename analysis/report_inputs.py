@@ -38,6 +38,7 @@ from analysis.observed import (
 )
 from analysis.runs import SWEEP_FILE, TRAIN_FILE, SweepRun, TrainRun, newest_run, run_dir
 from core.records import RecordError, read_record
+from core.regimes import BY_NAME
 
 
 class ReportError(ValueError):
@@ -187,10 +188,31 @@ def phase_table(results: pd.DataFrame) -> pd.DataFrame:
     return results.groupby(keys, as_index=False, dropna=False)[metrics].median()
 
 
+# the wide layout of docs/results/simulator/phase_diagram.csv: <metric>_<regime> columns
+WIDE_METRICS = {"ratio": "ratio", "q2": "q2[T1]", "id": "id_accuracy", "ood": "ood_accuracy"}
+WIDE_REGIMES = {"grpo": "grpo", "sft_refl": "sft-reflection", "sft_norefl": "sft-no-reflection"}
+
+
+def _long_phase(df: pd.DataFrame) -> pd.DataFrame:
+    """A wide phase table (q2_grpo, ood_sft_refl, ...) in the long phase_table layout."""
+    keys = [c for c in (*PHASE_AXES, "length", "L") if c in df.columns]
+    frames = []
+    for short, name in WIDE_REGIMES.items():
+        cols = {f"{m}_{short}": col for m, col in WIDE_METRICS.items()
+                if f"{m}_{short}" in df.columns}
+        if cols:
+            frames.append(df[keys + list(cols)].rename(columns=cols).assign(
+                regime=BY_NAME[name].label))
+    return pd.concat(frames, ignore_index=True) if frames else df
+
+
 def read_phase_csv(path: Path) -> pd.DataFrame:
-    """A phase-diagram CSV in the phase_table layout: `L` is read as length and a
+    """A phase-diagram CSV in the phase_table layout (or the wide layout, one
+    <metric>_<regime> column each: _long_phase): `L` is read as length and a
     `median_<metric>` column as <metric>; the regime, a length and a metric are required."""
     df = pd.read_csv(path)
+    if "regime" not in df.columns:
+        df = _long_phase(df)
     df = df.rename(columns={"L": "length", **{c: c.removeprefix("median_") for c in df.columns
                                               if c.startswith("median_")}})
     missing = [c for c in ("regime", "length") if c not in df.columns]

@@ -315,3 +315,16 @@ def test_charts_have_legible_fonts_and_the_export_menu(built_report):
     page = (built_report / "index.html").read_text(encoding="utf-8")
     assert '"labelFontSize": 13' in page and '"titleFontSize": 13' in page
     assert '"export": true' in page
+
+
+def test_phase_csv_in_the_wide_layout_is_read_per_regime(tmp_path):
+    from analysis.report_inputs import read_phase_csv
+
+    pd.DataFrame({"optimiser": ["adam", "sgd"], "length": [10, 10], "q2_grpo": [0.1, 0.2],
+                  "q2_sft_refl": [0.7, 0.8], "ood_sft_norefl": [0.05, 0.06]}).to_csv(
+        tmp_path / "p.csv", index=False)
+    df = read_phase_csv(tmp_path / "p.csv")
+    grpo = df[df["regime"] == "GRPO"].set_index("optimiser")
+    assert grpo.loc["sgd", "q2[T1]"] == 0.2
+    assert set(df["regime"]) == {"GRPO", "SFT (reflection)", "SFT (no reflection)"}
+    assert df.loc[df["regime"] == "SFT (no reflection)", "ood_accuracy"].tolist() == [0.05, 0.06]
