@@ -156,7 +156,7 @@ def report(ctx: click.Context, sweep: Path | None, train: Path | None, observed:
 FIT_OPTIONS = config_options(
     FitConfig,
     include=("steps", "max_attempts", "q1_base", "q2_base", "length", "beta", "fit_beta",
-             "transfer", "lr_mode", "optimiser", "second_moment", "max_grad_norm",
+             "transfer", "base", "lr_mode", "optimiser", "second_moment", "max_grad_norm",
              "coupling", "ft_share", "acc_floor", "max_nfev", "grid_start", "quick"),
     rename={"max_attempts": ("--max-attempts", "-K"), "length": ("--length", "-L")},
     types={"steps": click.IntRange(1, MAX_FIT_STEPS), "coupling": CouplingType(),

@@ -6,21 +6,34 @@ Model (DESIGN.md §1, §2, §4):
 1. Base offsets. Each task t of the observed ladder gets b(t) = (b_s(t), b_1, b_2). Accuracy
    alone does not identify (p, q1, q2) — one number per task cannot fix three — so q1 and q2 of
    the base model are *documented parameters* (`FitConfig.q1_base`, `q2_base`, the same on every
-   task) and b_s(t) is solved so that the forced-stop accuracy Acc_K(p, q1_base, q2_base) of
-   §4 equals the Base row exactly (observed 0% / 100% are clipped to `acc_floor`).
+   task). `base = "linear"` (default): b_s(t) = slope * (d_half - t), two parameters fitted to
+   the Base row by least squares of Acc_K (§4) (the Base row's OOD cells, 1-5% at n = 100, are
+   binomial noise; solving each exactly reorders tasks 4 and 5); `base = "exact"`: b_s(t) is
+   solved per task so that Acc_K(p, q1_base, q2_base) equals the Base row (0% / 100% clipped
+   to `acc_floor`).
 2. Trained regimes. Each trained row is reproduced by training the agent from phi = 0 with the
    matching objective on the ID tasks, deterministically on exact expected gradients
-   (`sim.dynamics.train_expected`): SFT (no reflection) = sft on SFTData("no-reflection"),
-   SFT (reflection) = sft on SFTData("reflection", ft_share), RL = surrogate + beta * kl.
-   Transfer to OOD tasks goes only through the kernel of §1 (shared w_x frozen), with one
-   length scale for sampling (ell_s) and one for both decisions (ell_d = ell_1 = ell_2),
-   shared by all regimes: the network is the same, the objectives differ.
-3. Least squares (scipy.optimize.least_squares, bounded, in log space) of the two-stage
-   accuracy Acc_K (§4) against the observed accuracy over all (trained regime, task) cells.
-   Free: ell_s, ell_d and a learning rate per trained regime (the "amount of training" at a
-   fixed number of steps); optionally beta. Uncertainty: cov = s^2 (J^T J)^+ in log space
-   (J at the optimum, s^2 = SSR / (n - k)), reported as a standard error by the delta method
-   and a 95% interval exp(log x ± 1.96 se); a parameter at its bound has no standard error.
+   (`sim.dynamics.train_expected`) with the update budget of DESIGN §2 (default: Adam with a
+   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 200 steps, K = 12):
+   SFT (no reflection) = sft on SFTData("no-reflection"), SFT (reflection) = sft on
+   SFTData("reflection", ft_share), RL = the paper's run, surrogate + beta * KL with verl's
+   low_var_kl (k3) in the loss, beta = 0.001 (core.regimes.PAPER_RL_KL). Transfer to OOD tasks
+   goes only through the kernel of §1 (shared w_x frozen), with one length scale for sampling
+   (ell_s) and one for both decisions (ell_d = ell_1 = ell_2), shared by all regimes: the
+   network is the same, the objectives differ. A run in which a step moves p or q by more
+   than 0.5 is chaos, not a result (DESIGN §2): it is flagged and its lr is not identified.
+3. Least squares (scipy.optimize.least_squares, bounded, in log space) of Acc_K against the
+   observed accuracy over all (trained regime, task) cells. Free: ell_s, ell_d and a learning
+   rate per trained regime (the "amount of training" at a fixed number of steps; SGD: a
+   fraction of its stability bound), analysis.fit_model names them; optionally beta.
+   `lr_mode = "no-refl-bound"` (default): the SFT (no reflection) row, equal to the Base row
+   within its intervals, identifies no learning rate, only an upper bound; it is not trained
+   and the bound is reported (`untrained_lr_bound`). Uncertainty: cov = s^2 (J^T J)^+ in log
+   space (J at the optimum, s^2 = SSR / (n - k)), a standard error by the delta method and a
+   95% interval exp(log x ± 1.96 se); a parameter at its bound has no standard error.
+   Identified: inside its bounds with a 95% interval spanning less than 10x (MAX_CI_RATIO).
+   The base line's two parameters get their intervals from the Base-row fit (the training
+   parameters' intervals are conditional on it).
 """
 
 from __future__ import annotations
@@ -28,24 +41,28 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
+from scipy.optimize import brentq, least_squares
 
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
 from analysis.fit_model import (
     TRAINED_REGIMES,
+    UNSTABLE_JUMP,
     Ladder,
     base_sampling_logits,
     bounds_of,
     free_parameter_names,
+    linear_base,
     lr_name,
+    max_jump,
     regime_objective,
     simulate_regime,
 )
-from analysis.observed import BASE, RL, SFT_REFLECTION, check_observed
+from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
 from core.calibration import Z95
 from sim.columns import column
 
@@ -55,7 +72,7 @@ __all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampl
 
 GRID_ELL = (0.7, 2.0, 7.0)
 GRID_ELL_D = (1.0, 4.0, 16.0)
-GRID_LR = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "lr_frac": (0.01, 0.03, 0.1, 0.3, 1.0)}
+GRID_LR = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 0.5), "lr_frac": (0.01, 0.03, 0.1, 0.3, 1.0)}
 START = {"ell_s": 0.5, "ell_d": 3.0, "ell": 1.0, "beta": 0.001}
 START_LR = {"lr": 0.03, "lr_frac": 0.1}
 
@@ -84,7 +101,9 @@ class FitResult:
                  f"({self.n_obs} cells, {self.wall_s:.1f} s)", "parameters (95% interval):"]
         for r in self.params.itertuples():
             if not r.free:
-                lines.append(f"  {r.name:<26} {r.value:.4g} (fixed)")
+                what = (f"(not trained; 95% upper bound {r.ci_high:.3g})"
+                        if np.isfinite(r.ci_high) or r.ci_high == math.inf else "(fixed)")
+                lines.append(f"  {r.name:<26} {r.value:.4g} {what}")
                 continue
             if r.at_bound or not np.isfinite(r.se):
                 unc = "at bound, no standard error: NOT identified"
@@ -152,9 +171,15 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         raise FitError("the observed table has no Base row: the base offsets need one")
     notes = [f"identifiability: accuracy alone does not identify (p, q1, q2) per task; the "
              f"base model's q1 = {cfg.q1_base} and q2 = {cfg.q2_base} are fixed, documented "
-             "parameters and b_s(t) is solved from the Base row"]
+             "parameters and b_s(t) comes from the Base row"]
     base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
-    b_s = base_sampling_logits(base_acc, cfg)
+    if cfg.base == "linear":
+        b_s, base_sol = linear_base(base_acc, cfg)
+        base_names = ["base_d_half", "base_slope"]
+        notes.append("base offsets: b_s(t) = slope * (d_half - t), fitted to the Base row "
+                     "(its OOD cells of 1-5% are binomial noise at n = 100)")
+    else:
+        b_s = base_sampling_logits(base_acc, cfg)
     regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
     if SFT_REFLECTION in regimes and cfg.max_attempts < 2:
         raise FitError(f"the {SFT_REFLECTION} row needs max_attempts (--max-attempts) >= 2: "
@@ -191,7 +216,9 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         best: tuple[float, dict[str, float]] = (math.inf, {})
         by_lr: dict[str, list[str]] = {}
         for r in regimes:
-            by_lr.setdefault(lr_name(r, cfg), []).append(r)
+            name = lr_name(r, cfg)
+            if name is not None:  # an untrained row has no learning rate to choose
+                by_lr.setdefault(name, []).append(r)
         if cfg.transfer == "shared":
             combos = [{"ell_s": a, "ell_d": b} for a in GRID_ELL for b in GRID_ELL_D]
         elif cfg.transfer == "single":
@@ -223,12 +250,40 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     finally:
         numba.set_num_threads(threads)
     params = parameter_table(names, sol, lo, hi, cfg)
+    if cfg.base == "linear":
+        base_lo = np.log([BOUNDS[n][0] for n in base_names])
+        base_hi = np.log([BOUNDS[n][1] for n in base_names])
+        base_rows = parameter_table(base_names, base_sol, base_lo, base_hi, cfg)
+        params = pd.concat([base_rows[base_rows["free"]], params], ignore_index=True)
+    if cfg.lr_mode == "no-refl-bound" and SFT_NO_REFLECTION in regimes:
+        bound = untrained_lr_bound(SFT_NO_REFLECTION, values_of(sol.x), sse, cfg,
+                                   float(sol.fun @ sol.fun) / max(sol.fun.size - len(names), 1))
+        params = pd.concat([params, pd.DataFrame([{
+            "name": lr_name(SFT_NO_REFLECTION, cfg, bounded=True), "value": 0.0,
+            "se": float("nan"), "ci_low": 0.0, "ci_high": bound, "identified": False,
+            "at_bound": False, "free": False}])], ignore_index=True)
+        row = observed[observed["regime"] == SFT_NO_REFLECTION].set_index("task")
+        outside = [t for t, a in zip(ladder.names, base_acc, strict=True) if t in row.index
+                   and not row.loc[t, "ci_low"] <= a <= row.loc[t, "ci_high"]]
+        notes.append(f"{SFT_NO_REFLECTION} is not trained (lr = 0: the row is the base "
+                     "model's; the observed Base row lies "
+                     + (f"outside this row's 95% intervals on {outside}" if outside else
+                        "inside this row's 95% intervals on every task")
+                     + f"); the data bound its lr above only: lr <= {bound:.3g} (95%, "
+                     "profile: the row's SSE may grow by 1.96^2 s^2)")
+    vals = values_of(sol.x)
+    jumps = {r: max_jump(r, ladder, b_s, cfg, vals) for r in regimes}
+    notes.append("largest one-step move of p or q while training: " + ", ".join(
+        f"{r} {j:.2f}" for r, j in jumps.items()))
+    chaos = [r for r, j in jumps.items() if j > UNSTABLE_JUMP]
+    if chaos:  # DESIGN §2: chaos, not a result; its learning rate identifies nothing
+        notes.append(f"UNSTABLE (a step moved p or q by more than {UNSTABLE_JUMP}): {chaos}")
+        params.loc[params["name"].isin({lr_name(r, cfg) for r in chaos}), "identified"] = False
     free = params[params["free"]]
     if not free["identified"].all():
         notes.append("not identified (at a bound, no standard error, or a 95% interval "
                      f"spanning {MAX_CI_RATIO:g}x or more): "
                      + ", ".join(free.loc[~free["identified"], "name"]))
-    vals = values_of(sol.x)
     curves = _curves(observed, ladder, b_s, cfg, vals, [BASE, *regimes])
     trained = curves[curves["regime"] != BASE]["residual"].dropna()
     allres = curves["residual"].dropna()
@@ -236,14 +291,37 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         notes.append(f"optimiser stopped: {sol.message}")
     if cfg.quick:
         notes.append("quick mode: few steps and evaluations; not a converged fit")
+    n_free = int(params["free"].sum())
+    n_offsets = len(ladder.names) if cfg.base == "exact" else 0
     return FitResult(params=params, curves=curves,
                      rmse=float(np.sqrt(np.mean(trained**2))),
-                     rmse_all=float(np.sqrt(np.mean(allres**2))), n_free=len(names),
-                     n_params=len(names) + len(ladder.names), n_obs=int(len(allres)),
+                     rmse_all=float(np.sqrt(np.mean(allres**2))), n_free=n_free,
+                     n_params=n_free + n_offsets, n_obs=int(len(allres)),
                      config=asdict(cfg), notes=notes, wall_s=time.time() - t0,
                      observed_source=str(observed["source"].iloc[0])
                      if "source" in observed.columns else "",
                      observed_sha256=observed_digest(observed))
+
+
+def untrained_lr_bound(regime: str, vals: dict[str, float],
+                       sse: Callable[[list[str], dict[str, float]], float], cfg: FitConfig,
+                       s2: float) -> float:
+    """The 95% upper bound of an untrained row's learning rate: the largest lr whose row SSE
+    exceeds the untrained row's by at most Z95^2 s^2 (a one-parameter profile, the other
+    values held at the fit); inf where even the search bound stays within it."""
+    name = lr_name(regime, cfg, bounded=True)
+    assert name is not None
+    limit = sse([regime], vals) + Z95**2 * s2
+
+    def excess(z: float) -> float:
+        return sse([regime], {**vals, name: math.exp(z)}) - limit
+
+    lo, hi = np.log(bounds_of(name, cfg))
+    if excess(hi) <= 0:
+        return math.inf
+    if excess(lo) > 0:
+        return float(np.exp(lo))
+    return float(np.exp(brentq(excess, lo, hi, xtol=1e-3)))
 
 
 def _start_value(name: str) -> float:

@@ -18,13 +18,14 @@ from sim.model import Coupling, parse_coupling
 from sim.optim import SECOND_MOMENTS, OptimiserConfig
 
 TRANSFER_MODES = ("shared", "single", "per-regime")
-LR_MODES = ("per-regime", "sft-shared")
+LR_MODES = ("per-regime", "sft-shared", "no-refl-bound")
 # search bounds of the free parameters (analysis.fit_model names them); Adam's step is about
-# lr per parameter and step, so 2.0 over the default 30 steps already saturates every logit;
+# lr per parameter and step, so lr near 1 moves p or q by more than 0.5 in a step (chaos);
 # SGD's lr_frac is the learning rate over the stability bound (sim.stability), at most 1
 BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
-          "lr": (1e-6, 50.0), "adam_lr": (1e-5, 2.0), "lr_frac": (1e-6, 1.0),
-          "beta": (1e-5, 10.0)}
+          "lr": (1e-6, 50.0), "adam_lr": (1e-5, 1.0), "lr_frac": (1e-6, 1.0),
+          "beta": (1e-5, 10.0), "base_d_half": (0.05, 50.0), "base_slope": (0.01, 20.0)}
+BASE_MODES = ("exact", "linear")
 # a free parameter is identified when its 95% interval spans less than this factor
 MAX_CI_RATIO = 10.0
 
@@ -45,15 +46,16 @@ class FitError(ValueError):
 class FitConfig:
     """Documented, fixed choices of the fit (everything not in `free`)."""
 
-    max_attempts: int = field(default=8, metadata=doc("K of the forced-stop accuracy Acc_K", "§4"))
+    max_attempts: int = field(default=12, metadata=doc("K of the forced-stop accuracy Acc_K", "§4"))
     q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
     length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
-    steps: int = field(default=30, metadata=doc("training steps per regime (the lr is fitted)"))
+    steps: int = field(default=200, metadata=doc("training steps per regime (the lr is fitted)"))
     optimiser: str = field(default="adam", metadata=doc("optimiser", "§2", ("sgd", "adam")))
     second_moment: str = field(default="shared", metadata=doc(
         "Adam's second moment: shared (one scalar) or per-parameter", "§2", SECOND_MOMENTS))
-    max_grad_norm: float = field(default=0.0, metadata=doc("gradient-norm clip; 0: off", "§2"))
+    max_grad_norm: float = field(default=1.0, metadata=doc(
+        "global gradient-norm clip (TRL and verl: 1.0); 0: off", "§2"))
     coupling: Coupling = field(default=None, metadata=doc("M in b(t) + M J_t phi", "§2"))
     beta: float = field(default=PAPER_RL_KL.beta, metadata=doc("KL coefficient of RL", "§2"))
     fit_beta: bool = field(default=False, metadata=doc("fit beta too"))
@@ -63,10 +65,14 @@ class FitConfig:
     transfer: str = field(default="shared", metadata=doc(
         "length scales: shared (ell_s, ell_d), single (one ell: ell_d = ell_s) or per-regime "
         "(one ell each)", "§1", TRANSFER_MODES))
-    lr_mode: str = field(default="per-regime", metadata=doc(
-        "learning rates: one per regime, or sft-shared (both SFT rows share lr[SFT])", "§5",
-        LR_MODES))
-    max_nfev: int = field(default=30, metadata=doc("least-squares evaluations at most"))
+    base: str = field(default="linear", metadata=doc(
+        "base offsets b_s(t): exact (solved per task from the Base row) or linear (b_s = "
+        "slope * (d_half - d(t)), two parameters fitted to the Base row)", "§1", BASE_MODES))
+    lr_mode: str = field(default="no-refl-bound", metadata=doc(
+        "learning rates: one per regime; sft-shared (both SFT rows share lr[SFT]); or "
+        "no-refl-bound (SFT no-reflection is not trained: its row is the base model's, and "
+        "the fit reports a 95% upper bound on its lr)", "§5", LR_MODES))
+    max_nfev: int = field(default=40, metadata=doc("least-squares evaluations at most"))
     grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
     quick: bool = field(default=False, metadata=doc("few steps and evaluations (tests)"))
 
@@ -89,8 +95,13 @@ class FitConfig:
                                  f"got {getattr(self, name)}")
         if self.transfer not in TRANSFER_MODES:
             raise ValueError(f"transfer (--transfer) must be one of {TRANSFER_MODES}")
+        if self.base not in BASE_MODES:
+            raise ValueError(f"base (--base) must be one of {BASE_MODES}")
         if self.lr_mode not in LR_MODES:
             raise ValueError(f"lr_mode (--lr-mode) must be one of {LR_MODES}")
+        if self.lr_mode == "no-refl-bound" and self.transfer == "per-regime":
+            raise ValueError("lr_mode (--lr-mode) no-refl-bound needs transfer (--transfer) "
+                             "shared or single: an untrained row has no length scale")
         object.__setattr__(self, "coupling", parse_coupling(self.coupling))
         self.optimiser_config(1.0)  # the update budget's own checks (DESIGN §2)
         if not 0 < self.beta <= BOUNDS["beta"][1]:  # NaN fails too

@@ -12,6 +12,8 @@ Free parameters, by name (`free_parameter_names`):
   lr_frac[<row>] plain SGD: the learning rate as a fraction of the regime's stability bound
                  (sim.stability, DESIGN §2), so no fitted SGD run is in chaos
   beta           the KL coefficient of RL (fit_beta only)
+With lr_mode "no-refl-bound" the SFT (no reflection) row has no free parameter: it is the
+untrained base model's (lr = 0), and analysis.fit reports an upper bound on its lr.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
 from core.regimes import TRAINED
 from core.twostage import accuracy_forced_stop
 from sim.columns import column, split_column
+from sim.population import UNSTABLE_JUMP  # noqa: F401  (re-exported: the fit flags chaos)
 
 # the regimes a fit trains (core.regimes), by their paper row, in Table 1 order
 TRAINED_REGIMES = tuple(r.paper_row for r in TRAINED)
@@ -57,6 +60,28 @@ def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
                                                       cfg.q2_base, k)) - a
         out.append(brentq(f, -25.0, 25.0, xtol=1e-10))
     return np.array(out)
+
+
+def linear_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any]:
+    """b_s(t) = slope * (d_half - d(t)) with d(t) = t (the ladder's position; p = 1/2 at
+    d_half), least squares of Acc_K against the Base row in log space (both positive):
+    (b_s per task, scipy's solution, whose x is (log d_half, log slope))."""
+    from scipy.optimize import least_squares
+
+    d = np.arange(1, len(base_acc) + 1, dtype=float)
+    acc = np.asarray(base_acc, float)
+
+    def offsets(x: np.ndarray) -> np.ndarray:
+        return np.exp(x[1]) * (np.exp(x[0]) - d)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        p = 1 / (1 + np.exp(-offsets(x)))
+        return accuracy_forced_stop(p, cfg.q1_base, cfg.q2_base, cfg.max_attempts) - acc
+
+    lo = np.log([BOUNDS["base_d_half"][0], BOUNDS["base_slope"][0]])
+    hi = np.log([BOUNDS["base_d_half"][1], BOUNDS["base_slope"][1]])
+    sol = least_squares(residuals, np.log([1.5, 1.5]), bounds=(lo, hi), method="trf")
+    return offsets(sol.x), sol
 
 
 def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
@@ -96,7 +121,10 @@ def agent_spec(ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig, ell_s: fl
 
 @lru_cache(maxsize=4096)
 def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig,
-                     ell_s: float, ell_d: float, lr: float, beta: float) -> np.ndarray:
+                     ell_s: float, ell_d: float, lr: float, beta: float
+                     ) -> tuple[np.ndarray, float]:
+    """((T, 4) p, q1, q2, Acc_K after training, the largest one-step move of any task's p or
+    q during training: above UNSTABLE_JUMP the run is chaos, not a result, DESIGN §2)."""
     from sim.dynamics import train_expected
     from sim.stability import sgd_lr_bound
 
@@ -106,17 +134,23 @@ def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: F
         lr = lr * sgd_lr_bound(spec, obj)
     steps = cfg.effective_steps
     with np.errstate(over="ignore"):
-        phi, _ = train_expected(spec, obj, spec.initial_params(), steps,
-                                cfg.optimiser_config(lr), record_every=steps)
+        phi, hist = train_expected(spec, obj, spec.initial_params(), steps,
+                                   cfg.optimiser_config(lr), record_every=1)
+    cols = [column(c, t) for t in ladder.names for c in ("p", "q1", "q2")]
+    jump = float(np.nanmax(np.abs(np.diff(hist[cols].to_numpy(), axis=0)), initial=0.0))
     probs = 1 / (1 + np.exp(-np.clip(spec.task_logits(phi), -50, 50)))
     acc = accuracy_forced_stop(probs[:, 0], probs[:, 1], probs[:, 2], cfg.max_attempts)
     out = np.column_stack([probs, acc])
     out.setflags(write=False)
-    return out
+    return out, jump
 
 
-def lr_name(regime: str, cfg: FitConfig) -> str:
-    """The free parameter that sets `regime`'s learning rate (module docstring)."""
+def lr_name(regime: str, cfg: FitConfig, bounded: bool = False) -> str | None:
+    """The free parameter that sets `regime`'s learning rate (module docstring); None for
+    a row that is not trained (lr_mode "no-refl-bound"), unless `bounded` (the name its
+    upper bound is reported under)."""
+    if cfg.lr_mode == "no-refl-bound" and regime == SFT_NO_REFLECTION and not bounded:
+        return None
     row = SHARED_SFT if cfg.lr_mode == "sft-shared" and regime in SFT_ROWS else regime
     return column("lr_frac" if cfg.optimiser == "sgd" else "lr", row)
 
@@ -133,13 +167,30 @@ def length_scales(regime: str, cfg: FitConfig, values: dict[str, float]) -> tupl
 def simulate_regime(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
                     values: dict[str, float]) -> np.ndarray:
     """(T, 4) array of p, q1, q2, Acc_K per task after training `regime` with `values`."""
-    if regime == BASE:
+    name = None if regime == BASE else lr_name(regime, cfg, bounded=True)
+    # the base model, or a row that is not trained (lr_mode no-refl-bound: its lr is given
+    # only to compute its upper bound)
+    if name is None or (lr_name(regime, cfg) is None and name not in values):
         p = 1 / (1 + np.exp(-np.asarray(b_s)))
         q1, q2 = np.full_like(p, cfg.q1_base), np.full_like(p, cfg.q2_base)
         return np.column_stack([p, q1, q2, accuracy_forced_stop(p, q1, q2, cfg.max_attempts)])
+    return _run(regime, ladder, b_s, cfg, values, name)[0]
+
+
+def max_jump(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
+             values: dict[str, float]) -> float:
+    """The largest one-step move of p or q while training `regime` (0 if untrained)."""
+    name = None if regime == BASE else lr_name(regime, cfg, bounded=True)
+    if name is None or name not in values:
+        return 0.0
+    return _run(regime, ladder, b_s, cfg, values, name)[1]
+
+
+def _run(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
+         values: dict[str, float], name: str) -> tuple[np.ndarray, float]:
     ell_s, ell_d = length_scales(regime, cfg, values)
     return _simulate_cached(regime, ladder, tuple(round(float(b), 12) for b in b_s), cfg,
-                            _r(ell_s), _r(ell_d), _r(values[lr_name(regime, cfg)]),
+                            _r(ell_s), _r(ell_d), _r(values[name]),
                             _r(values.get("beta", cfg.beta)))
 
 
@@ -150,12 +201,12 @@ def _r(x: float) -> float:
 def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
     """The fit's free parameters for these trained regimes (module docstring), in order."""
     if cfg.transfer == "per-regime":
-        names = [column("ell", r) for r in regimes]
+        names = [column("ell", r) for r in regimes if lr_name(r, cfg) is not None]
     elif cfg.transfer == "single":
         names = ["ell"]
     else:
         names = ["ell_s", "ell_d"]
-    names += list(dict.fromkeys(lr_name(r, cfg) for r in regimes))
+    names += [n for n in dict.fromkeys(lr_name(r, cfg) for r in regimes) if n is not None]
     if cfg.fit_beta and RL in regimes:
         names.append("beta")
     return names

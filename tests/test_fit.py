@@ -55,7 +55,7 @@ def _synthetic_observed(truth: dict[str, float], cfg: FitConfig) -> pd.DataFrame
 
 
 def test_fit_recovers_a_simulated_curve():
-    cfg = FitConfig(steps=10, max_nfev=30)
+    cfg = FitConfig(steps=10, max_nfev=30, base="exact")
     truth = {"ell_s": 1.5, "ell_d": 4.0, f"lr[{RL}]": 0.5}
     obs = _synthetic_observed(truth, cfg)
     res = fit_observed(obs, cfg, start={"ell_s": 0.8, "ell_d": 2.0, f"lr[{RL}]": 0.2})
@@ -67,7 +67,8 @@ def test_fit_recovers_a_simulated_curve():
 
 
 def test_quick_fit_of_table1_reports_everything():
-    res = fit_observed(load_paper_table1(), FitConfig(quick=True))
+    res = fit_observed(load_paper_table1(), FitConfig(quick=True, base="exact",
+                                                      lr_mode="per-regime"))
     free = res.params[res.params["free"]]
     assert list(free["name"]) == ["ell_s", "ell_d", "lr[SFT (no reflection)]",
                                   "lr[SFT (reflection)]", "lr[RL]"]

@@ -47,7 +47,7 @@ def test_rl_training_differs_from_k1_in_the_reward():
     try:
         fm.regime_objective = lambda r, c, b: orig(r, c, b).__class__.parse(
             "surrogate+kl", beta=b)
-        theory = k1(RL, LADDER, tuple(_offsets(cfg)), cfg, 1.0, 2.0, 0.2, 1.0)
+        theory = k1(RL, LADDER, tuple(_offsets(cfg)), cfg, 1.0, 2.0, 0.2, 1.0)[0]
     finally:
         fm.regime_objective = orig
     assert np.abs(ours - theory).max() > 1e-3
@@ -87,19 +87,22 @@ def test_max_attempts_option_reaches_the_config(tmp_path, monkeypatch):
 
 
 def test_update_budget_reaches_the_dynamics():
-    """Adam's shared second moment (the default) and gradient clipping change the fit."""
-    vals = {"ell_s": 1.0, "ell_d": 2.0, f"lr[{SFT_REFLECTION}]": 0.1}
+    """Adam's shared second moment (the default) and gradient clipping change the fit
+    (clipping under SGD: Adam's step hardly feels a global rescaling of the gradient)."""
+    vals = {"ell_s": 1.0, "ell_d": 2.0, f"lr[{SFT_REFLECTION}]": 0.1,
+            f"lr_frac[{SFT_REFLECTION}]": 0.5}
     cfgs = [FitConfig(steps=10), FitConfig(steps=10, second_moment="per-parameter"),
-            FitConfig(steps=10, max_grad_norm=0.01)]
+            FitConfig(steps=10, optimiser="sgd", max_grad_norm=0.0),
+            FitConfig(steps=10, optimiser="sgd", max_grad_norm=0.01)]
     assert FitConfig().optimiser == "adam" and FitConfig().second_moment == "shared"
     out = [simulate_regime(SFT_REFLECTION, LADDER, _offsets(c), c, vals) for c in cfgs]
-    assert np.abs(out[0] - out[1]).max() > 1e-3 and np.abs(out[0] - out[2]).max() > 1e-3
+    assert np.abs(out[0] - out[1]).max() > 1e-3 and np.abs(out[2] - out[3]).max() > 1e-3
 
 
 def test_tied_parametrisations():
     cfg = FitConfig(transfer="single", lr_mode="sft-shared")
     assert free_parameter_names(REGIMES, cfg) == ["ell", "lr[SFT]", "lr[RL]"]
-    assert free_parameter_names(REGIMES, FitConfig()) == [
+    assert free_parameter_names(REGIMES, FitConfig(lr_mode="per-regime")) == [
         "ell_s", "ell_d", f"lr[{SFT_NO_REFLECTION}]", f"lr[{SFT_REFLECTION}]", "lr[RL]"]
     single = simulate_regime(SFT_NO_REFLECTION, LADDER, _offsets(cfg), cfg,
                              {"ell": 1.7, "lr[SFT]": 0.05})
@@ -161,7 +164,7 @@ def test_fit_folder_has_params_and_residuals(tmp_path):
     from analysis.observed import load_paper_table1
 
     res = fit_observed(load_paper_table1(), FitConfig(quick=True, transfer="single",
-                                                      lr_mode="sft-shared"))
+                                                      lr_mode="sft-shared", base="exact"))
     save_fit(res, tmp_path)
     params = pd.read_csv(tmp_path / "params.csv")
     assert {"name", "value", "se", "ci_low", "ci_high", "identified"} <= set(params.columns)
@@ -172,3 +175,73 @@ def test_fit_folder_has_params_and_residuals(tmp_path):
     np.testing.assert_allclose(resid["residual_pp"], 100 * (resid["observed"] - resid["fitted"]))
     assert np.sqrt(np.mean(resid["residual_pp"] ** 2)) == pytest.approx(res.rmse * 100)
     assert "k3 in-loss" in res.summary()
+
+
+def test_linear_base_has_two_identified_parameters():
+    from analysis.fit_model import linear_base
+
+    cfg = FitConfig()
+    assert cfg.base == "linear"
+    acc = np.array([0.74, 0.34, 0.05, 0.01, 0.04, 0.03, 0.01])
+    b_s, sol = linear_base(acc, cfg)
+    d_half, slope = np.exp(sol.x)
+    np.testing.assert_allclose(b_s, slope * (d_half - np.arange(1, 8)))
+    assert np.all(np.diff(b_s) < 0)  # one slope: the noisy 1% / 4% cells do not reorder tasks
+    exact = base_sampling_logits(acc, cfg)
+    assert exact[4] > exact[3]  # ... which the exact offsets do
+    # the linear base is the least-squares optimum of Acc_K against the Base row
+    def sse(x):
+        p = 1 / (1 + np.exp(-np.exp(x[1]) * (np.exp(x[0]) - np.arange(1, 8))))
+        from core.twostage import accuracy_forced_stop
+        return np.sum((accuracy_forced_stop(p, cfg.q1_base, cfg.q2_base, 12) - acc) ** 2)
+    for dx in ([0.01, 0], [-0.01, 0], [0, 0.01], [0, -0.01]):
+        assert sse(sol.x + np.array(dx)) >= sse(sol.x)
+
+
+def test_untrained_no_reflection_row_and_its_upper_bound():
+    from analysis.fit import fit_observed
+    from analysis.observed import load_paper_table1
+
+    cfg = FitConfig(quick=True)
+    assert cfg.lr_mode == "no-refl-bound"
+    assert f"lr[{SFT_NO_REFLECTION}]" not in free_parameter_names(REGIMES, cfg)
+    b_s = _offsets(cfg)
+    untrained = simulate_regime(SFT_NO_REFLECTION, LADDER, b_s, cfg, {"ell_s": 1, "ell_d": 1})
+    base = simulate_regime("Base", LADDER, b_s, cfg, {})
+    np.testing.assert_array_equal(untrained, base)
+    res = fit_observed(load_paper_table1(), cfg)
+    row = res.params.set_index("name").loc[f"lr[{SFT_NO_REFLECTION}]"]
+    assert not row["free"] and row["value"] == 0 and 0 < row["ci_high"] < np.inf
+    assert "upper bound" in res.summary()
+    with pytest.raises(ValueError, match="no-refl-bound"):
+        FitConfig(transfer="per-regime")
+
+
+def test_chaotic_training_is_flagged_not_identified():
+    """A learning rate whose steps move p or q by more than 0.5 is chaos (DESIGN §2)."""
+    from analysis.fit import fit_observed
+    from analysis.fit_model import max_jump
+
+    cfg = FitConfig(steps=30, base="exact")
+    b_s = _offsets(cfg)
+    calm = max_jump(RL, LADDER, b_s, cfg, {"ell_s": 1, "ell_d": 2, f"lr[{RL}]": 0.05})
+    wild = max_jump(RL, LADDER, b_s, cfg, {"ell_s": 1, "ell_d": 2, f"lr[{RL}]": 1.0})
+    assert calm < 0.5 < wild
+    rows = [{"regime": reg, "task": t, "task_index": i + 1, "in_distribution": i < 2,
+             "accuracy": a, "ci_low": a - 0.05, "ci_high": a + 0.05, "n": 100, "source": "s"}
+            for reg, accs in (("Base", (0.7, 0.4, 0.1, 0.03)), (RL, (1.0, 1.0, 1.0, 1.0)))
+            for i, (t, a) in enumerate(zip(LADDER.names, accs, strict=True))]
+    res = fit_observed(pd.DataFrame(rows), FitConfig(steps=30, base="exact", max_nfev=1,
+                                                    grid_start=False),
+                       start={"ell_s": 1.0, "ell_d": 2.0, f"lr[{RL}]": 1.0})
+    assert any(n.startswith("UNSTABLE") for n in res.notes)
+    assert not res.params.set_index("name").loc[f"lr[{RL}]", "identified"]
+
+
+def test_grid_start_with_the_default_parametrisation():
+    """The coarse grid skips the untrained row (it has no learning rate to choose)."""
+    from analysis.fit import fit_observed
+    from analysis.observed import load_paper_table1
+
+    res = fit_observed(load_paper_table1(), FitConfig(steps=2, max_attempts=3, max_nfev=1))
+    assert res.n_free == 6 and np.isfinite(res.rmse)
