@@ -147,7 +147,7 @@ def test_attribution_undefined_ratio_is_said_and_null_in_json():
     (("--group-size", "1"), "--group-size"),
     (("--gamma", "nan"), "--gamma"),
     (("--gamma", "0"), "--gamma"),
-    (("--max-attempts", "40"), "--max-attempts"),
+    (("--max-attempts", "10001"), "--max-attempts"),
     (("--max-attempts", "0"), "--max-attempts"),
     (("--max-attempts", "1", "--objective", "sft"), "--max-attempts"),
     (("--ft-share", "nan", "--objective", "sft"), "--ft-share"),

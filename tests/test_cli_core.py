@@ -90,8 +90,8 @@ def test_simulate_json_keys_and_reproducibility():
     ("train", "--out", "/proc/no-such-dir", "--steps", "2"),
     ("train", "--name", "../escape", "--steps", "2"),
     ("sweep", "--name", "a/b"),
-    ("sweep", "-K", "20"),
-    ("attribution", "--lengths", "10", "-K", "20"),
+    ("sweep", "-K", "61"),
+    ("attribution", "--lengths", "10", "-K", "10001"),
     ("train", "--objective", "surrogate+0.5*kl", "--beta", "0.1", "--steps", "2"),
 ])
 def test_bad_runs_fail_before_work_with_a_clean_error(args, tmp_path):
