@@ -46,7 +46,8 @@ class FitError(ValueError):
 class FitConfig:
     """Documented, fixed choices of the fit (everything not in `free`)."""
 
-    max_attempts: int = field(default=12, metadata=doc("K of the forced-stop accuracy Acc_K", "§4"))
+    max_attempts: int = field(default=8, metadata=doc(
+        "K: attempts at most, in training (exact gradients) and in Acc_K", "§2, §4"))
     q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
     length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
