@@ -63,7 +63,8 @@ def test_the_packages_read_the_table():
 
     assert observed.REGIMES == tuple(r.paper_row for r in REGIME_TABLE)
     assert fit.TRAINED_REGIMES == tuple(r.paper_row for r in TRAINED)
-    assert charts.REGIME_COLOURS == {r.paper_row: r.colour for r in REGIME_TABLE}
+    assert charts.REGIME_COLOURS == {k: r.colour for r in REGIME_TABLE
+                                     for k in (r.paper_row, r.label)}
     for r in TRAINED:
         assert sim_grid.NAMED_OBJECTIVES[r.sweep_objective] == (r.label, r.objective, r.sft_data)
         assert sim_grid.regime_label(r.sweep_objective) == r.label
