@@ -220,7 +220,7 @@ def test_fit_out_option(tmp_path, monkeypatch):
     (("--max-nfev", "0"), "--max-nfev"),
     (("--beta", "nan"), "--beta"),
     (("--q1-base", "1"), "--q1-base"),
-    (("--max-attempts", "13"), "--max-attempts"),
+    (("--max-attempts", "1001"), "--max-attempts"),
 ])
 def test_fit_bad_numbers_name_the_option(tmp_path, monkeypatch, args, option):
     monkeypatch.chdir(tmp_path)

@@ -74,9 +74,9 @@ def test_the_packages_read_the_table():
     assert (PAPER_RL_KL.estimator, PAPER_RL_KL.placement) == (tr.kl_estimator, tr.kl_placement)
 
 
-def test_fit_objectives_are_unchanged():
-    """analysis.fit.regime_objective: the hand-written objectives it had before the table
-    (k1 in the reward, the ObjectiveConfig defaults). No-reflection data carries the fit's
+def test_fit_objectives_are_the_papers_runs():
+    """analysis.fit.regime_objective: RL is the paper's RL run (k3 in the loss, DESIGN §5), SFT
+    the two data sets of DESIGN §2. No-reflection data carries the fit's
     ft_share too, which it never reads (DESIGN §2: one correct attempt, STOP)."""
     from analysis.fit import FitConfig, FitError, regime_objective
     from sim.objectives import ObjectiveConfig, SFTData
@@ -86,7 +86,8 @@ def test_fit_objectives_are_unchanged():
         weights=(("sft", 1.0),), sft_data=SFTData("no-reflection", ft_share=0.3))
     assert regime_objective("SFT (reflection)", cfg, 0.01) == ObjectiveConfig(
         weights=(("sft", 1.0),), sft_data=SFTData("reflection", ft_share=0.3))
-    assert regime_objective("RL", cfg, 0.01) == ObjectiveConfig.parse("surrogate+kl", beta=0.01)
+    assert regime_objective("RL", cfg, 0.01) == ObjectiveConfig.parse(
+        "surrogate+kl", beta=0.01, kl_estimator="k3", kl_placement="in-loss")
     for bad in ("Base", "grpo", "KL only"):
         with pytest.raises(FitError):
             regime_objective(bad, cfg, 0.01)
