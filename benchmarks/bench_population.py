@@ -23,11 +23,17 @@ torch variant at the same thread count.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# Waiting OpenMP workers sleep instead of spinning (unless the caller says otherwise): on a
+# shared, oversubscribed machine spinning workers of either side (torch's and Numba's omp
+# layer) collapse to a fraction of their one-thread speed. Set before either library loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -137,12 +143,12 @@ class TorchPopulation:
 
         self.torch, self.variant, self.queries = torch, variant, queries
         self.dtype = getattr(torch, dtype)
+        torch.manual_seed(seed)  # the uniforms are drawn inside the update (fused when compiled)
         la = model.learner_arrays
         self.jac = torch.tensor(la.jac, dtype=self.dtype)  # (A, T, 3, P)
         self.offsets = torch.tensor(la.offsets, dtype=self.dtype)
         self.id_tasks = model.shared.id_tasks.tolist()
         self.phi = torch.tensor(model.phi, dtype=self.dtype)
-        self.gen = torch.Generator().manual_seed(seed)
         self.step_count = 0
         grads = autograd_logit_grads if variant == "autograd" else batched_logit_grads
         self._update = self._make_update(grads)
@@ -150,24 +156,25 @@ class TorchPopulation:
             self._update = torch.compile(self._update, dynamic=False)
 
     def _make_update(self, grads):
-        def update(phi, jac, offsets, u):
+        torch, shape = self.torch, (self.phi.shape[0], self.queries, G, K, 2)
+
+        def update(phi, jac, offsets):
+            u = torch.rand(shape, dtype=phi.dtype)
             logits = offsets + (jac @ phi.unsqueeze(1).unsqueeze(-1)).squeeze(-1)  # (A, Q, 3)
             g, reward = grads(logits, u)
             return phi + LR * (jac.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1).mean(1)
         return update
 
     def step(self) -> None:
-        torch, q = self.torch, self.queries
+        q = self.queries
         tasks = [self.id_tasks[(self.step_count * q + i) % len(self.id_tasks)] for i in range(q)]
         self.step_count += 1
-        n = self.phi.shape[0]
-        u = torch.rand((n, q, G, K, 2), generator=self.gen, dtype=self.dtype)
         jac, offsets = self.jac[:, tasks], self.offsets[:, tasks]
         if self.variant == "autograd":
-            self.phi = self._update(self.phi, jac, offsets, u).detach()
+            self.phi = self._update(self.phi, jac, offsets).detach()
         else:
-            with torch.no_grad():
-                self.phi = self._update(self.phi, jac, offsets, u)
+            with self.torch.no_grad():
+                self.phi = self._update(self.phi, jac, offsets)
 
 
 def time_torch(pop: TorchPopulation, steps: int) -> float:

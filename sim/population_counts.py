@@ -77,7 +77,9 @@ def sample_group(st, t_p, t_q1, t_q2, g, max_attempts, final_sampled, codes, rec
     mask = np.uint64(0)
     masks, ends = rec[R_MASK, first:first + g], rec[R_END, first:first + g]
     while True:
-        block = codes[:min(codes.shape[0], (g - int(i)) * max_attempts)]
+        # at most what the group can still use; speculative slots cost a hash each
+        left = g - int(i)
+        block = codes[:min(codes.shape[0], left * max_attempts, max(16, 4 * left))]
         kn.slot_outcomes(st, t_p, t_q1, t_q2, block)
         used = block.shape[0]
         for j in range(block.shape[0]):

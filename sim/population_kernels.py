@@ -34,7 +34,7 @@ from sim.rng import threshold53
 from sim.terms import ANY, N_COLUMNS, OWN, drop_stale_caches, fingerprint, keeps
 
 OPT_SGD, OPT_ADAM = 0, 1
-AGENT_BLOCK = 16  # agents per scratch allocation (and per parallel work item)
+AGENT_BLOCK = 64  # agents per scratch allocation (and per parallel work item)
 V_PER_PARAMETER, V_SHARED = 0, 1  # Adam's second moment (DESIGN §2, "Update budget")
 
 
@@ -211,12 +211,15 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
         tokens_sum = 0.0
         for c in range(n_batch):
             rewards[c] = pc.trajectory_counts(rec, c, max_attempts, final_sampled, gamma, counts[c])
-            factor[c] = pc.trajectory_token_count(counts[c], w_c, w_w)
-            tokens_sum += factor[c]
+            if norm_own <= 0.0:  # |o| needed: NORM_TRAJECTORY or NORM_BATCH
+                factor[c] = pc.trajectory_token_count(counts[c], w_c, w_w)
+                tokens_sum += factor[c]
         if norm_own == kn.NORM_BATCH:  # the step's batch mean |o| (DESIGN §2)
             norm_own = tokens_sum / n_batch
-        for c in range(n_batch):
-            factor[c] = 1.0 / (factor[c] if norm_own == kn.NORM_TRAJECTORY else norm_own)
+        per_trajectory = norm_own == kn.NORM_TRAJECTORY
+        if per_trajectory:
+            for c in range(n_batch):
+                factor[c] = 1.0 / factor[c]
         on_data = False  # a term of this agent reads the SFT data
         need_x = pc.READS_X or shared.estimator != kn.K1
         for k in range(n_kinds):
@@ -261,14 +264,16 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
                 if not active[a, k] or shared.term_source[k] != OWN:
                     continue
                 c, f = shared.term_column[k], shared.term_filter[k]
-                weighted = shared.term_advantage[k]
+                weighted, walk = shared.term_advantage[k], pc.READS_RETURN[c]
                 sign = shared.term_sign[k] / g
+                if not walk and not per_trajectory:
+                    sign /= norm_own
                 for i in range(g):
                     r = rewards[lo + i]
                     if f != ANY and not keeps(f, r):
                         continue
                     wi = sign * ((r - rmean) * scale if weighted else 1.0)
-                    if pc.READS_RETURN[c]:  # not count-linear: walk the trajectory
+                    if walk:  # not count-linear: walk the trajectory
                         mask, n, trunc = pc.record(rec, lo + i)
                         kn.trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits,
                                             ref_logits, w_c, w_w, shared.estimator, shared.clamp,
@@ -276,7 +281,8 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
                         for x in range(3):
                             gq[k, x] += wi * sc.terms[c, x]
                     else:
-                        wi *= factor[lo + i]
+                        if per_trajectory:
+                            wi *= factor[lo + i]
                         for x in range(pc.N_TYPES):
                             acc[k, x] += wi * counts[lo + i, x]
             if q < n_queries - 1 and id_tasks[((step - 1) * n_queries + q + 1) % n_id] == t:
