@@ -72,28 +72,31 @@ def sample_group(st, t_p, t_q1, t_q2, g, max_attempts, final_sampled, codes, rec
     one = np.uint64(1)
     last_k = np.uint64(max_attempts)
     n_traj = np.uint64(g)
+    first = np.uint64(first)
     i = np.uint64(0)  # trajectories completed
     k = np.uint64(0)  # attempts made in the current trajectory
     mask = np.uint64(0)
-    masks, ends = rec[R_MASK, first:first + g], rec[R_END, first:first + g]
     while True:
         # at most what the group can still use; speculative slots cost a hash each
         left = g - int(i)
-        block = codes[:min(codes.shape[0], left * max_attempts, max(16, 4 * left))]
-        kn.slot_outcomes(st, t_p, t_q1, t_q2, block)
-        used = block.shape[0]
-        for j in range(block.shape[0]):
+        n_slots = min(codes.shape[0], left * max_attempts, max(16, 4 * left))
+        for j in range(n_slots):  # vectorised (sim.kernels.slot_outcomes, without a view)
+            codes[j] = kn.slot_outcome(st, j, t_p, t_q1, t_q2)
+        used = n_slots
+        for j in range(n_slots):
             # branch-free, like sim.kernels.sample_population_into: whether a slot ends its
             # trajectory is a coin flip that a branch would mispredict half of the time
-            code = np.uint64(block[j])
+            code = np.uint64(codes[j])
             stop = code >> one
             mask |= (code & one) << k
             k += one
             at_k = np.uint64(k == last_k)  # forced stop, or truncation under final_sampled
             stop |= at_k
             # written every slot, final once the trajectory ends (i then moves on)
-            masks[i] = np.int64(mask)
-            ends[i] = np.int64(k | ((at_k & (one - ((code >> one) | forced))) << TRUNC_SHIFT))
+            c = first + i
+            rec[R_MASK, c] = np.int64(mask)
+            rec[R_END, c] = np.int64(k | ((at_k & (one - ((code >> one) | forced)))
+                                          << TRUNC_SHIFT))
             i += stop
             keep = stop - one  # 0 when the trajectory ended, all ones otherwise
             k &= keep
@@ -124,28 +127,31 @@ def record(rec, c):
 
 @njit(cache=True, inline="always")
 def trajectory_counts(rec, c, max_attempts, final_sampled, gamma, counts):
-    """The six type counts of trajectory `c` of `rec` into counts[0:6]; returns its reward
-    (gamma^(n-1) for a correct final answer, 0 otherwise; DESIGN §1)."""
+    """The six type counts of trajectory `c` of `rec` into counts[c, 0:6]; returns its
+    reward (gamma^(n-1) for a correct final answer, 0 otherwise; DESIGN §1). Rows are
+    indexed here, not passed as views: a view costs two reference-count updates."""
     mask, n, trunc = record(rec, c)
     nc = popcount(mask)
     last = (mask >> (n - 1)) & 1
     forced = 1 if (n == max_attempts and not final_sampled) else 0
     stopped = 1 - trunc - forced  # a STOP decision was emitted
-    counts[0] = nc
-    counts[1] = n - nc
-    counts[2] = nc - last + last * trunc  # every decision but the last is RESAMPLE
-    counts[3] = last * stopped
-    counts[4] = (n - nc) - (1 - last) + (1 - last) * trunc
-    counts[5] = (1 - last) * stopped
-    if last == 1 and trunc == 0:
-        return gamma ** (n - 1)
-    return 0.0
+    counts[c, 0] = nc
+    counts[c, 1] = n - nc
+    counts[c, 2] = nc - last + last * trunc  # every decision but the last is RESAMPLE
+    counts[c, 3] = last * stopped
+    counts[c, 4] = (n - nc) - (1 - last) + (1 - last) * trunc
+    counts[c, 5] = (1 - last) * stopped
+    if last == 0 or trunc == 1:
+        return 0.0
+    return 1.0 if gamma == 1.0 else gamma ** (n - 1)
 
 
 @njit(cache=True, inline="always")
-def trajectory_token_count(counts, w_c, w_w):
-    """|o| = w(L_C) n_correct + w(L_W) n_wrong + decisions (sim.kernels.trajectory_tokens)."""
-    return w_c * counts[0] + w_w * counts[1] + counts[2] + counts[3] + counts[4] + counts[5]
+def trajectory_token_count(counts, c, w_c, w_w):
+    """|o| of trajectory c = w(L_C) n_correct + w(L_W) n_wrong + decisions
+    (sim.kernels.trajectory_tokens)."""
+    return (w_c * counts[c, 0] + w_w * counts[c, 1] + counts[c, 2] + counts[c, 3]
+            + counts[c, 4] + counts[c, 5])
 
 
 @njit(cache=True)

@@ -122,6 +122,17 @@ def _task_logits(jac_t, off_t, phi_a, out):
 
 
 @njit(cache=True, inline="always")
+def _agent_logits(jac, offsets, a, t, params, out):
+    """`_task_logits` of agent a on task t, indexing the population's arrays (views would
+    cost reference-count updates in the per-agent loop); out[0] = logits."""
+    for x in range(3):
+        acc = offsets[a, t, x]
+        for j in range(params.shape[1]):
+            acc += jac[a, t, x, j] * params[a, j]
+        out[0, x] = acc
+
+
+@njit(cache=True, inline="always")
 def _add_term(gq, k, descend, values, c, scale):
     """gq[k] += scale * values[c], or -= for a term of sign -1 (`descend`)."""
     if descend:
@@ -200,7 +211,7 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
         for q in range(n_queries):
             t = id_tasks[((step - 1) * n_queries + q) % n_id]
             if q == 0 or n_id > 1:  # integer thresholds: the sampler compares raw 53-bit draws
-                _task_logits(jac[a, t], offsets[a, t], phi[a], sc.logits[0])
+                _agent_logits(jac, offsets, a, t, phi, sc.logits)
                 t_p = threshold53(kn.sigmoid(sc.logits[0, 0]))
                 t_q1 = threshold53(kn.sigmoid(sc.logits[0, 1]))
                 t_q2 = threshold53(kn.sigmoid(sc.logits[0, 2]))
@@ -210,9 +221,9 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
         n_batch = n_queries * g
         tokens_sum = 0.0
         for c in range(n_batch):
-            rewards[c] = pc.trajectory_counts(rec, c, max_attempts, final_sampled, gamma, counts[c])
+            rewards[c] = pc.trajectory_counts(rec, c, max_attempts, final_sampled, gamma, counts)
             if norm_own <= 0.0:  # |o| needed: NORM_TRAJECTORY or NORM_BATCH
-                factor[c] = pc.trajectory_token_count(counts[c], w_c, w_w)
+                factor[c] = pc.trajectory_token_count(counts, c, w_c, w_w)
                 tokens_sum += factor[c]
         if norm_own == kn.NORM_BATCH:  # the step's batch mean |o| (DESIGN §2)
             norm_own = tokens_sum / n_batch
@@ -235,8 +246,8 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
         for q in range(n_queries):
             t = id_tasks[((step - 1) * n_queries + q) % n_id]
             if run == 0:  # a new run: its task's logits and coefficient table
-                _task_logits(jac[a, t], offsets[a, t], phi[a], logits)
-                _task_logits(jac[a, t], offsets[a, t], ref_phi[a], ref_logits)
+                _agent_logits(jac, offsets, a, t, phi, sc.logits)
+                _agent_logits(jac, offsets, a, t, ref_phi, sc.ref_logits)
                 pc.count_table(logits, ref_logits, w_c, w_w, shared.estimator, shared.clamp,
                                need_x, table)
                 for k in range(n_kinds):
@@ -268,23 +279,40 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
                 sign = shared.term_sign[k] / g
                 if not walk and not per_trajectory:
                     sign /= norm_own
-                for i in range(g):
-                    r = rewards[lo + i]
-                    if f != ANY and not keeps(f, r):
-                        continue
-                    wi = sign * ((r - rmean) * scale if weighted else 1.0)
-                    if walk:  # not count-linear: walk the trajectory
+                if walk:  # not count-linear: walk each trajectory
+                    for i in range(g):
+                        r = rewards[lo + i]
+                        if f != ANY and not keeps(f, r):
+                            continue
+                        wi = sign * ((r - rmean) * scale if weighted else 1.0)
                         mask, n, trunc = pc.record(rec, lo + i)
                         kn.trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits,
                                             ref_logits, w_c, w_w, shared.estimator, shared.clamp,
                                             gamma, norm_own, sc.terms, sc.bufs, sc.ibufs)
                         for x in range(3):
                             gq[k, x] += wi * sc.terms[c, x]
-                    else:
-                        if per_trajectory:
-                            wi *= factor[lo + i]
-                        for x in range(pc.N_TYPES):
-                            acc[k, x] += wi * counts[lo + i, x]
+                    continue
+                # the count sums in registers (acc, an array, may alias counts)
+                s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+                for i in range(g):
+                    r = rewards[lo + i]
+                    if f != ANY and not keeps(f, r):
+                        continue
+                    wi = (r - rmean) * scale if weighted else 1.0
+                    if per_trajectory:
+                        wi *= factor[lo + i]
+                    s0 += wi * counts[lo + i, 0]
+                    s1 += wi * counts[lo + i, 1]
+                    s2 += wi * counts[lo + i, 2]
+                    s3 += wi * counts[lo + i, 3]
+                    s4 += wi * counts[lo + i, 4]
+                    s5 += wi * counts[lo + i, 5]
+                acc[k, 0] += sign * s0
+                acc[k, 1] += sign * s1
+                acc[k, 2] += sign * s2
+                acc[k, 3] += sign * s3
+                acc[k, 4] += sign * s4
+                acc[k, 5] += sign * s5
             if q < n_queries - 1 and id_tasks[((step - 1) * n_queries + q + 1) % n_id] == t:
                 continue  # the run goes on
             # end of a run: count sums through the task's table, the SFT data's exact

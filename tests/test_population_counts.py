@@ -70,15 +70,16 @@ def test_counts_times_table_is_every_kernel(final_sampled, estimator, clamp) -> 
                                        w_w, est, clamp, gamma)
     ls = [kn.log_sigmoid(s * logits[x]) for s, x in
           ((1, 0), (-1, 0), (-1, 1), (1, 1), (1, 2), (-1, 2))]
-    counts = np.empty(pc.N_TYPES)
+    rows = np.empty((1, pc.N_TYPES))
+    counts = rows[0]
     for i in range(len(masks)):
         rec = np.array([[masks[i]], [ns[i] | truncs[i] << 8]], np.int64)
-        r = pc.trajectory_counts(rec, 0, k, final_sampled, gamma, counts)
+        r = pc.trajectory_counts(rec, 0, k, final_sampled, gamma, rows)
         assert r == rewards[i]
         lp = kn.trajectory_log_prob(masks[i], ns[i], truncs[i], k, final_sampled, logits)
         assert counts @ ls == pytest.approx(lp, abs=1e-12)
         tokens = kn.trajectory_tokens(masks[i], ns[i], truncs[i], k, final_sampled, w_c, w_w)
-        assert pc.trajectory_token_count(counts, w_c, w_w) == tokens
+        assert pc.trajectory_token_count(rows, 0, w_c, w_w) == tokens
         for col in range(len(KERNELS)):
             if pc.READS_RETURN[col]:
                 continue
