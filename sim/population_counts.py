@@ -27,6 +27,8 @@ exactly as many calls of `sample_trajectory` would (the same trajectories, bit f
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -193,6 +195,41 @@ def apply_table(table, col, sums, scale, gq, k):
     gq[k, 0] += scale * (sums[0] * table[col, 0] + sums[1] * table[col, 1])
     gq[k, 1] += scale * (sums[2] * table[col, 2] + sums[3] * table[col, 3])
     gq[k, 2] += scale * (sums[4] * table[col, 4] + sums[5] * table[col, 5])
+
+
+class Scratch(NamedTuple):
+    """Work arrays of `sim.population_kernels.step_agents` (`make_scratch`), reused across
+    the agents of a block."""
+
+    codes: np.ndarray  # (GROUP_SLOTS,) uint8 slot outcomes
+    rec: np.ndarray  # (N_RECORD, Q G) int64 sampled trajectories (sim.population_counts)
+    counts: np.ndarray  # (Q G, 6) their type counts
+    rewards: np.ndarray  # (Q G,)
+    factor: np.ndarray  # (Q G,) 1 / loss normaliser
+    logits: np.ndarray  # (1, 3) the current task's logits and reference logits
+    ref_logits: np.ndarray
+    sums: np.ndarray  # (N_KINDS, 6) per term, a run's weighted count sums
+    table: np.ndarray  # (N_COLUMNS, 6) sim.population_counts.count_table
+    gq: np.ndarray  # (N_KINDS, 3) one query's per-term logit gradients
+    grad_phi: np.ndarray  # (P,)
+    old_phi: np.ndarray  # (P,)
+    terms: np.ndarray  # (N_COLUMNS, 3) one trajectory's kernels (sim.kernels.trajectory_terms)
+    bufs: np.ndarray  # its scratch
+    ibufs: np.ndarray
+    probs: np.ndarray  # (2, 3) prob_jump's before / after
+
+
+@njit(cache=True)
+def make_scratch(max_attempts, n_queries, g, n_kinds, n_params):
+    """A fresh `Scratch`, as a plain tuple."""
+    qg = n_queries * g
+    return (np.empty(GROUP_SLOTS, np.uint8), np.empty((N_RECORD, qg), np.int64),
+            np.empty((qg, N_TYPES)), np.empty(qg), np.empty(qg), np.empty((1, 3)),
+            np.empty((1, 3)), np.empty((n_kinds, N_TYPES)),
+            np.empty((N_COLUMNS, N_TYPES)), np.empty((n_kinds, 3)),
+            np.empty(n_params), np.empty(n_params), np.empty((N_COLUMNS, 3)),
+            np.empty((7, 2 * max_attempts)), np.empty((2, 2 * max_attempts), np.int64),
+            np.empty((2, 3)))
 
 
 # Numba's on-disk cache does not see edits of the modules these kernels call: drop this

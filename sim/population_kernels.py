@@ -1,20 +1,28 @@
 """Batched Numba step over a whole population of DS agents (DESIGN.md §1-§3).
 
 Structure of arrays: agent `a`'s parameters are row `phi[a]`, its settings are entries of
-per-agent arrays, and one `prange` loop over agents does sampling, per-term gradients and the
-optimiser update. No Python runs per agent, which is what makes a population of thousands of
-heterogeneous learners cheap (see benchmarks/bench_population.py). The arrays travel in four
-named tuples, each field listed once: `State` (updated in place), `Learners` (per-agent
-settings), `Shared` (population-wide settings and the term table) and `Out`.
+per-agent arrays, and one `prange` loop over blocks of agents does sampling, per-term
+gradients and the optimiser update. No Python runs per agent or per step beyond one kernel
+call, which is what makes a population of thousands of heterogeneous learners cheap (see
+benchmarks/bench_population.py). The arrays travel in four named tuples, each field listed
+once: `State` (updated in place), `Learners` (per-agent settings), `Shared` (population-wide
+settings and the term table) and `Out` (this step's results, and running sums over training).
 
 Per agent and step: `n_queries` queries, each on an in-distribution task chosen round-robin
 (so every ID task carries equal weight, DESIGN §1), each a group of G trajectories sampled
 from the agent's own splitmix64 stream (sim.rng) -- results do not depend on the thread count.
-The per-trajectory kernels come from `sim.kernels.trajectory_terms`; each term is then formed
-from its entry of `sim.terms.TERMS` (as arrays: `Shared.terms`) exactly as in
-`sim.objectives.mc_logit_gradients`, except that terms on the SFT data use the exact
-expectation over the (at most two) data trajectories, which is cheaper and noise-free. PPO
-clipping is not modelled: one on-policy update per group makes every ratio 1.
+Stream convention: the one of `sim.kernels.sample_trajectory` (each attempt one slot of two
+draws), queries in order, G trajectories each: the trajectories are those that repeated
+`sample_trajectory` calls would draw, bit for bit. Each term is formed from its entry of
+`sim.terms.TERMS` (as arrays: `Shared.terms`) as in `sim.objectives.mc_logit_gradients`, but
+in count form (sim.population_counts): every kernel that does not read the KL return Q_t is
+linear in a trajectory's six action-type counts, so a group's filtered, advantage-weighted
+mean is a weighted sum of count vectors through a per-task coefficient table; KL in reward
+walks each trajectory with `sim.kernels.trajectory_terms`. The results equal the
+per-trajectory kernels' on the same draws up to floating-point summation order
+(tests/test_population_counts.py). Terms on the SFT data use the exact expectation over the
+(at most two) data trajectories, which is cheaper and noise-free. PPO clipping is not
+modelled: one on-policy update per group makes every ratio 1.
 """
 
 from __future__ import annotations
@@ -26,16 +34,22 @@ from numba import njit, prange
 
 import sim.kernels
 import sim.population_counts
+import sim.population_optim
 import sim.rng
 import sim.terms
 from sim import kernels as kn
 from sim import population_counts as pc
+from sim.population_optim import (  # noqa: F401  (re-exported: the kernel's optimiser codes)
+    OPT_ADAM,
+    OPT_SGD,
+    V_PER_PARAMETER,
+    V_SHARED,
+    optimiser_step,
+)
 from sim.rng import threshold53
-from sim.terms import ANY, N_COLUMNS, OWN, drop_stale_caches, fingerprint, keeps
+from sim.terms import ANY, OWN, drop_stale_caches, fingerprint, keeps
 
-OPT_SGD, OPT_ADAM = 0, 1
 AGENT_BLOCK = 64  # agents per scratch allocation (and per parallel work item)
-V_PER_PARAMETER, V_SHARED = 0, 1  # Adam's second moment (DESIGN §2, "Update budget")
 
 
 class State(NamedTuple):
@@ -143,46 +157,13 @@ def _add_term(gq, k, descend, values, c, scale):
             gq[k, x] += scale * values[c, x]
 
 
-class Scratch(NamedTuple):
-    """Per-thread work arrays of `step_agents` (`make_scratch`), reused across its agents."""
-
-    codes: np.ndarray  # (GROUP_SLOTS,) uint8 slot outcomes
-    rec: np.ndarray  # (N_RECORD, Q G) int64 sampled trajectories (sim.population_counts)
-    counts: np.ndarray  # (Q G, 6) their type counts
-    rewards: np.ndarray  # (Q G,)
-    factor: np.ndarray  # (Q G,) 1 / loss normaliser
-    logits: np.ndarray  # (1, 3) the current task's logits and reference logits
-    ref_logits: np.ndarray
-    sums: np.ndarray  # (N_KINDS, 6) per term, a run's weighted count sums
-    table: np.ndarray  # (N_COLUMNS, 6) sim.population_counts.count_table
-    gq: np.ndarray  # (N_KINDS, 3) one query's per-term logit gradients
-    grad_phi: np.ndarray  # (P,)
-    old_phi: np.ndarray  # (P,)
-    terms: np.ndarray  # (N_COLUMNS, 3) one trajectory's kernels (sim.kernels.trajectory_terms)
-    bufs: np.ndarray  # its scratch
-    ibufs: np.ndarray
-    probs: np.ndarray  # (2, 3) prob_jump's before / after
-
-
-@njit(cache=True)
-def make_scratch(max_attempts, n_queries, g, n_kinds, n_params):
-    """A fresh `Scratch`, as a plain tuple."""
-    qg = n_queries * g
-    return (np.empty(pc.GROUP_SLOTS, np.uint8), np.empty((pc.N_RECORD, qg), np.int64),
-            np.empty((qg, pc.N_TYPES)), np.empty(qg), np.empty(qg), np.empty((1, 3)),
-            np.empty((1, 3)), np.empty((n_kinds, pc.N_TYPES)),
-            np.empty((N_COLUMNS, pc.N_TYPES)), np.empty((n_kinds, 3)),
-            np.empty(n_params), np.empty(n_params), np.empty((N_COLUMNS, 3)),
-            np.empty((7, 2 * max_attempts)), np.empty((2, 2 * max_attempts), np.int64),
-            np.empty((2, 3)))
-
-
 @njit(cache=True)
 def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
     """One training step of agents lo..hi-1, each in place and on its own stream (the body
     of `population_step`); the packs as named tuples or as plain tuples in their field
-    order, `scratch_` from `make_scratch`. One call per block of agents: a call passes ~40
-    arrays, whose reference counting would cost more than a small agent's step.
+    order, `scratch_` from `sim.population_counts.make_scratch`. One call per block of
+    agents: a call passes ~40 arrays, whose reference counting would cost more than a small
+    agent's step.
 
     Per agent, phase 1 samples every query's group from its stream, query by query. Phase 2
     forms each term from per-type count sums (sim.population_counts), walking single
@@ -191,7 +172,7 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
     sums are added first and the task's coefficient table, SFT-data expectation and chain
     rule are applied once per run of queries: the same sum, in another order."""
     state, learners = State(*state_), Learners(*learners_)
-    shared, out, sc = Shared(*shared_), Out(*out_), Scratch(*scratch_)
+    shared, out, sc = Shared(*shared_), Out(*out_), pc.Scratch(*scratch_)
     phi, ref_phi, jac, offsets, active = (state.phi, state.ref_phi, learners.jac,
                                           learners.offsets, learners.active)
     n_kinds, n_params = shared.term_column.shape[0], phi.shape[1]
@@ -376,38 +357,6 @@ def _accumulate(a, out, active, term_w):
 
 
 @njit(cache=True)
-def optimiser_step(phi, m, v, grad, opt_kind, lr, beta1, beta2, eps, second_moment,
-                   max_grad_norm, step):
-    """One agent's update in place (sim.optim.ascent_step, DESIGN §2 "Update budget"):
-    clip grad to global L2 norm `max_grad_norm` (0: off), then SGD phi += lr g or Adam with a
-    per-parameter or shared (one scalar: mean_j g_j^2, kept in every entry of v) second
-    moment. `grad` is rescaled in place by the clip."""
-    n_params = phi.shape[0]
-    if max_grad_norm > 0.0:
-        sq = 0.0
-        for j in range(n_params):
-            sq += grad[j] * grad[j]
-        norm = np.sqrt(sq)
-        if norm > max_grad_norm:
-            for j in range(n_params):
-                grad[j] *= max_grad_norm / norm
-    if opt_kind == OPT_SGD:
-        for j in range(n_params):
-            phi[j] += lr * grad[j]
-        return
-    c1 = 1.0 - beta1**step
-    c2 = 1.0 - beta2**step
-    mean_sq = 0.0
-    for j in range(n_params):
-        mean_sq += grad[j] * grad[j] / n_params
-    for j in range(n_params):
-        gj = grad[j]
-        m[j] = beta1 * m[j] + (1.0 - beta1) * gj
-        v[j] = beta2 * v[j] + (1.0 - beta2) * (mean_sq if second_moment == V_SHARED else gj * gj)
-        phi[j] += lr * (m[j] / c1) / (np.sqrt(v[j] / c2) + eps)
-
-
-@njit(cache=True)
 def prob_jump(jac_a, off_a, old_phi, new_phi, probs):
     """max over tasks t and x of |sigmoid(logit_x(t)) after - before| for one agent's update
     (the chaos flag of DESIGN §2: a step that moves p or q by more than 0.5); probs: (2, 3)
@@ -438,7 +387,7 @@ def _population_step_impl(state, learners, shared, step, out):
     n_agents = out[0].shape[0]  # out.grads: one row per agent
     n_blocks = (n_agents + AGENT_BLOCK - 1) // AGENT_BLOCK
     for b in prange(n_blocks):
-        scratch = make_scratch(shared[1], shared[4], shared[3], shared[10].shape[0],
+        scratch = pc.make_scratch(shared[1], shared[4], shared[3], shared[10].shape[0],
                                state[0].shape[1])
         step_agents(b * AGENT_BLOCK, min(n_agents, (b + 1) * AGENT_BLOCK), state, learners,
                     shared, step, out, scratch)
@@ -466,7 +415,8 @@ def population_probs(phi, jac, offsets, out):
 
 # Numba's on-disk cache does not see edits of the modules these kernels call: drop this
 # module's cached kernels when those sources changed since they were compiled (sim.terms).
-_SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels, sim.population_counts)
+_SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels, sim.population_counts,
+                       sim.population_optim)
 
 
 @njit(cache=True)
