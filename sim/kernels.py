@@ -74,20 +74,26 @@ SLOT_BLOCK = 512  # slots whose outcomes are drawn at once (a vectorised loop), 
 
 
 @njit(cache=True, inline="always")
+def slot_outcome(state, j, t_p, t_q1, t_q2):
+    """Outcome code of slot j after `state`: bit 0 = candidate correct, bit 1 = the decision
+    draw says STOP. Slot j's two draws are mix64(state + (2j+1) golden) and the next."""
+    base = state + np.uint64(2 * j + 1) * GOLDEN
+    candidate = np.int64(mix64(base) >> S11)
+    decision = np.int64(mix64(base + GOLDEN) >> S11)
+    correct = np.int64(candidate < t_p)
+    below = np.int64(decision < t_q2 + correct * (t_q1 - t_q2))
+    return np.uint8(correct | ((1 - (below ^ correct)) << 1))
+
+
+@njit(cache=True, inline="always")
 def slot_outcomes(state, t_p, t_q1, t_q2, codes):
-    """Outcome codes of the next `codes.size` slots after `state`: bit 0 = candidate correct,
-    bit 1 = the decision draw says STOP.
+    """Outcome codes (`slot_outcome`) of the next `codes.size` slots after `state`.
 
     splitmix64 is counter-based (draw j is mix64(state + j golden)) and a slot is always two
     draws, so no slot depends on another: LLVM vectorises this loop (AVX-512 / AVX2).
     """
     for j in range(codes.shape[0]):
-        base = state + np.uint64(2 * j + 1) * GOLDEN
-        candidate = np.int64(mix64(base) >> S11)
-        decision = np.int64(mix64(base + GOLDEN) >> S11)
-        correct = np.int64(candidate < t_p)
-        below = np.int64(decision < t_q2 + correct * (t_q1 - t_q2))
-        codes[j] = np.uint8(correct | ((1 - (below ^ correct)) << 1))
+        codes[j] = slot_outcome(state, j, t_p, t_q1, t_q2)
 
 
 @njit(cache=True, parallel=True)

@@ -186,20 +186,19 @@ class PopulationModel(mesa.Model):
             clamp=float(o0.kl_clamp),
             **term_codes(o0.kl_placement),
         )
+        # the kernel keeps, per agent, running sums over training (signed and absolute) of
+        # the per-term and total gradients, and the largest one-step move of p, q1 or q2 on
+        # any task so far: above UNSTABLE_JUMP the run is chaos, not a result (DESIGN §2,
+        # "Update budget")
         self.out = pk.Out(grads=np.zeros((n, N_KINDS, 3)), rewards=np.zeros(n),
-                          jumps=np.zeros(n))
-        # per agent, the largest one-step move of p, q1 or q2 on any task so far: above
-        # UNSTABLE_JUMP the run is chaos, not a result (DESIGN §2, "Update budget")
-        self.max_jump = np.zeros(n)
+                          jumps=np.zeros(n), grad_sum=np.zeros((n, N_KINDS + 1, 3)),
+                          abs_grad_sum=np.zeros((n, N_KINDS + 1, 3)), max_jump=np.zeros(n))
         # the kernel's arguments as plain tuples (sim.population_kernels.population_step),
         # fixed: each step updates their arrays in place
         self._kernel_args = tuple(tuple(t) for t in (self.state, self.learner_arrays,
                                                       self.shared, self.out))
         self.step_count = 0
         self.ref_reset = False
-        # running sums over training (signed and absolute) of per-term and total gradients
-        self.grad_sum = np.zeros((n, N_KINDS + 1, 3))
-        self.abs_grad_sum = np.zeros((n, N_KINDS + 1, 3))
         self._blocks: list[dict[str, np.ndarray]] = []
         for i, lc in enumerate(self.learners):
             DSLearner(self, lc, i)
@@ -263,6 +262,22 @@ class PopulationModel(mesa.Model):
         return self.out.grads
 
     @property
+    def grad_sum(self) -> np.ndarray:
+        """(A, N_KINDS + 1, 3) sums over the steps so far of the per-term gradients and (row
+        N_KINDS) of their weighted total."""
+        return self.out.grad_sum
+
+    @property
+    def abs_grad_sum(self) -> np.ndarray:
+        """(A, N_KINDS + 1, 3) the same sums of their magnitudes."""
+        return self.out.abs_grad_sum
+
+    @property
+    def max_jump(self) -> np.ndarray:
+        """(A,) each agent's largest one-step move of p, q1 or q2 on any task so far."""
+        return self.out.max_jump
+
+    @property
     def rewards(self) -> np.ndarray:
         """(A,) the last step's mean reward per agent."""
         return self.out.rewards
@@ -287,12 +302,6 @@ class PopulationModel(mesa.Model):
         kernel = pk.population_step if self.parallel else pk.population_step_serial
         state, learners, shared, out = self._kernel_args
         kernel(state, learners, shared, self.step_count, out)
-        np.maximum(self.max_jump, self.out.jumps, out=self.max_jump)
-        total = self.total_grad()
-        self.grad_sum[:, : N_KINDS] += self.grads
-        self.grad_sum[:, N_KINDS] += total
-        self.abs_grad_sum[:, : N_KINDS] += np.abs(self.grads)
-        self.abs_grad_sum[:, N_KINDS] += np.abs(total)
         if self.datacollector is not None:
             self.datacollector.collect(self)
         rec = cfg.record_every

@@ -1,20 +1,28 @@
 """Batched Numba step over a whole population of DS agents (DESIGN.md §1-§3).
 
 Structure of arrays: agent `a`'s parameters are row `phi[a]`, its settings are entries of
-per-agent arrays, and one `prange` loop over agents does sampling, per-term gradients and the
-optimiser update. No Python runs per agent, which is what makes a population of thousands of
-heterogeneous learners cheap (see benchmarks/bench_population.py). The arrays travel in four
-named tuples, each field listed once: `State` (updated in place), `Learners` (per-agent
-settings), `Shared` (population-wide settings and the term table) and `Out`.
+per-agent arrays, and one `prange` loop over blocks of agents does sampling, per-term
+gradients and the optimiser update. No Python runs per agent or per step beyond one kernel
+call, which is what makes a population of thousands of heterogeneous learners cheap (see
+benchmarks/bench_population.py). The arrays travel in four named tuples, each field listed
+once: `State` (updated in place), `Learners` (per-agent settings), `Shared` (population-wide
+settings and the term table) and `Out` (this step's results, and running sums over training).
 
 Per agent and step: `n_queries` queries, each on an in-distribution task chosen round-robin
 (so every ID task carries equal weight, DESIGN §1), each a group of G trajectories sampled
 from the agent's own splitmix64 stream (sim.rng) -- results do not depend on the thread count.
-The per-trajectory kernels come from `sim.kernels.trajectory_terms`; each term is then formed
-from its entry of `sim.terms.TERMS` (as arrays: `Shared.terms`) exactly as in
-`sim.objectives.mc_logit_gradients`, except that terms on the SFT data use the exact
-expectation over the (at most two) data trajectories, which is cheaper and noise-free. PPO
-clipping is not modelled: one on-policy update per group makes every ratio 1.
+Stream convention: the one of `sim.kernels.sample_trajectory` (each attempt one slot of two
+draws), queries in order, G trajectories each: the trajectories are those that repeated
+`sample_trajectory` calls would draw, bit for bit. Each term is formed from its entry of
+`sim.terms.TERMS` (as arrays: `Shared.terms`) as in `sim.objectives.mc_logit_gradients`, but
+in count form (sim.population_counts): every kernel that does not read the KL return Q_t is
+linear in a trajectory's six action-type counts, so a group's filtered, advantage-weighted
+mean is a weighted sum of count vectors through a per-task coefficient table; KL in reward
+walks each trajectory with `sim.kernels.trajectory_terms`. The results equal the
+per-trajectory kernels' on the same draws up to floating-point summation order
+(tests/test_population_counts.py). Terms on the SFT data use the exact expectation over the
+(at most two) data trajectories, which is cheaper and noise-free. PPO clipping is not
+modelled: one on-policy update per group makes every ratio 1.
 """
 
 from __future__ import annotations
@@ -25,14 +33,23 @@ import numpy as np
 from numba import njit, prange
 
 import sim.kernels
+import sim.population_counts
+import sim.population_optim
 import sim.rng
 import sim.terms
 from sim import kernels as kn
+from sim import population_counts as pc
+from sim.population_optim import (  # noqa: F401  (re-exported: the kernel's optimiser codes)
+    OPT_ADAM,
+    OPT_SGD,
+    V_PER_PARAMETER,
+    V_SHARED,
+    optimiser_step,
+)
 from sim.rng import threshold53
-from sim.terms import ANY, N_COLUMNS, OWN, drop_stale_caches, fingerprint, keeps
+from sim.terms import ANY, OWN, drop_stale_caches, fingerprint, keeps
 
-OPT_SGD, OPT_ADAM = 0, 1
-V_PER_PARAMETER, V_SHARED = 0, 1  # Adam's second moment (DESIGN §2, "Update budget")
+AGENT_BLOCK = 64  # agents per scratch allocation (and per parallel work item)
 
 
 class State(NamedTuple):
@@ -100,6 +117,12 @@ class Out(NamedTuple):
     grads: np.ndarray  # (A, N_KINDS, 3) unweighted per-term logit gradients, mean over queries
     rewards: np.ndarray  # (A,) mean reward of the sampled trajectories
     jumps: np.ndarray  # (A,) largest |change| of p, q1, q2 over all tasks in this step
+    # Running statistics over training, updated by every step when given (empty: not kept):
+    # sums of the signed and absolute per-term gradients and (row N_KINDS) of their weighted
+    # total, and the largest jump so far
+    grad_sum: np.ndarray = np.empty((0, 0, 0))  # (A, N_KINDS + 1, 3)
+    abs_grad_sum: np.ndarray = np.empty((0, 0, 0))  # (A, N_KINDS + 1, 3)
+    max_jump: np.ndarray = np.empty(0)  # (A,)
 
 
 @njit(cache=True, inline="always")
@@ -110,6 +133,17 @@ def _task_logits(jac_t, off_t, phi_a, out):
         for j in range(phi_a.shape[0]):
             acc += jac_t[x, j] * phi_a[j]
         out[x] = acc
+
+
+@njit(cache=True, inline="always")
+def _agent_logits(jac, offsets, a, t, params, out):
+    """`_task_logits` of agent a on task t, indexing the population's arrays (views would
+    cost reference-count updates in the per-agent loop); out[0] = logits."""
+    for x in range(3):
+        acc = offsets[a, t, x]
+        for j in range(params.shape[1]):
+            acc += jac[a, t, x, j] * params[a, j]
+        out[0, x] = acc
 
 
 @njit(cache=True, inline="always")
@@ -124,180 +158,210 @@ def _add_term(gq, k, descend, values, c, scale):
 
 
 @njit(cache=True)
-def _step_mean_tokens(jac_a, off_a, phi_a, id_tasks, step, n_queries, g, max_attempts,
-                      final_sampled, w_c, w_w, st):
-    """The mean token count |o| of the trajectories an agent samples in this step, from a
-    copy of its stream `st` (the same draws as the step's): NORM_BATCH resolved on the
-    step's batch (DESIGN §2 "Loss normalisation in real trainers")."""
-    logits = np.empty(3)
-    total = 0.0
-    for q in range(n_queries):
-        t = id_tasks[((step - 1) * n_queries + q) % id_tasks.shape[0]]
-        _task_logits(jac_a[t], off_a[t], phi_a, logits)
-        p = threshold53(kn.sigmoid(logits[0]))
-        q1 = threshold53(kn.sigmoid(logits[1]))
-        q2 = threshold53(kn.sigmoid(logits[2]))
-        for _ in range(g):
-            m, n, tr, st = kn.sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
-            total += kn.trajectory_tokens(m, n, tr, max_attempts, final_sampled, w_c, w_w)
-    return total / (n_queries * g)
+def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
+    """One training step of agents lo..hi-1, each in place and on its own stream (the body
+    of `population_step`); the packs as named tuples or as plain tuples in their field
+    order, `scratch_` from `sim.population_counts.make_scratch`. One call per block of
+    agents: a call passes ~40 arrays, whose reference counting would cost more than a small
+    agent's step.
 
-
-@njit(cache=True)
-def step_agent(a, state_, learners_, shared_, step, out_):
-    """One training step of agent `a`, in place (the body of `population_step`); the four
-    packs as named tuples or as plain tuples in their field order."""
+    Per agent, phase 1 samples every query's group from its stream, query by query. Phase 2
+    forms each term from per-type count sums (sim.population_counts), walking single
+    trajectories only for kernels that read the KL return Q_t (KL in reward). Consecutive
+    queries on the same task (one ID task: all of them) share their logits, so their count
+    sums are added first and the task's coefficient table, SFT-data expectation and chain
+    rule are applied once per run of queries: the same sum, in another order."""
     state, learners = State(*state_), Learners(*learners_)
-    shared, out = Shared(*shared_), Out(*out_)
-    phi, ref_phi, adam_m, adam_v = state.phi, state.ref_phi, state.adam_m, state.adam_v
-    jac, offsets, active = learners.jac, learners.offsets, learners.active
-    n_kinds = shared.term_column.shape[0]
-    n_params = phi.shape[1]
-    id_tasks = shared.id_tasks
+    shared, out, sc = Shared(*shared_), Out(*out_), pc.Scratch(*scratch_)
+    phi, ref_phi, jac, offsets, active = (state.phi, state.ref_phi, learners.jac,
+                                          learners.offsets, learners.active)
+    n_kinds, n_params = shared.term_column.shape[0], phi.shape[1]
+    id_tasks, g, n_queries = shared.id_tasks, shared.group_size, shared.n_queries
     n_id = id_tasks.shape[0]
-    g = shared.group_size
     max_attempts, final_sampled = shared.max_attempts, shared.final_sampled
-    n_queries = shared.n_queries
-    w_c, w_w, gamma = learners.w_c[a], learners.w_w[a], learners.gamma[a]
-    norm_own, norm_data, w_w_data = 1.0, 1.0, w_w  # loss normalisers, data weights (§2)
-    if learners.norm_own.shape[0] > 0:
-        norm_own, norm_data = learners.norm_own[a], learners.norm_data[a]
-        w_w_data = learners.data_w_w[a]
-    if norm_own == kn.NORM_BATCH:
-        norm_own = _step_mean_tokens(jac[a], offsets[a], phi[a], shared.id_tasks, step,
-                                     shared.n_queries, shared.group_size, shared.max_attempts,
-                                     shared.final_sampled, w_c, w_w, state.streams[a])
-    bufs = np.empty((7, 2 * max_attempts))
-    ibufs = np.empty((2, 2 * max_attempts), dtype=np.int64)
-    terms = np.empty((g, N_COLUMNS, 3))
-    dterm = np.empty((N_COLUMNS, 3))
-    rewards = np.empty(g)
-    logits = np.empty(3)
-    ref_logits = np.empty(3)
-    gq = np.zeros((n_kinds, 3))
-    grad_phi = np.zeros(n_params)
-    st = state.streams[a]
-    reward_sum = 0.0
-    on_data = False  # a term of this agent reads the SFT data
-    for k in range(n_kinds):
-        for x in range(3):
-            out.grads[a, k, x] = 0.0
-        on_data |= active[a, k] and shared.term_source[k] != OWN
-    for q in range(n_queries):
-        # round-robin over ID tasks, continued across steps
-        t = id_tasks[((step - 1) * n_queries + q) % n_id]
-        _task_logits(jac[a, t], offsets[a, t], phi[a], logits)
-        _task_logits(jac[a, t], offsets[a, t], ref_phi[a], ref_logits)
-        # integer thresholds: sim.kernels.sample_trajectory compares raw 53-bit draws
-        p = threshold53(kn.sigmoid(logits[0]))
-        q1 = threshold53(kn.sigmoid(logits[1]))
-        q2 = threshold53(kn.sigmoid(logits[2]))
-        rmean = 0.0
-        for i in range(g):
-            m, n, tr, st = kn.sample_trajectory(st, p, q1, q2, max_attempts, final_sampled)
-            rewards[i], _ = kn.trajectory_terms(m, n, tr, max_attempts, final_sampled, logits,
-                                                ref_logits, w_c, w_w, shared.estimator,
-                                                shared.clamp, gamma, norm_own, terms[i], bufs,
-                                                ibufs)
-            rmean += rewards[i]
-        rmean /= g
-        reward_sum += rmean
-        scale = 1.0
-        if shared.std_scaling:
-            var = 0.0
-            for i in range(g):
-                var += (rewards[i] - rmean) ** 2
-            scale = 1.0 / (np.sqrt(var / (g - shared.std_ddof)) + shared.adv_eps)
+    for a in range(lo, hi):
+        w_c, w_w, gamma = learners.w_c[a], learners.w_w[a], learners.gamma[a]
+        norm_own, norm_data, w_w_data = 1.0, 1.0, w_w  # loss normalisers, data weights (§2)
+        if learners.norm_own.shape[0] > 0:
+            norm_own, norm_data = learners.norm_own[a], learners.norm_data[a]
+            w_w_data = learners.data_w_w[a]
+        rec, counts, rewards, factor = sc.rec, sc.counts, sc.rewards, sc.factor
+        # phase 1: every query's group, round-robin over ID tasks continued across steps
+        st = state.streams[a]
+        t_p = t_q1 = t_q2 = np.int64(0)
+        for q in range(n_queries):
+            t = id_tasks[((step - 1) * n_queries + q) % n_id]
+            if q == 0 or n_id > 1:  # integer thresholds: the sampler compares raw 53-bit draws
+                _agent_logits(jac, offsets, a, t, phi, sc.logits)
+                t_p = threshold53(kn.sigmoid(sc.logits[0, 0]))
+                t_q1 = threshold53(kn.sigmoid(sc.logits[0, 1]))
+                t_q2 = threshold53(kn.sigmoid(sc.logits[0, 2]))
+            st = pc.sample_group(st, t_p, t_q1, t_q2, g, max_attempts, final_sampled, sc.codes,
+                                 rec, q * g)
+        state.streams[a] = st
+        n_batch = n_queries * g
+        tokens_sum = 0.0
+        for c in range(n_batch):
+            rewards[c] = pc.trajectory_counts(rec, c, max_attempts, final_sampled, gamma, counts)
+            if norm_own <= 0.0:  # |o| needed: NORM_TRAJECTORY or NORM_BATCH
+                factor[c] = pc.trajectory_token_count(counts, c, w_c, w_w)
+                tokens_sum += factor[c]
+        if norm_own == kn.NORM_BATCH:  # the step's batch mean |o| (DESIGN §2)
+            norm_own = tokens_sum / n_batch
+        per_trajectory = norm_own == kn.NORM_TRAJECTORY
+        if per_trajectory:
+            for c in range(n_batch):
+                factor[c] = 1.0 / factor[c]
+        on_data = False  # a term of this agent reads the SFT data
+        need_x = pc.READS_X or shared.estimator != kn.K1
         for k in range(n_kinds):
             for x in range(3):
-                gq[k, x] = 0.0
-        # terms on the agent's own samples: the group mean of each one's kernel column,
-        # reward-filtered, signed and (the surrogate) advantage-weighted
-        for k in range(n_kinds):
-            if not active[a, k] or shared.term_source[k] != OWN:
-                continue
-            c, f, weighted = shared.term_column[k], shared.term_filter[k], shared.term_advantage[k]
-            descend = shared.term_sign[k] < 0
-            for i in range(g):
-                if f != ANY and not keeps(f, rewards[i]):
-                    continue
-                _add_term(gq, k, descend, terms[i], c, (rewards[i] - rmean) * scale if weighted
-                          else 1.0)
-            for x in range(3):
-                gq[k, x] /= g
-        # terms on the SFT data: the exact expectation over its trajectories
-        if on_data:
-            for d in range(learners.data_w.shape[1]):
-                wd = learners.data_w[a, d]
-                if wd == 0.0:
-                    continue
-                rd, _ = kn.trajectory_terms(learners.data_masks[a, d], learners.data_ns[a, d],
-                                            0, max_attempts, final_sampled, logits, ref_logits,
-                                            w_c, w_w_data, shared.estimator, shared.clamp,
-                                            gamma, norm_data, dterm, bufs, ibufs)
+                out.grads[a, k, x] = 0.0
+            on_data |= active[a, k] and shared.term_source[k] != OWN
+        gq, acc, table, grad_phi = sc.gq, sc.sums, sc.table, sc.grad_phi
+        logits, ref_logits = sc.logits[0], sc.ref_logits[0]
+        for j in range(n_params):
+            grad_phi[j] = 0.0
+        reward_sum = 0.0
+        run = 0  # queries in the current run on one task
+        for q in range(n_queries):
+            t = id_tasks[((step - 1) * n_queries + q) % n_id]
+            if run == 0:  # a new run: its task's logits and coefficient table
+                _agent_logits(jac, offsets, a, t, phi, sc.logits)
+                _agent_logits(jac, offsets, a, t, ref_phi, sc.ref_logits)
+                pc.count_table(logits, ref_logits, w_c, w_w, shared.estimator, shared.clamp,
+                               need_x, table)
                 for k in range(n_kinds):
-                    if not active[a, k] or shared.term_source[k] == OWN:
-                        continue
-                    f = shared.term_filter[k]
-                    if f != ANY and not keeps(f, rd):
-                        continue
-                    _add_term(gq, k, shared.term_sign[k] < 0, dterm, shared.term_column[k], wd)
-        # weighted total on the logits, pulled back to phi by the chain rule (J_t^T g)
-        for x in range(3):
-            tot = 0.0
+                    for x in range(pc.N_TYPES):
+                        acc[k, x] = 0.0
+                    for x in range(3):
+                        gq[k, x] = 0.0
+            run += 1
+            lo = q * g
+            rmean = 0.0
+            for i in range(g):
+                rmean += rewards[lo + i]
+            rmean /= g
+            reward_sum += rmean
+            scale = 1.0
+            if shared.std_scaling:
+                var = 0.0
+                for i in range(g):
+                    var += (rewards[lo + i] - rmean) ** 2
+                scale = 1.0 / (np.sqrt(var / (g - shared.std_ddof)) + shared.adv_eps)
+            # terms on the agent's own samples: the group mean of each one's kernel column,
+            # reward-filtered, signed and (the surrogate) advantage-weighted, each trajectory
+            # also divided by its loss normaliser
             for k in range(n_kinds):
-                if active[a, k]:
-                    tot += learners.term_w[a, k] * gq[k, x]
-                    out.grads[a, k, x] += gq[k, x] / n_queries
-            for j in range(n_params):
-                grad_phi[j] += jac[a, t, x, j] * tot / n_queries
-    state.streams[a] = st
-    out.rewards[a] = reward_sum / n_queries
-    old_phi = phi[a].copy()
-    optimiser_step(phi[a], adam_m[a], adam_v[a], grad_phi, learners.opt_kind[a],
-                   learners.lr[a], learners.beta1[a], learners.beta2[a], learners.eps[a],
-                   learners.second_moment[a], learners.max_grad_norm[a], step)
-    out.jumps[a] = prob_jump(jac[a], offsets[a], old_phi, phi[a])
+                if not active[a, k] or shared.term_source[k] != OWN:
+                    continue
+                c, f = shared.term_column[k], shared.term_filter[k]
+                weighted, walk = shared.term_advantage[k], pc.READS_RETURN[c]
+                sign = shared.term_sign[k] / g
+                if not walk and not per_trajectory:
+                    sign /= norm_own
+                if walk:  # not count-linear: walk each trajectory
+                    for i in range(g):
+                        r = rewards[lo + i]
+                        if f != ANY and not keeps(f, r):
+                            continue
+                        wi = sign * ((r - rmean) * scale if weighted else 1.0)
+                        mask, n, trunc = pc.record(rec, lo + i)
+                        kn.trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits,
+                                            ref_logits, w_c, w_w, shared.estimator, shared.clamp,
+                                            gamma, norm_own, sc.terms, sc.bufs, sc.ibufs)
+                        for x in range(3):
+                            gq[k, x] += wi * sc.terms[c, x]
+                    continue
+                # the count sums in registers (acc, an array, may alias counts)
+                s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+                for i in range(g):
+                    r = rewards[lo + i]
+                    if f != ANY and not keeps(f, r):
+                        continue
+                    wi = (r - rmean) * scale if weighted else 1.0
+                    if per_trajectory:
+                        wi *= factor[lo + i]
+                    s0 += wi * counts[lo + i, 0]
+                    s1 += wi * counts[lo + i, 1]
+                    s2 += wi * counts[lo + i, 2]
+                    s3 += wi * counts[lo + i, 3]
+                    s4 += wi * counts[lo + i, 4]
+                    s5 += wi * counts[lo + i, 5]
+                acc[k, 0] += sign * s0
+                acc[k, 1] += sign * s1
+                acc[k, 2] += sign * s2
+                acc[k, 3] += sign * s3
+                acc[k, 4] += sign * s4
+                acc[k, 5] += sign * s5
+            if q < n_queries - 1 and id_tasks[((step - 1) * n_queries + q + 1) % n_id] == t:
+                continue  # the run goes on
+            # end of a run: count sums through the task's table, the SFT data's exact
+            # expectation (once per query of the run), then the chain rule (J_t^T g)
+            for k in range(n_kinds):
+                if active[a, k] and shared.term_source[k] == OWN \
+                        and not pc.READS_RETURN[shared.term_column[k]]:
+                    pc.apply_table(table, shared.term_column[k], acc[k], 1.0, gq, k)
+            if on_data:
+                for d in range(learners.data_w.shape[1]):
+                    wd = learners.data_w[a, d]
+                    if wd == 0.0:
+                        continue
+                    rd, _ = kn.trajectory_terms(learners.data_masks[a, d], learners.data_ns[a, d],
+                                                0, max_attempts, final_sampled, logits, ref_logits,
+                                                w_c, w_w_data, shared.estimator, shared.clamp,
+                                                gamma, norm_data, sc.terms, sc.bufs, sc.ibufs)
+                    for k in range(n_kinds):
+                        if not active[a, k] or shared.term_source[k] == OWN:
+                            continue
+                        f = shared.term_filter[k]
+                        if f != ANY and not keeps(f, rd):
+                            continue
+                        _add_term(gq, k, shared.term_sign[k] < 0, sc.terms, shared.term_column[k],
+                                  wd * run)
+            for x in range(3):
+                tot = 0.0
+                for k in range(n_kinds):
+                    if active[a, k]:
+                        tot += learners.term_w[a, k] * gq[k, x]
+                        out.grads[a, k, x] += gq[k, x] / n_queries
+                for j in range(n_params):
+                    grad_phi[j] += jac[a, t, x, j] * tot / n_queries
+            run = 0
+        out.rewards[a] = reward_sum / n_queries
+        for j in range(n_params):
+            sc.old_phi[j] = phi[a, j]
+        optimiser_step(phi[a], state.adam_m[a], state.adam_v[a], grad_phi, learners.opt_kind[a],
+                       learners.lr[a], learners.beta1[a], learners.beta2[a], learners.eps[a],
+                       learners.second_moment[a], learners.max_grad_norm[a], step)
+        out.jumps[a] = prob_jump(jac[a], offsets[a], sc.old_phi, phi[a], sc.probs)
+        if out.max_jump.shape[0] > 0:
+            _accumulate(a, out, learners.active, learners.term_w)
+
+
+@njit(cache=True, inline="always")
+def _accumulate(a, out, active, term_w):
+    """Add agent a's step to the running statistics of `Out`."""
+    n_kinds = out.grads.shape[1]
+    out.max_jump[a] = max(out.max_jump[a], out.jumps[a])
+    for x in range(3):
+        total = 0.0
+        for k in range(n_kinds):
+            g = out.grads[a, k, x]
+            if active[a, k]:
+                total += term_w[a, k] * g
+            out.grad_sum[a, k, x] += g
+            out.abs_grad_sum[a, k, x] += abs(g)
+        out.grad_sum[a, n_kinds, x] += total
+        out.abs_grad_sum[a, n_kinds, x] += abs(total)
 
 
 @njit(cache=True)
-def optimiser_step(phi, m, v, grad, opt_kind, lr, beta1, beta2, eps, second_moment,
-                   max_grad_norm, step):
-    """One agent's update in place (sim.optim.ascent_step, DESIGN §2 "Update budget"):
-    clip grad to global L2 norm `max_grad_norm` (0: off), then SGD phi += lr g or Adam with a
-    per-parameter or shared (one scalar: mean_j g_j^2, kept in every entry of v) second
-    moment. `grad` is rescaled in place by the clip."""
-    n_params = phi.shape[0]
-    if max_grad_norm > 0.0:
-        sq = 0.0
-        for j in range(n_params):
-            sq += grad[j] * grad[j]
-        norm = np.sqrt(sq)
-        if norm > max_grad_norm:
-            for j in range(n_params):
-                grad[j] *= max_grad_norm / norm
-    if opt_kind == OPT_SGD:
-        for j in range(n_params):
-            phi[j] += lr * grad[j]
-        return
-    c1 = 1.0 - beta1**step
-    c2 = 1.0 - beta2**step
-    mean_sq = 0.0
-    for j in range(n_params):
-        mean_sq += grad[j] * grad[j] / n_params
-    for j in range(n_params):
-        gj = grad[j]
-        m[j] = beta1 * m[j] + (1.0 - beta1) * gj
-        v[j] = beta2 * v[j] + (1.0 - beta2) * (mean_sq if second_moment == V_SHARED else gj * gj)
-        phi[j] += lr * (m[j] / c1) / (np.sqrt(v[j] / c2) + eps)
-
-
-@njit(cache=True)
-def prob_jump(jac_a, off_a, old_phi, new_phi):
+def prob_jump(jac_a, off_a, old_phi, new_phi, probs):
     """max over tasks t and x of |sigmoid(logit_x(t)) after - before| for one agent's update
-    (the chaos flag of DESIGN §2: a step that moves p or q by more than 0.5)."""
-    before = np.empty(3)
-    after = np.empty(3)
+    (the chaos flag of DESIGN §2: a step that moves p or q by more than 0.5); probs: (2, 3)
+    scratch."""
+    before, after = probs[0], probs[1]
     most = 0.0
     for t in range(off_a.shape[0]):
         _task_logits(jac_a[t], off_a[t], old_phi, before)
@@ -315,9 +379,18 @@ def _population_step_impl(state, learners, shared, step, out):
     of arrays in its C dispatcher (named tuples: about 4 us more per call, a few percent of a
     small population's step), and its parallel lowering takes them apart reliably (it fails
     to find the class of a named tuple built inside the parallel function).
+
+    Agents go in blocks of AGENT_BLOCK, each block with its own scratch (allocated once per
+    block, not per agent); an agent's results depend on its own stream only, so neither the
+    blocks nor the thread count change them.
     """
-    for a in prange(out[0].shape[0]):  # out.grads: one row per agent
-        step_agent(a, state, learners, shared, step, out)
+    n_agents = out[0].shape[0]  # out.grads: one row per agent
+    n_blocks = (n_agents + AGENT_BLOCK - 1) // AGENT_BLOCK
+    for b in prange(n_blocks):
+        scratch = pc.make_scratch(shared[1], shared[4], shared[3], shared[10].shape[0],
+                               state[0].shape[1])
+        step_agents(b * AGENT_BLOCK, min(n_agents, (b + 1) * AGENT_BLOCK), state, learners,
+                    shared, step, out, scratch)
 
 
 # One body, two builds: prange runs as a plain range without parallel=True. The serial build
@@ -342,7 +415,8 @@ def population_probs(phi, jac, offsets, out):
 
 # Numba's on-disk cache does not see edits of the modules these kernels call: drop this
 # module's cached kernels when those sources changed since they were compiled (sim.terms).
-_SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels)
+_SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels, sim.population_counts,
+                       sim.population_optim)
 
 
 @njit(cache=True)
