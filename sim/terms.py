@@ -25,7 +25,7 @@ docs/token_models.md), the same for every term, in `sim.kernels.trajectory_terms
 Three estimators read the table and nothing else about a term: the exact expected sum
 (`sim.objectives.exact_logit_gradients`), the Monte-Carlo mean
 (`sim.objectives.mc_logit_gradients`) and the population kernel
-(`sim.population_kernels.step_agent`, through the arrays of `term_codes`). A term's
+(`sim.population_kernels.step_agents`, through the arrays of `term_codes`). A term's
 index (its row in the population's gradient arrays) is its position in `TERMS`.
 """
 
