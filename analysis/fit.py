@@ -57,6 +57,7 @@ from analysis.fit_model import (
     base_sampling_logits,
     bounds_of,
     free_parameter_names,
+    grid_starts,
     linear_base,
     lr_name,
     max_jump,
@@ -65,15 +66,11 @@ from analysis.fit_model import (
 )
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
 from core.calibration import Z95
-from sim.columns import column
 
 __all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampling_logits",
            "fit_observed", "free_parameter_names", "ladder_of", "observed_digest",
            "regime_objective", "simulate_regime"]
 
-GRID_ELL = (0.7, 2.0, 7.0)
-GRID_ELL_D = (1.0, 4.0, 16.0)
-GRID_LR = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 0.5), "lr_frac": (0.01, 0.03, 0.1, 0.3, 1.0)}
 START = {"ell_s": 0.5, "ell_d": 3.0, "ell": 1.0, "beta": 0.001}
 START_LR = {"lr": 0.03, "lr_frac": 0.1}
 
@@ -211,43 +208,15 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         return sum(float(np.nansum((simulate_regime(r, ladder, b_s, cfg, vals)[:, 3]
                                     - y[r])**2)) for r in rows)
 
-    def grid_start() -> dict[str, float]:
-        """Coarse grid; a learning rate moves only its own regimes, so it is chosen per
-        learning rate given the length scales."""
-        best: tuple[float, dict[str, float]] = (math.inf, {})
-        by_lr: dict[str, list[str]] = {}
-        for r in regimes:
-            name = lr_name(r, cfg)
-            if name is not None:  # an untrained row has no learning rate to choose
-                by_lr.setdefault(name, []).append(r)
-        if cfg.transfer == "shared":
-            combos = [{"ell_s": a, "ell_d": b} for a in GRID_ELL for b in GRID_ELL_D]
-        elif cfg.transfer == "single":
-            combos = [{"ell": a} for a in (*GRID_ELL, GRID_ELL_D[-1])]
-        else:
-            combos = [{}]
-        for ells in combos:
-            total, chosen = 0.0, dict(ells)
-            for lr, rows in by_lr.items():
-                ell_cands = ([{column("ell", r): e for r in rows} for e in GRID_ELL]
-                             if cfg.transfer == "per-regime" else [{}])
-                cands = [(sse(rows, {**start, **ells, **ell, lr: v}), {lr: v, **ell})
-                         for v in GRID_LR[lr.split("[")[0]] for ell in ell_cands]
-                err, pick = min(cands, key=lambda c: c[0])
-                total += err
-                chosen |= pick
-            if total < best[0]:
-                best = (total, chosen)
-        return best[1]
-
     threads = numba.get_num_threads()
     numba.set_num_threads(1)  # the batches are small: threads cost more than they save
     try:
-        if cfg.grid_start and not cfg.quick:
-            start = {**start, **grid_start()}
-        x0 = np.clip(np.log([start[n] for n in names]), lo, hi)
-        sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", diff_step=1e-3,
-                            max_nfev=cfg.effective_nfev, x_scale=1.0)
+        starts = ([{**start, **g} for g in grid_starts(regimes, cfg, start, sse)[:cfg.starts]]
+                  if cfg.grid_start and not cfg.quick else [start])
+        sols = [least_squares(residuals, np.clip(np.log([s[n] for n in names]), lo, hi),
+                              bounds=(lo, hi), method="trf", diff_step=1e-3,
+                              max_nfev=cfg.effective_nfev, x_scale=1.0) for s in starts]
+        sol = min(sols, key=lambda s: float(s.fun @ s.fun))  # the best local optimum
     finally:
         numba.set_num_threads(threads)
     params = parameter_table(names, sol, lo, hi, cfg)
@@ -290,6 +259,10 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     allres = curves["residual"].dropna()
     if not sol.success:
         notes.append(f"optimiser stopped: {sol.message}")
+    if len(sols) > 1:
+        notes.append(f"starts: {len(sols)} local fits from the coarse grid's best points; "
+                     "kept the lowest SSE of " + ", ".join(
+                         f"{float(s.fun @ s.fun):.4f}" for s in sols))
     if cfg.quick:
         notes.append("quick mode: few steps and evaluations; not a converged fit")
     n_free = int(params["free"].sum())

@@ -37,6 +37,7 @@ MAX_FIT_ATTEMPTS = 1000
 MAX_FIT_LENGTH = 1e6  # tokens per candidate answer (the paper's limit is 8,192, DESIGN §5)
 MAX_FIT_STEPS = 100_000  # training steps per regime and evaluation
 MAX_FIT_NFEV = 10_000  # least-squares evaluations
+MAX_FIT_STARTS = 9  # the coarse grid's length-scale combinations (analysis.fit_model)
 
 
 class FitError(ValueError):
@@ -76,6 +77,9 @@ class FitConfig:
         "the fit reports a 95% upper bound on its lr)", "§5", LR_MODES))
     max_nfev: int = field(default=40, metadata=doc("least-squares evaluations at most"))
     grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
+    starts: int = field(default=1, metadata=doc(
+        "local fits from the coarse grid's best points (length-scale combinations); the "
+        "lowest SSE is kept (needs grid_start)"))
     quick: bool = field(default=False, metadata=doc("few steps and evaluations (tests)"))
 
     def __post_init__(self) -> None:
@@ -95,6 +99,9 @@ class FitConfig:
             if not 1 <= getattr(self, name) <= top:
                 raise ValueError(f"{name} ({option}) must be in 1..{top}, "
                                  f"got {getattr(self, name)}")
+        if not 1 <= self.starts <= MAX_FIT_STARTS:
+            raise ValueError(f"starts (--starts) must be in 1..{MAX_FIT_STARTS}, "
+                             f"got {self.starts}")
         if self.transfer not in TRANSFER_MODES:
             raise ValueError(f"transfer (--transfer) must be one of {TRANSFER_MODES}")
         if self.base not in BASE_MODES:

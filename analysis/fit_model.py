@@ -19,6 +19,7 @@ untrained base model's (lr = 0), and analysis.fit reports an upper bound on its 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -38,6 +39,10 @@ from sim.population import UNSTABLE_JUMP  # noqa: F401  (re-exported: the fit fl
 TRAINED_REGIMES = tuple(r.paper_row for r in TRAINED)
 SFT_ROWS = (SFT_NO_REFLECTION, SFT_REFLECTION)
 SHARED_SFT = "SFT"  # the name of the SFT rows' shared learning rate: lr[SFT]
+# the coarse grid of starting points (`grid_starts`)
+GRID_ELL = (0.7, 2.0, 7.0)
+GRID_ELL_D = (1.0, 4.0, 16.0)
+GRID_LR = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 0.5), "lr_frac": (0.01, 0.03, 0.1, 0.3, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,37 @@ def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
     if cfg.fit_beta and RL in regimes:
         names.append("beta")
     return names
+
+
+def grid_starts(regimes: list[str], cfg: FitConfig, start: dict[str, float],
+                sse: Callable[[list[str], dict[str, float]], float]) -> list[dict[str, float]]:
+    """Starting points from a coarse grid, best (lowest SSE) first: one per combination of
+    length scales, with each learning rate chosen on the grid given them (a learning rate
+    moves only its own regimes). `sse(rows, values)` is the fit's SSE over `rows`."""
+    by_lr: dict[str, list[str]] = {}
+    for r in regimes:
+        name = lr_name(r, cfg)
+        if name is not None:  # an untrained row has no learning rate to choose
+            by_lr.setdefault(name, []).append(r)
+    if cfg.transfer == "shared":
+        combos = [{"ell_s": a, "ell_d": b} for a in GRID_ELL for b in GRID_ELL_D]
+    elif cfg.transfer == "single":
+        combos = [{"ell": a} for a in (*GRID_ELL, GRID_ELL_D[-1])]
+    else:
+        combos = [{}]
+    ranked = []
+    for ells in combos:
+        total, chosen = 0.0, dict(ells)
+        for lr, rows in by_lr.items():
+            ell_cands = ([{column("ell", r): e for r in rows} for e in GRID_ELL]
+                         if cfg.transfer == "per-regime" else [{}])
+            cands = [(sse(rows, {**start, **ells, **ell, lr: v}), {lr: v, **ell})
+                     for v in GRID_LR[lr.split("[")[0]] for ell in ell_cands]
+            err, pick = min(cands, key=lambda c: c[0])
+            total += err
+            chosen |= pick
+        ranked.append((total, chosen))
+    return [c for _, c in sorted(ranked, key=lambda t: t[0])]
 
 
 def bounds_of(name: str, cfg: FitConfig) -> tuple[float, float]:

@@ -38,6 +38,9 @@ def test_config_validation():
         FitConfig(q1_base=1.0)
     with pytest.raises(ValueError, match="transfer"):
         FitConfig(transfer="nope")
+    for bad in (0, 10):
+        with pytest.raises(ValueError, match="--starts"):
+            FitConfig(starts=bad)
 
 
 def _synthetic_observed(truth: dict[str, float], cfg: FitConfig) -> pd.DataFrame:

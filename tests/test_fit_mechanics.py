@@ -245,3 +245,36 @@ def test_grid_start_with_the_default_parametrisation():
 
     res = fit_observed(load_paper_table1(), FitConfig(steps=2, max_attempts=3, max_nfev=1))
     assert res.n_free == 6 and np.isfinite(res.rmse)
+
+
+def test_grid_starts_are_ranked_by_their_sse():
+    """Every length-scale combination is a start, best first, with its own best lr."""
+    from analysis.fit_model import GRID_ELL, GRID_ELL_D, grid_starts
+
+    cfg = FitConfig()
+    target = {"ell_s": 2.0, "ell_d": 16.0, f"lr[{RL}]": 0.1}
+
+    def sse(rows: list[str], vals: dict[str, float]) -> float:
+        return sum((np.log(vals[n]) - np.log(v))**2 for n, v in target.items())
+
+    starts = grid_starts([RL], cfg, {}, sse)
+    assert len(starts) == len(GRID_ELL) * len(GRID_ELL_D)
+    assert starts[0] == target
+    errs = [sse([RL], s) for s in starts]
+    assert errs == sorted(errs) and all(s[f"lr[{RL}]"] == 0.1 for s in starts)
+
+
+def test_several_starts_keep_the_lowest_sse():
+    from analysis.fit import fit_observed
+    from analysis.observed import load_paper_table1
+
+    kw = {"steps": 3, "max_attempts": 3, "max_nfev": 2}
+    one = fit_observed(load_paper_table1(), FitConfig(**kw))
+    three = fit_observed(load_paper_table1(), FitConfig(**kw, starts=3))
+    note = next(n for n in three.notes if n.startswith("starts: 3 local fits"))
+    sses = [float(v) for v in note.rsplit("of ", 1)[1].split(", ")]
+    assert len(sses) == 3 and not any(n.startswith("starts:") for n in one.notes)
+    # the first start is the single-start fit's; the kept fit is the best of the three
+    trained = three.curves[three.curves["regime"] != "Base"]["residual"].dropna()
+    assert float(trained @ trained) == pytest.approx(min(sses), abs=1e-4)
+    assert three.rmse <= one.rmse + 1e-12
