@@ -305,6 +305,7 @@ def run_sweep(
                  cells_trained=len(groups), cells_resumed=len(skipped),
                  cells_from_other_commits=len(stale))
     computed: list[str] = []
+    written: dict[str, pd.DataFrame] = {}  # this run's cells, as written (none read back)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -313,8 +314,9 @@ def run_sweep(
 
     def on_done(cell_id: str, df: pd.DataFrame) -> None:
         check_finite(df, f"cell {cell_id}")
-        _write_parquet_atomic(df.assign(git_commit=commit), cells_dir / f"{cell_id}.parquet",
-                              checksum=True)
+        df = df.assign(git_commit=commit)
+        _write_parquet_atomic(df, cells_dir / f"{cell_id}.parquet", checksum=True)
+        written[cell_id] = df
         computed.append(cell_id)
         if bar is not None:
             bar.update(1)
@@ -326,7 +328,8 @@ def run_sweep(
             else:
                 execute_ray(run_batch, grid, batches, address, on_done)
             wall = time.perf_counter() - start
-            frames = [pd.read_parquet(cells_dir / f"{c.cell_id}.parquet") for c in cells]
+            frames = [written[c.cell_id] if c.cell_id in written
+                      else pd.read_parquet(cells_dir / f"{c.cell_id}.parquet") for c in cells]
             results = pd.concat(frames, ignore_index=True, sort=False)
             _write_parquet_atomic(results, out_dir / "results.parquet")
     except BaseException as exc:  # the record never stays at "running"
