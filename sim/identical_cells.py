@@ -9,7 +9,8 @@ sim.objectives.token_weights reads). So where neither door is open, two cells th
 only in L train the same agents on the same draws and give the same rows, bit for bit, apart
 from the columns that name the cell (cell_id, length, len_correct, len_wrong). The accuracies
 and q values depend on L only through that training, and so do the exp_* columns (exact
-gradients at the trained policies, read from the same term table).
+gradients at the trained policies from the same term table: sim.exact_dp multiplies the
+score's Q coefficient, exactly zero, by the finite KL penalties, which adds exact zeros).
 
 Likewise beta is the weight of the `kl` term and of nothing else (sim.objectives
 ObjectiveConfig.parse), and the token models per-token (w = L) and sequence (w = 1) differ in
