@@ -82,24 +82,33 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline", default="main", help="commit to compare with ('' = none)")
     ap.add_argument("--new", default="HEAD", help="commit to measure, or 'worktree'")
+    ap.add_argument("--cold-runs", type=int, default=None,
+                    help="cold runs (fresh exports) of each side [all repeats]; the other "
+                         "repeats run warm in the last export")
     args = ap.parse_args()
+    cold_runs = args.repeats if args.cold_runs is None else min(args.cold_runs, args.repeats)
     sides = {"new": args.new} | ({"old": args.baseline} if args.baseline else {})
     times: dict[tuple[str, str, str], list[float]] = {}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
+        trees: dict[str, Path] = {}
         for rep in range(args.repeats):
             for side, ref in sides.items():
-                tree = export(ref, Path(tmp) / f"{side}{rep}")
-                for phase in ("cold", "warm"):
+                phases = ("cold", "warm") if rep < cold_runs else ("warm",)
+                if rep < cold_runs:
+                    if side in trees:
+                        shutil.rmtree(trees[side])
+                    trees[side] = export(ref, Path(tmp) / f"{side}{rep}")
+                tree = trees[side]
+                for phase in phases:
                     wall, inner = run_job(tree, Path(tmp) / "out", f"{side}{rep}{phase}")
                     times.setdefault((side, phase, "wall"), []).append(wall)
                     times.setdefault((side, phase, "inner"), []).append(inner)
                     loads.append(os.getloadavg()[0])
                     print(f"  run {rep + 1} {side:3s} ({ref}) {phase}: {wall:6.2f} s wall, "
                           f"sweep's own {inner:6.2f} s", flush=True)
-                shutil.rmtree(tree)
     print(f"\nmain job: {' '.join(JOB[1:])} (112 cells x 16 agents x 150 steps), "
-          f"{os.cpu_count()} cores, {args.repeats} runs each")
+          f"{os.cpu_count()} cores, {args.repeats} warm and {cold_runs} cold runs each")
     print(f"load average (1 min) during the runs: {stats(loads)} -- a shared machine: "
           "absolute times are noisy, ratios are measured side by side")
     for phase in ("warm", "cold"):
