@@ -34,7 +34,7 @@ L) are trained once and written once per cell; the cells to train run in batches
 heterogeneous population (sim.cell_batch), in this process on Numba threads or, for large
 sweeps, in one process per core (PROCESS_POOL_MIN_AGENTS). Either way every cell's rows are
 those of the cell trained alone (sim.cell.run_cell; tests/test_sweep_identical.py). Cells are
-written as their batch finishes; `cells_trained` in the record counts the trainings.
+written as their batch finishes.
 """
 
 from __future__ import annotations
@@ -302,8 +302,7 @@ def run_sweep(
     start = time.perf_counter()
     start_record(out_dir, "sweep", grid.to_dict(), inputs, **record_results(grid, name),
                  executor=executor, workers=workers, cells_computed=0,
-                 cells_trained=len(groups), cells_resumed=len(skipped),
-                 cells_from_other_commits=len(stale))
+                 cells_resumed=len(skipped), cells_from_other_commits=len(stale))
     computed: list[str] = []
     written: dict[str, pd.DataFrame] = {}  # this run's cells, as written (none read back)
     bar = None
