@@ -63,6 +63,7 @@ from core.records import (
     record_outcome,
     start_record,
 )
+from sim import cell_batch
 from sim.cell import check_finite
 from sim.cell_batch import plan_batches, run_batch
 from sim.executors import execute_local, execute_ray, signals_interrupt
@@ -297,7 +298,8 @@ def run_sweep(
     n_agents = grid.training.n_agents
     processes = (executor == "ray"
                  or (workers > 1 and len(groups) * n_agents >= PROCESS_POOL_MIN_AGENTS))
-    batches = plan_batches(groups, n_agents, min_batches=workers if processes else 1)
+    batches = plan_batches(groups, n_agents, cell_batch.MAX_BATCH_AGENTS,
+                           min_batches=workers if processes else 1)
 
     start = time.perf_counter()
     start_record(out_dir, "sweep", grid.to_dict(), inputs, **record_results(grid, name),
