@@ -23,10 +23,9 @@ import pandas as pd
 from core.twostage import two_stage_accuracy
 from sim.attribution import attribution_ratio
 from sim.columns import column, split_column
-from sim.dynamics import expected_gradients
 from sim.grid import Cell, GridConfig, regime_label
 from sim.model import AgentSpec, coupling_label
-from sim.objectives import ObjectiveConfig, combine
+from sim.objectives import ObjectiveConfig, combine, exact_logit_gradients
 from sim.population import LearnerConfig, PopulationConfig, PopulationModel, homogeneous
 
 # statistics whose columns may be inf or NaN (0/0): the attribution ratios (DESIGN §3)
@@ -39,29 +38,45 @@ def column_stat(name: str) -> str:
     return name if parts is None else parts[0]
 
 
-def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
-    """Train one cell's population and return one row per agent (the results schema)."""
+def cell_learner(grid: GridConfig, cell: Cell) -> LearnerConfig:
+    """The learner of every agent of `cell` (DESIGN §2): spec at its length, objective,
+    optimiser and update budget."""
     tr = grid.training
-    spec = tr.spec(grid.ladder, cell.length, cell.coupling)
-    learner = LearnerConfig(
-        spec=spec,
+    return LearnerConfig(
+        spec=tr.spec(grid.ladder, cell.length, cell.coupling),
         objective=tr.objective(cell.objective, cell.beta, cell.token_model),
         optimiser=tr.optimiser_config(cell.optimiser, cell.second_moment, cell.max_grad_norm),
     )
-    model = PopulationModel(
-        homogeneous(learner, tr.n_agents),
-        PopulationConfig(
-            n_queries=tr.n_queries,
-            ref_update_every=tr.ref_update_every,
-            seed=grid.seed,
-            record_every=None,
-        ),
-        collect_model_vars=False,
-    )
-    model.run(tr.steps)
-    summary = model.summary()
-    expected = expected_gradient_columns(spec, learner.objective, model.phi, model.ref_phi)
-    n = tr.n_agents
+
+
+def population_config(grid: GridConfig) -> PopulationConfig:
+    """A cell's population settings: the sweep seed for every cell (common random numbers),
+    running means only."""
+    tr = grid.training
+    return PopulationConfig(n_queries=tr.n_queries, ref_update_every=tr.ref_update_every,
+                            seed=grid.seed, record_every=None)
+
+
+def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
+    """Train one cell's population alone and return one row per agent (the results schema);
+    sim.cell_batch trains many cells in one population with the same rows."""
+    learner = cell_learner(grid, cell)
+    model = PopulationModel(homogeneous(learner, grid.training.n_agents),
+                            population_config(grid), collect_model_vars=False)
+    model.run(grid.training.steps)
+    return cell_frame(grid, cell, learner, model.summary(), model.phi, model.ref_phi,
+                      model.unstable)
+
+
+def cell_frame(grid: GridConfig, cell: Cell, learner: LearnerConfig, summary: pd.DataFrame,
+               phis: np.ndarray, ref_phis: np.ndarray, unstable: bool) -> pd.DataFrame:
+    """The results rows of a trained cell from its agents' summary (PopulationModel.summary,
+    the cell's terms only, index 0..n-1), final and reference parameters and `unstable`."""
+    tr = grid.training
+    spec = learner.spec
+    summary = summary.copy()
+    expected = expected_gradient_columns(spec, learner.objective, phis, ref_phis)
+    n = len(summary)
     head = pd.DataFrame(
         {
             "cell_id": [cell.cell_id] * n,
@@ -81,7 +96,7 @@ def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
             "seed": np.full(n, grid.seed, dtype=np.int64 if grid.seed < 2**63 else np.uint64),
             "steps": np.full(n, tr.steps, dtype=np.int64),
             "lr": np.full(n, learner.optimiser.lr),
-            "unstable": np.full(n, model.unstable),
+            "unstable": np.full(n, unstable),
         }
     )
     ladder = spec.ladder
@@ -107,9 +122,17 @@ def expected_gradient_columns(spec: AgentSpec, obj: ObjectiveConfig, phis: np.nd
     """Exact expected ID-mean logit gradients at each agent's final parameters (DESIGN §3):
     exp_g_x[term], exp_ratio[term] per term and the total (exp_ratio). Unlike the sampled
     magnitudes (ratio[term]), these carry no Monte-Carlo noise."""
+    # sim.dynamics.expected_gradients' ID-mean on the logits, with the same operations, its
+    # Jacobians built once for all agents rather than three times per agent
+    jac, offsets, ids = spec.jacobians(), spec.offsets(), spec.ladder.id_indices
     rows = []
     for phi, ref in zip(phis, ref_phis, strict=True):
-        on_logits, _ = expected_gradients(spec, obj, phi, ref)
+        logits = offsets + np.einsum("tip,...p->...ti", jac, phi)  # AgentSpec.task_logits
+        ref_logits = offsets + np.einsum("tip,...p->...ti", jac, ref)
+        on_logits = {k: np.zeros(3) for k in obj.kinds}
+        for t in ids:
+            for k, g in exact_logit_gradients(logits[t], ref_logits[t], spec, obj).items():
+                on_logits[k] += g / len(ids)
         on_logits["total"] = combine(on_logits, obj)
         row = {}
         for term, g in on_logits.items():
@@ -131,10 +154,11 @@ def _order(summary: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
 def check_finite(df: pd.DataFrame, what: str) -> None:
     """Refuse results with NaN or infinities outside the ratio columns (ratio*, exp_ratio*:
     inf or 0/0 by definition where gradients vanish, DESIGN §3)."""
-    bad = [c for c in df.columns
-           if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-           and column_stat(c) not in RATIO_STATS
-           and not np.isfinite(df[c].to_numpy(dtype=float)).all()]
+    checked = [c for c, dtype in df.dtypes.items()
+               if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+               and column_stat(c) not in RATIO_STATS]
+    finite = np.isfinite(df[checked].to_numpy(dtype=float)).all(axis=0)  # one array, not ~200
+    bad = [c for c, ok in zip(checked, finite, strict=True) if not ok]
     if bad:
         shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
         raise ValueError(f"{what} gave non-finite values in {shown} (training diverged: "

@@ -1,13 +1,17 @@
 """Where a sweep's cells run: local worker processes or a Ray cluster (DESIGN.md §2).
 
-Both executors call `run(grid, cell)` (sim.cell.run_cell) for each cell still to do and hand
-each `(cell_id, rows)` to `on_done` in the calling process, as cells finish; what is written
-and how is the runner's business (sim.sweep).
+Both executors call `run(grid, task)` (sim.cell_batch.run_batch: a batch of cells trained as
+one population) for each task still to do and hand each `(cell_id, rows)` it returns to
+`on_done` in the calling process, as tasks finish; what is written and how is the runner's
+business (sim.sweep).
 
-Local: one process per core (spawned, one Numba thread each), or the calling process itself for
-one worker or one cell. SIGTERM and SIGINT stop the worker processes before the sweep exits
-(SIGTERM is raised as `SweepInterrupted`, a KeyboardInterrupt), and workers die with their
-parent even when it is killed outright (PR_SET_PDEATHSIG, else a thread watching the parent).
+Local: the calling process itself, with `workers` Numba threads over each population's
+agents (no process to start, nothing to import twice: the fastest for small sweeps), or one
+process per core (spawned, one Numba thread each, `processes=True`: the Python parts of a
+task then run on every core too). SIGTERM and SIGINT stop the worker processes before the
+sweep exits (SIGTERM is raised as `SweepInterrupted`, a KeyboardInterrupt), and workers die
+with their parent even when it is killed outright (PR_SET_PDEATHSIG, else a thread watching
+the parent).
 
 Ray: `check_ray_address` fails fast on an address nothing answers at (HOST:PORT, or `auto` /
 none for RAY_ADDRESS or the local cluster). Workers need Python and the base install's
@@ -15,8 +19,8 @@ packages, not this repository: the code a cell runs (core and sim, the only pack
 imports, docs/ARCHITECTURE.md) goes to the cluster as the job's runtime_env working_dir
 (`ray_runtime_env`). A driver started by `ray job submit --working-dir DIR` already runs from
 such an upload; its runtime_env is reused, not uploaded again (`runtime_env_for_job`). Ray
-initialised by the caller is used as it is. One Numba thread per worker, one cell per CPU;
-cells not yet finished are cancelled when the sweep stops.
+initialised by the caller is used as it is. One Numba thread per worker, one task (a batch
+of cells) per CPU; tasks not yet finished are cancelled when the sweep stops.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ from typing import Any
 import pandas as pd
 
 from core.provenance import REPO_ROOT
-from sim.grid import Cell, GridConfig
+from sim.grid import GridConfig
 
-# what a cell computes (sim.cell.run_cell) and what the runner does with it (sim.sweep)
-RunCell = Callable[[GridConfig, Cell], pd.DataFrame]
+# what a task computes (sim.cell_batch.run_batch: rows per cell) and what the runner does
+# with each cell's rows (sim.sweep)
+RunTask = Callable[[GridConfig, Any], list[tuple[str, pd.DataFrame]]]
 OnDone = Callable[[str, pd.DataFrame], None]
+PARALLEL_CHUNK_AGENTS = 4  # agents per chunk of a population's thread loop (in process)
 
 class SweepInterrupted(KeyboardInterrupt):
     """SIGTERM during a sweep, raised like Ctrl-C's KeyboardInterrupt: the workers are
@@ -93,18 +99,19 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _init_worker(parent_pid: int | None = None) -> None:
+def _init_worker(parent_pid: int | None = None, threads: int = 1) -> None:
     # one process per core: threads inside a process would only oversubscribe the cores
     import numba
 
-    numba.set_num_threads(1)
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     if parent_pid is not None:  # a pool worker: the parent alone handles Ctrl-C, then ends us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent(parent_pid)
 
 
-def _run_cell_worker(run: RunCell, grid: GridConfig, cell: Cell) -> tuple[str, pd.DataFrame]:
-    return cell.cell_id, run(grid, cell)
+def _run_task_worker(run: RunTask, grid: GridConfig,
+                     task: Any) -> list[tuple[str, pd.DataFrame]]:
+    return run(grid, task)
 
 
 def _stop_workers(pool) -> None:
@@ -123,13 +130,25 @@ def _stop_workers(pool) -> None:
             proc.join(1.0)
 
 
-def execute_local(run: RunCell, grid: GridConfig, todo: list[Cell], workers: int,
-                  on_done: OnDone) -> None:
-    """Run `todo` in `workers` spawned processes (in this one for one worker or one cell)."""
-    if workers <= 1 or len(todo) <= 1:
-        _init_worker()
-        for cell in todo:
-            on_done(*_run_cell_worker(run, grid, cell))
+def execute_local(run: RunTask, grid: GridConfig, todo: list[Any], workers: int,
+                  on_done: OnDone, processes: bool = False) -> None:
+    """Run the tasks `todo` in this process with `workers` Numba threads, or with
+    `processes` in `workers` spawned processes (in this one for one worker or one task)."""
+    if not processes or workers <= 1 or len(todo) <= 1:
+        import numba
+
+        before = numba.get_num_threads()
+        _init_worker(threads=workers)
+        # threads take agents a few at a time rather than one fixed share each: on a shared
+        # machine a descheduled thread no longer holds up every step (measured: ~15% faster)
+        chunk = numba.set_parallel_chunksize(PARALLEL_CHUNK_AGENTS)
+        try:
+            for task in todo:
+                for cell_id, rows in _run_task_worker(run, grid, task):
+                    on_done(cell_id, rows)
+        finally:
+            numba.set_parallel_chunksize(chunk)
+            numba.set_num_threads(before)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -142,9 +161,10 @@ def execute_local(run: RunCell, grid: GridConfig, todo: list[Cell], workers: int
         initargs=(os.getpid(),),
     )
     try:
-        futures = [pool.submit(_run_cell_worker, run, grid, cell) for cell in todo]
+        futures = [pool.submit(_run_task_worker, run, grid, task) for task in todo]
         for fut in as_completed(futures):
-            on_done(*fut.result())
+            for cell_id, rows in fut.result():
+                on_done(cell_id, rows)
     except BaseException:
         _stop_workers(pool)
         raise
@@ -242,7 +262,7 @@ def runtime_env_for_job(job_env: Mapping[str, Any] | None) -> dict[str, Any]:
             "excludes": list(RAY_EXCLUDES)}
 
 
-def execute_ray(run: RunCell, grid: GridConfig, todo: list[Cell], address: str | None,
+def execute_ray(run: RunTask, grid: GridConfig, todo: list[Any], address: str | None,
                 on_done: OnDone) -> None:
     """Run `todo` as Ray tasks on the cluster at `address` (a local one if None); the cells'
     code travels in the job's runtime_env (`runtime_env_for_job`), so workers need no copy
@@ -259,13 +279,14 @@ def execute_ray(run: RunCell, grid: GridConfig, todo: list[Cell], address: str |
                  include_dashboard=False)
     # one Numba thread per worker (a task's env_vars merge with its job's runtime_env)
     remote = ray.remote(num_cpus=1, runtime_env={"env_vars": dict(RAY_WORKER_ENV)})(
-        _run_cell_worker)
+        _run_task_worker)
     grid_ref = ray.put(grid)
-    pending = [remote.remote(run, grid_ref, cell) for cell in todo]
+    pending = [remote.remote(run, grid_ref, task) for task in todo]
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            on_done(*ray.get(done[0]))
+            for cell_id, rows in ray.get(done[0]):
+                on_done(cell_id, rows)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -28,6 +28,13 @@ SIGTERM (core.records.record_outcome): no record stays at "running".
 Reproducibility: every cell uses the sweep seed for its agents' splitmix64 streams (common
 random numbers: agent i sees the same uniforms in every cell, which makes differences between
 cells less noisy), so a cell's rows do not depend on which process ran it or in what order.
+
+Speed: cells whose results cannot differ (sim.identical_cells: e.g. the surrogate's at every
+L) are trained once and written once per cell; the cells to train run in batches, each one
+heterogeneous population (sim.cell_batch), in this process on Numba threads or, for large
+sweeps, in one process per core (PROCESS_POOL_MIN_AGENTS). Either way every cell's rows are
+those of the cell trained alone (sim.cell.run_cell; tests/test_sweep_identical.py). Cells are
+written as their batch finishes.
 """
 
 from __future__ import annotations
@@ -56,11 +63,19 @@ from core.records import (
     record_outcome,
     start_record,
 )
-from sim.cell import check_finite, run_cell
+from sim import cell_batch
+from sim.cell import check_finite
+from sim.cell_batch import plan_batches, run_batch
 from sim.executors import execute_local, execute_ray, signals_interrupt
 from sim.grid import GridConfig
+from sim.identical_cells import group_cells
 
 EXECUTORS = ("local", "ray")
+# Local sweeps with fewer agents to train run in this process, on Numba threads; larger ones
+# in one process per core, which pays ~2-3 s to start and import but also spreads the serial
+# Python part (~1 ms per agent: the exact exp_* columns) over the cores. Measured on two
+# cores: the default sweep (1312 agents) is ~1 s faster in process.
+PROCESS_POOL_MIN_AGENTS = 4096
 
 
 # ------------------------------------------------------------------------------ cell files
@@ -277,12 +292,21 @@ def run_sweep(
     done_ids = set(skipped)
     todo = [c for c in cells if c.cell_id not in done_ids]
     workers = workers or os.cpu_count() or 1
+    # cells that cannot differ are trained once (sim.identical_cells), and many cells as one
+    # population (sim.cell_batch): at least one batch per worker where workers are processes
+    groups = group_cells(grid, todo)
+    n_agents = grid.training.n_agents
+    processes = (executor == "ray"
+                 or (workers > 1 and len(groups) * n_agents >= PROCESS_POOL_MIN_AGENTS))
+    batches = plan_batches(groups, n_agents, cell_batch.MAX_BATCH_AGENTS,
+                           min_batches=workers if processes else 1)
 
     start = time.perf_counter()
     start_record(out_dir, "sweep", grid.to_dict(), inputs, **record_results(grid, name),
                  executor=executor, workers=workers, cells_computed=0,
                  cells_resumed=len(skipped), cells_from_other_commits=len(stale))
     computed: list[str] = []
+    written: dict[str, pd.DataFrame] = {}  # this run's cells, as written (none read back)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -291,8 +315,9 @@ def run_sweep(
 
     def on_done(cell_id: str, df: pd.DataFrame) -> None:
         check_finite(df, f"cell {cell_id}")
-        _write_parquet_atomic(df.assign(git_commit=commit), cells_dir / f"{cell_id}.parquet",
-                              checksum=True)
+        df = df.assign(git_commit=commit)
+        _write_parquet_atomic(df, cells_dir / f"{cell_id}.parquet", checksum=True)
+        written[cell_id] = df
         computed.append(cell_id)
         if bar is not None:
             bar.update(1)
@@ -300,11 +325,12 @@ def run_sweep(
     try:
         with signals_interrupt():
             if executor == "local":
-                execute_local(run_cell, grid, todo, workers, on_done)
+                execute_local(run_batch, grid, batches, workers, on_done, processes)
             else:
-                execute_ray(run_cell, grid, todo, address, on_done)
+                execute_ray(run_batch, grid, batches, address, on_done)
             wall = time.perf_counter() - start
-            frames = [pd.read_parquet(cells_dir / f"{c.cell_id}.parquet") for c in cells]
+            frames = [written[c.cell_id] if c.cell_id in written
+                      else pd.read_parquet(cells_dir / f"{c.cell_id}.parquet") for c in cells]
             results = pd.concat(frames, ignore_index=True, sort=False)
             _write_parquet_atomic(results, out_dir / "results.parquet")
     except BaseException as exc:  # the record never stays at "running"

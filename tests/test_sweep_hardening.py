@@ -22,7 +22,7 @@ from click.testing import CliRunner
 import cli
 import sim.lengths as lengths_mod
 import sim.sweep as sweep_mod
-from core.records import read_record
+from core.records import manifest_path, read_record
 from sim.grid import GridConfig, TrainingConfig
 from sim.grid_files import build_grid, load_grid_file
 from sim.lengths import parse_lengths
@@ -259,17 +259,18 @@ def test_train_cli_refuses_non_finite_or_huge(tmp_path, argv, frag) -> None:
 
 
 def _nan_cell(real):
-    def fake(grid, cell):
-        df = real(grid, cell)
-        if cell.length == 20:
-            df.loc[0, "p[T1]"] = np.nan
-        return df
+    def fake(grid, batch):
+        out = real(grid, batch)
+        for cell_id, df in out:
+            if cell_id.endswith("__L20"):
+                df.loc[0, "p[T1]"] = np.nan
+        return out
     return fake
 
 
 def test_non_finite_cell_fails_loudly_and_is_not_written(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(sweep_mod, "run_cell", _nan_cell(sweep_mod.run_cell))
-    g = GridConfig(lengths=(10, 20, 30), objectives=("surrogate",), training=TINY)
+    monkeypatch.setattr(sweep_mod, "run_batch", _nan_cell(sweep_mod.run_batch))
+    g = GridConfig(lengths=(10, 20, 30), objectives=("surrogate+kl",), training=TINY)
     with pytest.raises(ValueError, match=r"non-finite.*p\[T1\]"):
         run_sweep(g, "nf", tmp_path, workers=1, progress=False)
     cells = sorted(p.name for p in (tmp_path / "nf" / "cells").glob("*.parquet"))
@@ -377,6 +378,15 @@ def _children(pid: int) -> set[int]:
         return kids
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -387,10 +397,13 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_killed_sweep_leaves_no_workers(tmp_path, sig) -> None:
-    # cells of ~20 s each: without cleanup the workers would outlive the sweep by that long
+    # two cells (L matters to the KL) of 2048 agents: as many agents as make the sweep use
+    # worker processes (sim.sweep.PROCESS_POOL_MIN_AGENTS), one batch each, of many seconds:
+    # without cleanup the workers would outlive the sweep by that long
+    agents = sweep_mod.PROCESS_POOL_MIN_AGENTS // 2
     args = [sys.executable, "cli.py", "sweep", "--lengths", "10..20:10", "--objectives",
-            "surrogate", "--steps", "20000", "--agents", "64", "--workers", "2", "--name", "o",
-            "--out", str(tmp_path), "--no-progress"]
+            "surrogate+kl", "--steps", "20000", "--agents", str(agents), "--workers", "2",
+            "--name", "o", "--out", str(tmp_path), "--no-progress"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
@@ -403,7 +416,11 @@ def test_killed_sweep_leaves_no_workers(tmp_path, sig) -> None:
                 break
             time.sleep(0.1)
         assert len(workers) >= 2, "the sweep never started its workers"
-        time.sleep(2.0)  # let them import and start computing
+        # let them import and start computing: importing takes ~2.5 s of CPU, and a worker
+        # killed before it (a loaded machine) leaves on its own only once it has imported
+        deadline = time.time() + 90
+        while time.time() < deadline and min(_cpu_seconds(p) for p in workers) < 5.0:
+            time.sleep(0.2)
         os.kill(proc.pid, sig)
         proc.wait(timeout=10)
         deadline = time.time() + 5
@@ -518,7 +535,7 @@ def test_out_of_memory_is_an_error_line(tmp_path, monkeypatch) -> None:
     res = _train(tmp_path)
     _one_line_error(res, "memory")
     _only_a_failed_record(tmp_path / "out" / "fig1", "train", "MemoryError")
-    monkeypatch.setattr(sweep_mod, "run_cell", oom)
+    monkeypatch.setattr(sweep_mod, "run_batch", oom)
     res = _sweep(tmp_path, "--lengths", "10", "--name", "oom")
     assert_clean_cli_error(res)  # after the header line: the work had started
     last = res.output.strip().splitlines()[-1]
@@ -544,3 +561,32 @@ def test_grid_path_that_is_a_folder(tmp_path) -> None:
     folder.mkdir()
     res = _sweep(tmp_path, "--grid", str(folder))
     _one_line_error(res, "not a file", "grid.toml")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_in_process_sweep_records_it(tmp_path, sig) -> None:
+    """A small sweep trains in the calling process (Numba threads, no workers): a signal
+    still ends it between two training steps, with the interrupted record."""
+    args = [sys.executable, "cli.py", "sweep", "--lengths", "10..20:10", "--objectives",
+            "surrogate+kl", "--steps", "200000", "--agents", "64", "--workers", "2",
+            "--name", "i", "--out", str(tmp_path), "--no-progress"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not manifest_path(tmp_path / "i").is_file():
+            time.sleep(0.1)
+        time.sleep(3.0)  # training by now
+        assert proc.poll() is None and not _children(proc.pid)  # no worker processes
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=20)
+        assert proc.returncode == 128 + sig, proc.returncode
+        assert b"rerun the same command to resume" in proc.stderr.read()
+        man = read_record(tmp_path / "i")
+        assert man["status"] == "interrupted" and not list((tmp_path / "i" / "cells").iterdir())
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
