@@ -216,9 +216,10 @@ def test_driver_elsewhere_by_address(cluster: Cluster) -> None:
 
         def where(grid, cell):
             import core, sim
-            return pd.DataFrame({{"sim": [sim.__file__], "core": [core.__file__],
-                                  "cwd": [os.getcwd()],
-                                  "threads": [os.environ.get("NUMBA_NUM_THREADS")]}})
+            return [(cell.cell_id,
+                     pd.DataFrame({{"sim": [sim.__file__], "core": [core.__file__],
+                                   "cwd": [os.getcwd()],
+                                   "threads": [os.environ.get("NUMBA_NUM_THREADS")]}}))]
 
         grid = GridConfig(lengths=(10,), objectives=("surrogate",),
                           training=TrainingConfig(steps=1, n_agents=1))

@@ -16,6 +16,7 @@ import cli
 import sim.sweep as sweep_mod
 import sim.training_run as training_run
 from core.records import FIELDS, read_record, start_record
+from sim import cell_batch
 from sim.grid import GridConfig, TrainingConfig
 from sim.grid_files import build_grid, load_grid_file
 from sim.sweep import run_sweep
@@ -72,19 +73,21 @@ def test_every_sim_output_folder_has_a_run_record(tmp_path: Path) -> None:
 
 
 def _interrupt_at(length: int):
-    real = sweep_mod.run_cell
+    real = sweep_mod.run_batch
 
-    def run(grid, cell):
-        if cell.length == length:
+    def run(grid, batch):
+        if any(cell.length == length for group in batch for cell in group.members):
             raise KeyboardInterrupt
-        return real(grid, cell)
+        return real(grid, batch)
 
     return run
 
 
 def test_an_interrupted_sweep_records_interrupted_then_resumes(tmp_path, monkeypatch) -> None:
-    grid = GridConfig(lengths=(10, 20, 30), objectives=("surrogate",), training=TINY)
-    monkeypatch.setattr(sweep_mod, "run_cell", _interrupt_at(20))
+    # surrogate+kl: its cells differ in L (the surrogate alone is trained once for every L)
+    grid = GridConfig(lengths=(10, 20, 30), objectives=("surrogate+kl",), training=TINY)
+    monkeypatch.setattr(sweep_mod, "run_batch", _interrupt_at(20))
+    monkeypatch.setattr(cell_batch, "MAX_BATCH_AGENTS", 1)  # one cell per batch
     with pytest.raises(KeyboardInterrupt):
         run_sweep(grid, "i", tmp_path, workers=1, progress=False)
     record = read_record(tmp_path / "i")
@@ -102,12 +105,13 @@ def test_an_interrupted_sweep_records_interrupted_then_resumes(tmp_path, monkeyp
 
 
 def test_a_failed_sweep_records_failed(tmp_path, monkeypatch) -> None:
-    real = sweep_mod.run_cell
+    real = sweep_mod.run_batch
 
-    def diverging(grid, cell):
-        return real(grid, cell).assign(id_accuracy=float("nan"))
+    def diverging(grid, batch):
+        return [(cell_id, rows.assign(id_accuracy=float("nan")))
+                for cell_id, rows in real(grid, batch)]
 
-    monkeypatch.setattr(sweep_mod, "run_cell", diverging)
+    monkeypatch.setattr(sweep_mod, "run_batch", diverging)
     grid = GridConfig(lengths=(10,), objectives=("surrogate",), training=TINY)
     with pytest.raises(ValueError, match="non-finite"):
         run_sweep(grid, "nf", tmp_path, workers=1, progress=False)
