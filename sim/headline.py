@@ -114,7 +114,10 @@ def saturation(cells: pd.DataFrame, series: str, column: str = "ratio") -> Satur
                       float(last), float(values[0]))
 
 
-def _num(x: float) -> str:
+def format_number(x: float) -> str:
+    """A ratio as the headline and the report's Findings print it: "-" when undefined, three
+    significant digits below 1,000, thousands separated up to a million ("1,420"), then
+    scientific notation."""
     if not math.isfinite(x):
         return "-"
     if abs(x) >= 1e6:
@@ -166,10 +169,10 @@ def headline_sentence(cells: pd.DataFrame) -> str:
 
 def _saturation_text(sat: Saturation) -> str:
     if sat.length is None:
-        return (f"has not saturated by the longest L (median {_num(sat.first)} at the "
-                f"shortest, {_num(sat.value)} at the longest)")
-    return (f"saturates from L ≈ {sat.length:g} at about {_num(sat.value)} (median "
-            f"{_num(sat.first)} at the shortest L)")
+        return (f"has not saturated by the longest L (median {format_number(sat.first)} at "
+                f"the shortest, {format_number(sat.value)} at the longest)")
+    return (f"saturates from L ≈ {sat.length:g} at about {format_number(sat.value)} (median "
+            f"{format_number(sat.first)} at the shortest L)")
 
 
 def headline_table(cells: pd.DataFrame, lengths: list[float] | None = None) -> str:
@@ -188,8 +191,9 @@ def headline_table(cells: pd.DataFrame, lengths: list[float] | None = None) -> s
             notes.append(DEGENERATE_NOTE)
         if r.unstable:
             notes.append(f"UNSTABLE: {r.unstable}/{r.agents} agents")
-        ratio = "undef" if r.degenerate else _num(r.ratio)
-        line = (f"{r.series:<{width}} {r.length:>6g} {ratio:>8} {_num(r.ratio_kl):>8} "
+        ratio = "undef" if r.degenerate else format_number(r.ratio)
+        line = (f"{r.series:<{width}} {r.length:>6g} {ratio:>8} "
+                f"{format_number(r.ratio_kl):>8} "
                 f"{_prob(r.q2):>8} {_pct(r.id_accuracy):>7} {_pct(r.ood_accuracy):>7}  "
                 + "; ".join(notes))
         rows.append(line.rstrip())

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from sim.headline import (
     DEGENERATE_NOTE,
     cell_medians,
+    format_number,
     headline,
     headline_sentence,
     saturation,
@@ -108,3 +109,9 @@ def test_sweep_prints_the_headline_before_its_json_summary(tmp_path):
     assert any(ln.startswith("Headline:") for ln in lines)
     assert any(ln.startswith("KL only") and DEGENERATE_NOTE in ln for ln in lines)
     assert "GRPO" in lines[-2] or "generalises best" in lines[-2]
+
+
+def test_numbers_read_with_thousands_separators():
+    """The one formatter of the headline and the report's Findings."""
+    assert [format_number(x) for x in (0.941, 55.2, 1420.0, 2164.4, 3.2e6, float("nan"))] == \
+        ["0.941", "55.2", "1,420", "2,164", "3.20e+06", "-"]
