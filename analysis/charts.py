@@ -70,6 +70,27 @@ def scale_for(values: Iterable[str], domain: Sequence[str] | None) -> alt.Scale:
     return alt.Scale(domain=used, range=[colours[u] for u in used])
 
 
+SERIES_SEP = " · "  # between a series label's regime and its varying grid axes
+
+
+def series_regime(label: str) -> str:
+    """The regime part of a series label (series_labels: "GRPO · adam · β=0.01" -> "GRPO")."""
+    return str(label).split(SERIES_SEP)[0]
+
+
+def series_scale(series: Iterable[str], domain: Sequence[str] | None = None) -> alt.Scale:
+    """Colour per series label: its regime's colour (the regime table's for the paper's
+    regimes, a fallback colour for other objectives, as in `scale_for` over `domain`), so every
+    configuration of a regime keeps that regime's colour (line dash tells them apart). Series
+    listed in regime order."""
+    labels = list(dict.fromkeys(map(str, series)))
+    heads = [series_regime(s) for s in labels]
+    full = regime_domain(heads) if domain is None else regime_domain(domain, heads)
+    colours = dict(zip(full, regime_scale(full).range, strict=True))
+    ordered = sorted(labels, key=lambda s: full.index(series_regime(s)))
+    return alt.Scale(domain=ordered, range=[colours[series_regime(s)] for s in ordered])
+
+
 def task_sort(df: pd.DataFrame) -> list[str]:
     """Task names in task_index order (the x-axis order of every per-task chart)."""
     return list(df.drop_duplicates("task").sort_values("task_index")["task"])
@@ -94,7 +115,7 @@ def series_labels(df: pd.DataFrame) -> pd.Series:
     for col, fmt in (("optimiser", "{}"), ("beta", "β={:g}"), ("second_moment", "v {}"),
                      ("max_grad_norm", "clip {:g}"), ("coupling", "M {}")):
         if col in df.columns and df[col].nunique() > 1:
-            label = label + " · " + df[col].map(fmt.format)
+            label = label + SERIES_SEP + df[col].map(fmt.format)
     return label
 
 

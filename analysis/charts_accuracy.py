@@ -132,7 +132,8 @@ def _accuracy_panel(df: pd.DataFrame, title: str, scale: alt.Scale, tasks: list[
         xOffset=off, y=alt.Y("ci_low:Q", scale=alt.Scale(domain=[0, 100], clamp=True)),
         y2="ci_high:Q"))
     if lines:
-        layers.append(enc.mark_line(opacity=0.7).encode(y=y, detail="series:N", **dash))
+        layers.append(enc.mark_line(opacity=0.7).encode(xOffset=off, y=y, detail="series:N",
+                                                        **dash))
     layers.append(enc.mark_point(filled=True, size=40).encode(xOffset=off, y=y, tooltip=tip,
                                                              **shape))
     return alt.layer(*layers).properties(width=PANEL_W + 40, height=PANEL_H + 20, title=title)
@@ -158,16 +159,21 @@ def ood_curves(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.HC
     return alt.hconcat(*panels).resolve_scale(x="independent")
 
 
-def ood_overlay(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.HConcatChart:
+def ood_overlay(acc: pd.DataFrame, domain: Sequence[str] | None = None,
+                regimes: Sequence[str] | None = None,
+                columns: int = 3) -> alt.ConcatChart:
     """One panel per regime (its colour), simulated and observed accuracy vs task overlaid in
     it: each data source (the sweep or fitted simulator, the paper's Table 1, real-model runs)
     one line style and point shape, in one legend ("data", click to pick); 95% CIs as bars, ID
-    tasks shaded.
+    tasks shaded. Panels wrap after `columns` (the page is about 1,200 px wide); `regimes`
+    (display labels) picks and orders the panels, default every regime of `acc`.
 
     `acc`: as for ood_curves (regime, task, task_index, in_distribution, accuracy, ci_low,
     ci_high, source; optionally series).
     """
     d = _with_series(acc)
+    if regimes is not None:
+        d = d[d["regime"].isin(list(regimes))]
     d["curve"] = np.where(d["series"] != d["regime"], d["source"] + " · " + d["series"],
                           d["source"])
     for c in ("accuracy", "ci_low", "ci_high"):
@@ -180,7 +186,8 @@ def ood_overlay(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.H
     yd = alt.Scale(domain=[0, 100], clamp=True)
     panels = []
     pick, faded = legend_pick("curve")  # one selection for every panel (one legend)
-    for regime in scale.domain:
+    order = list(regimes) if regimes is not None else list(scale.domain)
+    for regime in [r for r in order if r in set(d["regime"])]:
         sub = d[d["regime"] == regime]
         tasks = task_sort(sub)
         enc = alt.Chart(sub).encode(
@@ -204,7 +211,17 @@ def ood_overlay(acc: pd.DataFrame, domain: Sequence[str] | None = None) -> alt.H
         ]
         panels.append(alt.layer(*layers).properties(width=PANEL_W, height=PANEL_H + 20,
                                                     title=str(regime)))
-    return alt.hconcat(*panels).resolve_scale(x="independent").add_params(pick)
+    return alt.concat(*panels, columns=columns).resolve_scale(x="independent").add_params(pick)
+
+
+def accuracy_panel(acc: pd.DataFrame, title: str,
+                   domain: Sequence[str] | None = None) -> alt.LayerChart:
+    """One compact panel of accuracy vs task, a line per regime in its colour (e.g. a
+    sweep's ablations, which have no observed counterpart); 95% CIs as bars, ID tasks
+    shaded. `acc`: as for ood_curves."""
+    scale = scale_for(acc["regime"].unique(), domain)
+    offsets = list(dict.fromkeys(_with_series(acc)["series"]))
+    return _accuracy_panel(acc, title, scale, task_sort(acc), offsets)
 
 
 def fit_overlay(curves: pd.DataFrame, domain: Sequence[str] | None = None,

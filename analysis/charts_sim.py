@@ -12,8 +12,16 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from analysis.charts import PANEL_H, PANEL_W, legend_pick, mean_ci, series_labels
+from analysis.charts import (
+    PANEL_H,
+    PANEL_W,
+    legend_pick,
+    mean_ci,
+    series_labels,
+    series_scale,
+)
 from sim.columns import column, keyed_columns, split_column
+from sim.model import parse_coupling
 
 COMPONENT_LABELS = {"s": "θ_s (sampling)", "1": "θ_1 (STOP after correct)",
                     "2": "θ_2 (RESAMPLE after wrong)"}
@@ -23,6 +31,9 @@ SHARED_PARAMS = ("w_s", "w_1", "w_2")  # sim.model.AgentSpec.parameter_names
 TASK_PARAMS = ("u_s", "u_1", "u_2")  # u_x[t] per ID task
 AGENT_BAND = (0.025, 0.975)  # quantiles of the band over agents
 UNDEFINED_RATIO = "undefined (0/0: never leaves π_ref)"  # a series whose ratio is never finite
+# px for the row labels of a heatmap (Vega's default, 180, cuts the budget settings short);
+# the phase diagram has no y title: Vega places it by an estimate of the labels' width, onto them
+ROW_LABEL_LIMIT = 420
 
 
 def undefined_ratios(df: pd.DataFrame, ratio_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -42,9 +53,11 @@ def undefined_ratios(df: pd.DataFrame, ratio_column: str) -> tuple[pd.DataFrame,
 
 
 def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None = None,
-                          ratio_column: str = "ratio") -> alt.VConcatChart:
+                          ratio_column: str = "ratio",
+                          domain: Sequence[str] | None = None) -> alt.VConcatChart:
     """Attribution ratio vs L per objective and token model (log axes, population CIs), and
     heatmaps of the learned p and q2 (mean over agents and ID tasks) over L x objective.
+    Colour: the regime's (analysis.charts.series_scale over the report's `domain`).
 
     `results`: the sweep table (DESIGN §3; one row per cell and agent) with objective,
     token_model, length, `ratio_column`, p[T], q2[T].
@@ -56,13 +69,13 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
     agg = mean_ci(finite, ["series", "token_model", "length"], ratio_column)
     agg["ci_low"] = agg["ci_low"].clip(lower=agg["mean"] * 1e-3)
     pick, faded = legend_pick("series")
+    colours = series_scale(df["series"], domain)
     base = alt.Chart(agg).encode(
         x=alt.X("length:Q", scale=alt.Scale(type="log"),
                 title="answer length L (tokens, log scale)"),
-        # dark2 has 8 colours: beyond that (e.g. objectives x optimisers) use 20
+        # one colour per regime (core.regimes), configurations of a regime told apart by dash
         color=alt.Color("series:N", title="objective (click to pick)", legend=LINE_LEGEND,
-                        scale=alt.Scale(scheme="dark2" if agg["series"].nunique() <= 8
-                                        else "tableau20")),
+                        scale=colours),
         **faded,
     )
     tooltip = [alt.Tooltip("series:N", title="objective"), "token_model:N",
@@ -75,7 +88,10 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
         y=alt.Y("ci_low:Q", scale=alt.Scale(type="log"), title=ytitle), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
         y=alt.Y("mean:Q", scale=alt.Scale(type="log"), title=ytitle), tooltip=tooltip,
-        strokeDash=alt.StrokeDash("series:N", legend=None)).add_params(pick)
+        # the same field, title and legend as the colour: one legend with coloured dashes
+        strokeDash=alt.StrokeDash("series:N", title="objective (click to pick)",
+                                  legend=LINE_LEGEND,
+                                  scale=alt.Scale(domain=list(colours.domain)))).add_params(pick)
     # R = 1: sampling and decision gradients equally large (DESIGN §3)
     unit = alt.Chart(pd.DataFrame({"R": [1.0], "label": ["R = 1"]}))
     unit_rule = unit.mark_rule(color="#444", strokeDash=[6, 3]).encode(y="R:Q")
@@ -111,7 +127,9 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
     long = df.melt(id_vars=["series", "token_model", "length"], value_vars=cols,
                    var_name="column", value_name="value")
     long["component"] = long["column"].map(lambda c: split_column(c)[0])
-    long["row"] = long["series"] + " · " + long["token_model"].astype(str)
+    several_models = long["token_model"].nunique() > 1
+    long["row"] = (long["series"] + " · " + long["token_model"].astype(str) if several_models
+                   else long["series"])
     heat = long.groupby(["component", "row", "length"], as_index=False)["value"].mean()
     maps = []
     for comp, title in (("p", "learned p (ID mean)"), ("q2", "learned q2 (ID mean)")):
@@ -119,7 +137,8 @@ def attribution_landscape(results: pd.DataFrame, id_tasks: Sequence[str] | None 
             label=lambda d: np.where(np.isfinite(d["value"]), "", "undefined"))
         cells = alt.Chart(data).encode(
             x=alt.X("length:O", title="answer length L (tokens)"),
-            y=alt.Y("row:N", title="objective · token model"))
+            y=alt.Y("row:N", title="objective · token model" if several_models else "objective",
+                    axis=alt.Axis(labelLimit=ROW_LABEL_LIMIT)))
         rect = cells.mark_rect().encode(
             color=alt.Color("value:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"),
                             title=f"{comp} (0–1)"),
@@ -234,10 +253,29 @@ def training_dynamics(history: pd.DataFrame,
 # ------------------------------------------------------------------------ phase diagram
 
 
+def coupling_text(value: object) -> str:
+    """A short name of a coupling matrix M (DESIGN §2): "none" for M = I; "off-diag c" for
+    ones on the diagonal and c everywhere else; else the matrix as given."""
+    try:
+        matrix = parse_coupling(value)
+    except ValueError:
+        return str(value)
+    if matrix is None:
+        return "none"
+    m = np.array(matrix)
+    off = m[~np.eye(3, dtype=bool)]
+    if np.all(np.diag(m) == 1) and np.all(off == off[0]):
+        return f"off-diag {off[0]:g}"
+    return str(value)
+
+
 def budget_label(table: pd.DataFrame) -> pd.Series:
     """One label per update-budget setting (DESIGN §2): the axes that vary, else the one."""
     axes = [("optimiser", "{}"), ("second_moment", "v {}"), ("max_grad_norm", "clip {:g}"),
             ("coupling", "M {}")]
+    if "coupling" in table.columns:
+        table = table.assign(coupling=table["coupling"].map(
+            lambda v: v if pd.isna(v) else coupling_text(v)))
     present = [(c, f) for c, f in axes if c in table.columns]
     varying = [(c, f) for c, f in present if table[c].nunique(dropna=False) > 1] or present[:1]
     if not varying:
@@ -273,7 +311,7 @@ def phase_diagram(table: pd.DataFrame) -> alt.VConcatChart:
                               "", "undefined")
         cells = alt.Chart(m).encode(
             x=alt.X("length:O", title="answer length L (tokens)"),
-            y=alt.Y("setting:N", title="update budget"))
+            y=alt.Y("setting:N", title=None, axis=alt.Axis(labelLimit=ROW_LABEL_LIMIT)))
         rect = cells.mark_rect().encode(
             color=alt.Color("value:Q", scale=scale, title=metric),
             tooltip=["regime:N", "setting:N", "length:O",
@@ -287,5 +325,7 @@ def phase_diagram(table: pd.DataFrame) -> alt.VConcatChart:
         rows.append(alt.layer(rect, grey, text).properties(
             width=max(160, 26 * d["length"].nunique()),
             height=max(40, 22 * d["setting"].nunique())).facet(
-            column=alt.Column("regime:N", title=None), title=title))
+            column=alt.Column("regime:N", title=None),
+            title=alt.TitleParams(title, subtitle="rows: update budget (optimiser · Adam's v · "
+                                  "gradient-norm clip · coupling M)", anchor="start")))
     return alt.vconcat(*rows).resolve_scale(color="independent")

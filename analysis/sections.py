@@ -9,6 +9,7 @@ simulation (analysis.builtin), never a literal repeated here.
 
 from __future__ import annotations
 
+import altair as alt
 import numpy as np
 import pandas as pd
 
@@ -27,7 +28,7 @@ from analysis.observed import BASE, canonical_regime, load_observed
 from analysis.page import Section
 from analysis.report_inputs import ReportInputs, fit_quality
 from analysis.runs import SweepRun
-from core.regimes import display_label
+from core.regimes import TRAINED, display_label
 from sim.columns import keyed_columns
 from sim.headline import cell_medians, headline_sentence
 from sim.training_run import TrainConfig
@@ -61,14 +62,16 @@ def builtin_sweep_text(cfg: BuiltinSweep) -> str:
 def attribution(inp: ReportInputs) -> Section:
     if inp.sweep is not None:
         sweep = inp.sweep
-        chart = charts_sim.attribution_landscape(sweep.results, sweep.id_tasks)
+        chart = charts_sim.attribution_landscape(sweep.results, sweep.id_tasks,
+                                                 domain=_domain(inp))
         src = (f"sweep {sweep.path} ({sweep.results['cell_id'].nunique()} cells, "
                f"{len(sweep.results)} agent rows)")
         extra = (f"{sweep.kl_text()}. Each point is the mean over the cell's population with a "
                  f"95% CI of that mean (normal approximation over agents); {sweep.ell_text()}.")
     else:
         sweep = None
-        chart = charts_sim.attribution_landscape(builtin_sweep(inp.runs.sweep))
+        chart = charts_sim.attribution_landscape(builtin_sweep(inp.runs.sweep),
+                                                 domain=_domain(inp))
         src = "built-in run (no outputs/sweeps/*/results.parquet found)"
         extra = builtin_sweep_text(inp.runs.sweep)
     found = headline_sentence(cell_medians(sweep.results if inp.sweep is not None
@@ -244,46 +247,102 @@ def ood(inp: ReportInputs) -> Section:
                 "accuracy": sub["observed_accuracy"], "ci_low": sub["observed_accuracy_ci_low"],
                 "ci_high": sub["observed_accuracy_ci_high"], "n": sub.get("n", np.nan),
                 "source": f"real model: {run}"}))
-    acc = pd.concat(frames, ignore_index=True)
+    acc = labelled(pd.concat(frames, ignore_index=True))
     sim_note = ("the sweep's population mean with a 95% CI over agents (cells at the length "
                 f"closest to L = {SWEEP_ACCURACY_LENGTH:g})" if inp.sweep is not None else
                 "the fitted simulator of section 5 (deterministic: no CI)")
+    simulated = acc["source"] == frames[0]["source"].iloc[0]
+    paired = overlaid_regimes(acc, simulated)
+    others = [r for r in dict.fromkeys(acc.loc[simulated, "regime"]) if r not in paired
+              and r not in PAPER_LABELS]
+    chart = charts_accuracy.ood_overlay(acc, _domain(inp), regimes=paired)
+    shown = ", ".join(paired) if paired else "none"
+    unpaired = [r for r in PAPER_LABELS if r not in paired and (acc["regime"] == r).any()]
+    unpaired_text = (f" Not overlaid, as they lack a simulated or an observed curve: "
+                     f"{', '.join(unpaired)}." if unpaired else "")
+    ablation_text = ""
+    if others:  # the sweep's ablations: simulated only, a compact panel of their own
+        ablations = charts_accuracy.accuracy_panel(
+            acc[simulated & acc["regime"].isin(others)],
+            "ablations (simulated only, no observed counterpart)", _domain(inp))
+        chart = alt.vconcat(chart, ablations).resolve_scale(
+            color="independent", shape="independent", strokeDash="independent")
+        ablation_text = (f" Below: the sweep's ablations, simulated only ({', '.join(others)}), "
+                         "in a panel of their own.")
     return Section(
-        "ood", "4. OOD curves: simulated and observed per regime",
-        charts_accuracy.ood_overlay(labelled(acc), _domain(inp)),
-        "Accuracy against task (ordered by difficulty), one panel per training regime, "
-        "simulated and observed overlaid (line style and point shape per data source, one "
-        f"legend; click to pick). Simulated: {sim_note}. Observed: "
+        "ood", "4. OOD curves: simulated and observed per regime", chart,
+        f"Accuracy against task (ordered by difficulty), one panel per trained regime of the "
+        f"paper that has both a simulated and an observed curve ({shown}), simulated and "
+        "observed overlaid (line style and point shape per data source, one legend; click to "
+        f"pick).{unpaired_text}{ablation_text} Simulated: {sim_note}. Observed: "
         f"{observed_text(inp.observed)} and any real-model calibration. "
         "The shaded tasks are in-distribution (trained on); the rest are OOD and are reached "
         "only through the transfer kernel k_x(t, t') = exp(-|d(t) - d(t')| / ell_x) of "
         "DESIGN §1 (difficulty d = task position).", [str(inp.observed_path)])
 
 
+PAPER_LABELS = tuple(display_label(r.paper_row) for r in TRAINED)  # the paper's trained rows
+
+
+def overlaid_regimes(acc: pd.DataFrame, simulated: pd.Series) -> list[str]:
+    """The paper's trained regimes (display labels, Table 1 order) with both a simulated and
+    an observed curve in `acc` (display labels): the panels of the OOD overlay."""
+    sim, obs = set(acc.loc[simulated, "regime"]), set(acc.loc[~simulated, "regime"])
+    return [r for r in PAPER_LABELS if r in sim and r in obs]
+
+
 # --------------------------------------------------------------------------------- 5. fit
+
+
+def base_text(cfg: FitConfig, n_offsets: int) -> str:
+    """How the fit sets the base offsets b_s(t) (DESIGN §1), from its config."""
+    fixed = (f"the base model's q1 = {cfg.q1_base:g}, q2 = {cfg.q2_base:g} fixed (accuracy "
+             "alone does not identify p, q1, q2 — a documented assumption, not a finding)")
+    if cfg.base == "exact":
+        return (f"base offsets b_s(t) solved one per task from the Base row ({n_offsets} "
+                f"offsets), with {fixed}")
+    return ("base offsets b_s(t) = slope·(d_half − d(t)) over the task difficulty d(t) "
+            f"(position), slope and d_half fitted to the Base row, with {fixed}")
+
+
+def trained_text(cfg: FitConfig) -> str:
+    """Which regimes the fit trains and with what objective (DESIGN §2, §5), from its
+    config and the objectives it builds (analysis.fit.regime_objective)."""
+    rl = regime_objective(RL, cfg, cfg.beta)
+    beta = f"beta fitted from {cfg.beta:g}" if cfg.fit_beta else f"beta {cfg.beta:g}"
+    rl_text = (f"RL = surrogate + beta·KL ({beta}, {rl.kl_estimator} estimator "
+               f"{_words(rl.kl_placement)}, {rl.token_model} model)")
+    sft_refl = f"SFT (reflection) on data with an F→T share of {cfg.ft_share:g}"
+    if cfg.lr_mode == "no-refl-bound":
+        return (f"{rl_text} and {sft_refl}; SFT (no reflection) is not trained (its row is "
+                "the base model's; the fit gives a 95% upper bound on its lr)")
+    shared = " (both SFT rows share one lr)" if cfg.lr_mode == "sft-shared" else ""
+    return f"{rl_text}, {sft_refl} and SFT (no reflection){shared}"
 
 
 def fit(inp: ReportInputs) -> Section:
     result = inp.fit
     fit_cfg = FitConfig(**result.config)
-    token_model = regime_objective(RL, fit_cfg, fit_cfg.beta).token_model
     quality = fit_quality(result, inp.fit_path)
+    n_offsets = result.n_params - result.n_free
+    counted = (f"{result.n_free} free parameters + {n_offsets} base offsets"
+               if n_offsets else f"{result.n_free} free parameters")
+    clip = (f", gradient-norm clip {fit_cfg.max_grad_norm:g}" if fit_cfg.max_grad_norm
+            else "")
     return Section(
         "fit", "5. Simulator fitted to the observed curves",
         charts_accuracy.fit_overlay(labelled(result.curves), _domain(inp),
                                     subtitle=quality.lines()),
         f"Least-squares fit (scipy, bounded, log-parameters) of the simulator to "
-        f"{result.observed_source}: base offsets b_s(t) solved from the Base row with the base "
-        f"model's q1, q2 fixed (accuracy alone does not identify p, q1, q2 — a documented "
-        f"assumption, not a finding); each trained regime re-trained from the base by exact "
-        f"expected-gradient {fit_cfg.optimiser.upper()} with its objective (SFT no reflection, "
-        f"SFT reflection with an F→T share of {fit_cfg.ft_share}, RL = surrogate + beta·KL, "
-        f"{token_model} model, L = {fit_cfg.length:g}); OOD transfer only through the kernel "
-        f"of DESIGN §1 ({fit_cfg.transfer} length scales). Fitted: {params_text(result)}. "
-        f"{result.n_free} free parameters + {result.n_params - result.n_free} base offsets for "
-        f"{result.n_obs} cells (RMSE and identification in the chart's subtitle, from "
-        f"{quality.source.name}). Uncertainties: s²(JᵀJ)⁻¹ at the optimum (delta method); a "
-        "parameter at its bound is not identified by these data.", ["fit"])
+        f"{result.observed_source}: {base_text(fit_cfg, n_offsets)}. Each trained regime is "
+        f"re-trained from the base for {fit_cfg.effective_steps} steps of exact "
+        f"expected-gradient {fit_cfg.optimiser.upper()}{clip} (K = {fit_cfg.max_attempts}, "
+        f"L = {fit_cfg.length:g}): {trained_text(fit_cfg)}. OOD transfer only through the "
+        f"kernel of DESIGN §1 ({fit_cfg.transfer} length scales). Fitted: "
+        f"{params_text(result)}. {counted} for {result.n_obs} cells (RMSE and "
+        f"identification in the chart's subtitle, from {quality.source.name}). "
+        "Uncertainties: s²(JᵀJ)⁻¹ at the optimum (delta method); a parameter at its bound is "
+        "not identified by these data.", ["fit"])
 
 
 # ------------------------------------------------------------------------- 6. echo effect
@@ -349,5 +408,11 @@ def compare(inp: ReportInputs) -> Section | None:
 
 
 def _domain(inp: ReportInputs) -> list[str]:
-    """The report's regime domain in display labels (one colour per regime)."""
-    return list(dict.fromkeys(display_label(r) for r in inp.domain))
+    """The report's regime domain in display labels (one colour per regime): the inputs'
+    regimes, then the sweep's other objectives (ablations), so that an ablation keeps one
+    fallback colour in every chart."""
+    labels = [display_label(r) for r in inp.domain]
+    if inp.sweep is not None and "regime" in inp.sweep.results.columns:
+        labels += [display_label(canonical_regime(r))
+                   for r in dict.fromkeys(inp.sweep.results["regime"])]
+    return list(dict.fromkeys(labels))

@@ -20,7 +20,14 @@ from analysis.page import Section
 from analysis.report_inputs import ReportInputs, fit_quality
 from analysis.sections import sweep_accuracy
 from core.regimes import display_label
-from sim.headline import DEGENERATE_NOTE, cell_medians, headline_sentence, shown_lengths
+from sim.columns import split_column
+from sim.headline import (
+    DEGENERATE_NOTE,
+    cell_medians,
+    format_number,
+    headline_sentence,
+    shown_lengths,
+)
 
 
 def _ood_means(acc: pd.DataFrame, value: str = "accuracy") -> pd.Series:
@@ -49,7 +56,7 @@ def _sweep_points(results: pd.DataFrame, source: str) -> tuple[list[str], pd.Dat
         above = [s for s, _, b in grows if b > 1]
         points.append(
             f"Attribution ratio R from L = {first:g} to {last:g}: "
-            + "; ".join(f"{s} {a:.3g} → {b:.3g}" for s, a, b in grows)
+            + "; ".join(f"{s} {format_number(a)} → {format_number(b)}" for s, a, b in grows)
             + f". At L = {last:g}, {len(above)} of {len(grows)} objectives have R > 1 "
             "(the sampling gradient outweighs the decision gradients).")
     dead = list(dict.fromkeys(cells.loc[cells["degenerate"], "series"]))
@@ -64,8 +71,9 @@ def _sweep_points(results: pd.DataFrame, source: str) -> tuple[list[str], pd.Dat
     table = pd.DataFrame({
         "configuration": table["series"], "L": table["length"].map("{:g}".format),
         "median R": np.where(table["degenerate"], "undefined",
-                             table["ratio"].map(lambda v: f"{v:.3g}")),
-        "median R[kl]": table["ratio_kl"].map(lambda v: f"{v:.3g}" if np.isfinite(v) else ""),
+                             table["ratio"].map(format_number)),
+        "median R[kl]": table["ratio_kl"].map(
+            lambda v: format_number(v) if np.isfinite(v) else ""),
         f"median {table['q2_column'].iloc[0] or 'q2'}": table["q2"].map("{:.3f}".format),
         "ID acc.": table["id_accuracy"].map(lambda v: f"{v * 100:.1f}%"),
         "OOD acc.": table["ood_accuracy"].map(lambda v: f"{v * 100:.1f}%"),
@@ -134,10 +142,22 @@ def phase(inp: ReportInputs) -> Section | None:
         return None
     src = str(inp.phase_path)
     settings = charts_sim.budget_label(inp.phase).nunique()
+    cols = inp.phase.columns
+    shown = []  # the metrics charts_sim.phase_diagram draws, as this table has them
+    if "ratio" in cols:
+        shown.append("median attribution ratio R (red: the sampling gradient dominates, R > 1; "
+                     "blue: the decisions do)")
+    q2 = next((c for c in cols if (parts := split_column(c)) and parts[0] == "q2"), None)
+    if q2 is not None:
+        shown.append(f"median {q2}")
+    if "ood_accuracy" in cols:
+        shown.append("median OOD accuracy")
+    metrics = "; ".join(shown) or "nothing"
     return Section(
         "phase", "1b. Phase diagram: update budget × answer length",
         charts_sim.phase_diagram(labelled(inp.phase)),
-        f"Median attribution ratio R (red: the sampling gradient dominates, R > 1; blue: the "
-        f"decisions do) and median q2 per update-budget setting ({settings} here: optimiser, "
-        "Adam's second moment, gradient-norm clip, coupling; DESIGN §2) and answer length, one "
-        f"column per regime. Grey cells: the median is undefined. Source: {src}.", [src])
+        f"{metrics[0].upper() + metrics[1:]} per update-budget setting "
+        f"({settings} here: optimiser, Adam's second moment v, gradient-norm clip, coupling M "
+        "of the trained logits, 'off-diag c' for ones on the diagonal and c elsewhere; DESIGN "
+        "§2) and answer length, one column per regime. Grey cells: the median is undefined. "
+        f"Source: {src}.", [src])

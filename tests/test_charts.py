@@ -166,3 +166,83 @@ def test_ood_curves_draw_each_series_of_a_regime() -> None:
     text = str(spec)
     assert "'detail': {'field': 'series'" in text and "strokeDash" in text
     assert _colour_map(spec) == {RL: charts.REGIME_COLOURS[RL]}
+
+
+def _scale_of(spec: dict, field: str, channel: str = "color") -> dict[str, str]:
+    """domain -> range of every `channel` encoding of `field` that carries an explicit range."""
+    found: dict[str, str] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            enc = node.get("encoding", {})
+            ch = enc.get(channel) if isinstance(enc, dict) else None
+            if isinstance(ch, dict) and ch.get("field") == field:
+                sc = ch.get("scale", {})
+                assert "range" in sc, f"{channel} of {field} without the regime colours: {sc}"
+                for d, r in zip(sc["domain"], sc["range"], strict=True):
+                    assert found.setdefault(d, r) == r, f"two colours for {d}"
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    return found
+
+
+def test_attribution_colours_are_the_regime_tables(tmp_path):
+    """The attribution landscape colours each objective as every other chart does: a paper
+    regime in its core.regimes colour (not a scheme's), an ablation in the colour the OOD
+    ablation panel gives it over the same domain."""
+    from test_report_fixtures import write_sweep
+
+    sweep = pd.read_parquet(write_sweep(tmp_path) / "results.parquet")
+    domain = ["Base", "SFT (no reflection)", "SFT (reflection)", "GRPO", "KL only"]
+    colours = _scale_of(charts_sim.attribution_landscape(sweep, domain=domain).to_dict(),
+                        "series")
+    for label in ("GRPO", "SFT (reflection)"):
+        assert colours[label] == charts.REGIME_COLOURS[label]
+    acc = pd.DataFrame({"regime": ["KL only"] * 2, "task": ["T1", "T2"], "task_index": [1, 2],
+                        "in_distribution": [True, False], "accuracy": [0.5, 0.2],
+                        "ci_low": 0.1, "ci_high": 0.6, "source": "simulated (sweep)"})
+    panel = _scale_of(charts_accuracy.accuracy_panel(acc, "ablations", domain).to_dict(),
+                      "regime")
+    assert colours["KL only"] == panel["KL only"] not in charts.REGIME_COLOURS.values()
+
+
+def test_series_of_one_regime_share_its_colour():
+    """Configurations of one regime (optimisers, betas) keep the regime's colour."""
+    scale = charts.series_scale(["KL only", "GRPO · adam", "GRPO · sgd"])
+    mapping = dict(zip(scale.domain, scale.range, strict=True))
+    assert mapping["GRPO · adam"] == mapping["GRPO · sgd"] == charts.REGIME_COLOURS["GRPO"]
+    assert list(scale.domain)[-1] == "KL only"  # the paper's regimes first
+
+
+def test_ood_overlay_wraps_its_panels_and_shows_the_regimes_asked_for():
+    """Panels in the order asked for, wrapped after `columns` (the page is ~1,200 px wide);
+    regimes not asked for (ablations) are left out."""
+    t = load_paper_table1()
+    sim = t.assign(source="simulated (sweep)", accuracy=t["accuracy"] * 0.9)
+    ablation = sim[sim["regime"] == RL].assign(regime="KL only")
+    acc = charts.labelled(pd.concat([t, sim, ablation], ignore_index=True))
+    wanted = ["GRPO", "SFT (reflection)", "SFT (no reflection)"]
+    spec = charts_accuracy.ood_overlay(acc, regimes=wanted, columns=2).to_dict()
+    assert spec["columns"] == 2
+    assert [p["title"] for p in spec["concat"]] == wanted
+    assert "KL only" not in str(spec)
+
+
+def test_phase_diagram_row_labels_have_room():
+    """The update-budget row labels are short (a coupling matrix of equal off-diagonals is
+    named by that value) and the axis gives them more than Vega's default 180 px."""
+    table = pd.DataFrame({
+        "regime": ["GRPO"] * 3, "length": [10] * 3, "optimiser": ["adam", "adam", "sgd"],
+        "coupling": ["1 -0.25 -0.25; -0.25 1 -0.25; -0.25 -0.25 1", "none",
+                     "1 0.5 0; 0 1 0; 0 0 1"], "ratio": [0.5, 2.0, 1.0]})
+    labels = charts_sim.budget_label(table).tolist()
+    assert labels[:2] == ["adam · M off-diag -0.25", "adam · M none"]
+    assert labels[2] == "sgd · M 1 0.5 0; 0 1 0; 0 0 1"  # unequal off-diagonals: as given
+    text = str(charts_sim.phase_diagram(table).to_dict())
+    limit = charts_sim.ROW_LABEL_LIMIT
+    assert f"'labelLimit': {limit}" in text and limit >= 7 * max(map(len, labels))

@@ -328,3 +328,66 @@ def test_phase_csv_in_the_wide_layout_is_read_per_regime(tmp_path):
     assert grpo.loc["sgd", "q2[T1]"] == 0.2
     assert set(df["regime"]) == {"GRPO", "SFT (reflection)", "SFT (no reflection)"}
     assert df.loc[df["regime"] == "SFT (no reflection)", "ood_accuracy"].tolist() == [0.05, 0.06]
+
+
+@pytest.fixture(scope="module")
+def quick_inputs(tmp_path_factory):
+    """The report's loaded inputs over the synthetic sweep (quick fit), for section tests."""
+    from analysis.report_inputs import load_inputs
+
+    root = tmp_path_factory.mktemp("inputs")
+    write_sweep(root)
+    cfg = ReportConfig(out_dir=root / "r", outputs=root, quick=True, png=False)
+    return load_inputs(cfg, log=lambda _: None)
+
+
+def test_ood_overlays_only_the_papers_regimes_with_both_curves(quick_inputs):
+    """The OOD overlay has a panel per trained regime of the paper with a simulated and an
+    observed curve (the sweep has GRPO and SFT (reflection); Table 1 has all three), wrapped
+    in columns; the sweep's ablation (KL only) is a panel of its own, SFT (no reflection)
+    (observed only) is named in the caption."""
+    from analysis.sections import PAPER_LABELS, ood
+
+    sec = ood(quick_inputs)
+    spec = sec.chart.to_dict()
+    overlay, ablations = spec["vconcat"]
+    swept = {"GRPO", "SFT (reflection)"}  # the fixture sweep's paper regimes ("RL", "SFT ...")
+    assert [p["title"] for p in overlay["concat"]] == [r for r in PAPER_LABELS if r in swept]
+    assert overlay["columns"] == 3
+    assert "KL only" not in json.dumps(overlay) and "KL only" in json.dumps(ablations)
+    assert "Not overlaid, as they lack a simulated or an observed curve: SFT (no reflection)" \
+        in sec.caption
+
+
+def test_fit_caption_reads_the_fit_config(quick_inputs):
+    """The caption states the base-offset mode, beta and the KL's estimator and placement of
+    the FitConfig the fit ran with: a different config gives a different caption."""
+    from dataclasses import replace
+
+    from analysis.fit import FitConfig, regime_objective
+    from analysis.observed import RL
+    from analysis.sections import fit
+
+    cfg = FitConfig(**quick_inputs.fit.config)
+    rl = regime_objective(RL, cfg, cfg.beta)
+    text = fit(quick_inputs).caption
+    assert cfg.base == "linear" and "b_s(t) = slope·(d_half − d(t))" in text
+    assert f"beta {cfg.beta:g}, {rl.kl_estimator} estimator {rl.kl_placement.replace('-', ' ')}" \
+        in text
+    other = {**quick_inputs.fit.config, "base": "exact", "beta": 0.25}
+    changed = replace(quick_inputs, fit=replace(quick_inputs.fit, config=other))
+    text = fit(changed).caption
+    assert "solved one per task from the Base row" in text and "slope·" not in text
+    assert "beta 0.25," in text
+
+
+def test_findings_table_formats_ratios_as_the_headline(quick_inputs):
+    """A median ratio of 1420 reads "1,420" in the Findings (as `cli.py sweep` prints it),
+    not "1.42e+03"."""
+    from analysis.sections_findings import _sweep_points
+    from sim.headline import format_number
+
+    df = quick_inputs.sweep.results.assign(ratio=1420.0)
+    points, table = _sweep_points(df, "sweep")
+    assert set(table["median R"]) - {"undefined"} == {format_number(1420.0)} == {"1,420"}
+    assert "1.42e+03" not in " ".join(points)
