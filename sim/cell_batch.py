@@ -18,6 +18,8 @@ tests/test_sweep_identical.py checks both against `sim.cell.run_cell` frame by f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -26,7 +28,6 @@ from sim.columns import column
 from sim.grid import Cell, GridConfig
 from sim.identical_cells import CellGroup
 from sim.population import UNSTABLE_JUMP, PopulationModel
-from sim.rng import agent_states
 from sim.terms import KINDS
 
 # the columns that name a cell (sim.cell.cell_frame) and so differ between the members of a
@@ -84,10 +85,10 @@ def run_batch(grid: GridConfig, groups: tuple[CellGroup, ...]) -> list[tuple[str
     tr = grid.training
     n = tr.n_agents
     learners = [cell_learner(grid, g.computed) for g in groups]
-    model = PopulationModel([lc for lc in learners for _ in range(n)], population_config(grid),
-                            collect_model_vars=False)
     # agent j of every cell draws from the stream it has in a population of its cell alone
-    model.state.streams[:] = np.tile(agent_states(grid.seed, n), len(groups))
+    config = replace(population_config(grid), stream_ids=tuple(range(n)) * len(groups))
+    model = PopulationModel([lc for lc in learners for _ in range(n)], config,
+                            collect_model_vars=False)
     model.run(tr.steps)
     summary = model.summary()
     out: list[tuple[str, pd.DataFrame]] = []

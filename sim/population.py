@@ -69,8 +69,13 @@ class PopulationConfig:
     # Threads over agents: None = only when the population is large enough to pay for a
     # parallel region (measured: below ~64 agents its start-up costs more than the work).
     parallel: bool | None = None
+    # Agent i draws from stream stream_ids[i] of the seed (None: stream i). Several sweep
+    # cells trained as one population keep the streams each has alone (sim.cell_batch).
+    stream_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.stream_ids is not None and any(i < 0 for i in self.stream_ids):
+            raise ValueError("stream_ids must be non-negative agent indices")
         if self.n_queries < 1:
             raise ValueError(f"n_queries must be >= 1, got {self.n_queries}")
         if self.ref_update_every is not None and self.ref_update_every < 1:
@@ -132,7 +137,7 @@ class PopulationModel(mesa.Model):
         phi = np.stack([lc.spec.initial_params(lc.theta0) for lc in self.learners])
         # explicit per-agent streams: agent i of seed s is reproducible whatever the threads
         self.state = pk.State(phi=phi, ref_phi=phi.copy(), adam_m=np.zeros_like(phi),
-                              adam_v=np.zeros_like(phi), streams=agent_states(config.seed, n))
+                              adam_v=np.zeros_like(phi), streams=_streams(config, n))
         active = np.zeros((n, N_KINDS), dtype=np.bool_)
         term_w = np.zeros((n, N_KINDS))
         tokens = np.array([token_weights(lc.spec, lc.objective) for lc in self.learners])
@@ -420,6 +425,15 @@ class PopulationModel(mesa.Model):
     def unstable(self) -> bool:
         """Whether any agent's p or q moved by more than UNSTABLE_JUMP in one step."""
         return bool((self.max_jump > UNSTABLE_JUMP).any())
+
+
+def _streams(config: PopulationConfig, n: int) -> np.ndarray:
+    """Each agent's initial RNG state: stream i of the seed, or stream_ids[i]."""
+    if config.stream_ids is None:
+        return agent_states(config.seed, n)
+    if len(config.stream_ids) != n:
+        raise ValueError(f"stream_ids has {len(config.stream_ids)} entries for {n} agents")
+    return agent_states(config.seed, max(config.stream_ids) + 1)[list(config.stream_ids)]
 
 
 def homogeneous(learner: LearnerConfig, n_agents: int) -> list[LearnerConfig]:

@@ -226,3 +226,18 @@ def test_population_model_passes_the_token_arrays() -> None:
     want = population_token_arrays([(lc.spec, lc.objective) for lc in m.learners])
     for name, value in want.items():
         np.testing.assert_array_equal(getattr(m.learner_arrays, name), value)
+
+
+def test_stream_ids_give_each_agent_the_stream_of_that_index() -> None:
+    """PopulationConfig.stream_ids: agent i draws from stream stream_ids[i] of the seed, so
+    cells trained in one population keep the streams they have alone (sim.cell_batch)."""
+    lc = LearnerConfig(AgentSpec(), ObjectiveConfig.parse("surrogate"), OptimiserConfig(lr=1e-3))
+    alone = PopulationModel(homogeneous(lc, 3), PopulationConfig(seed=5, record_every=None))
+    mixed = PopulationModel(homogeneous(lc, 4),
+                            PopulationConfig(seed=5, record_every=None, stream_ids=(2, 0, 1, 2)))
+    np.testing.assert_array_equal(mixed.state.streams, alone.state.streams[[2, 0, 1, 2]])
+    alone.run(3)
+    mixed.run(3)
+    np.testing.assert_array_equal(mixed.phi, alone.phi[[2, 0, 1, 2]])
+    with pytest.raises(ValueError, match="stream_ids"):
+        PopulationModel(homogeneous(lc, 2), PopulationConfig(stream_ids=(0,)))
