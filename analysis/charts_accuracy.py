@@ -14,6 +14,8 @@ import pandas as pd
 
 from analysis.charts import PANEL_H, PANEL_W, legend_pick, scale_for, task_sort
 
+CITED_COLOURS = ("#111111", "#555555", "#999999")  # models of a cited study (echo chart)
+
 # ---------------------------------------------------------------------------- calibration
 
 
@@ -298,10 +300,13 @@ def echo_chart(simulated: pd.DataFrame, cited: pd.DataFrame,
         tooltip=[c for c in ("regime:N", "series:N", "ft_ratio_pct:Q") if c.split(":")[0]
                  in simulated.columns] + [alt.Tooltip("p_ft:Q", format=".3f")],
     ).properties(width=PANEL_W + 40, height=PANEL_H, title="simulator (after SFT)")
+    # the cited models in greys (shape tells them apart): no regime or ablation colour
+    model_legend = alt.Legend(orient="bottom", columns=1)
     cit = alt.Chart(cited).mark_line(point=True, strokeDash=[4, 2]).encode(
         x=x, y=y, color=alt.Color("model:N", title="cited study: model",
-                                  scale=alt.Scale(range=["#2ca02c", "#d62728", "#17becf"]),
-                                  legend=alt.Legend(orient="bottom", columns=1)),
+                                  scale=alt.Scale(range=list(CITED_COLOURS)),
+                                  legend=model_legend),
+        shape=alt.Shape("model:N", title="cited study: model", legend=model_legend),
         tooltip=["model:N", "ft_ratio_pct:Q", alt.Tooltip("p_ft:Q", format=".3f")],
     ).properties(width=PANEL_W + 40, height=PANEL_H, title="Kang et al. 2025 (observed)")
     return alt.hconcat(sim, cit).resolve_scale(color="independent")

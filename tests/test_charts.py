@@ -246,3 +246,15 @@ def test_phase_diagram_row_labels_have_room():
     text = str(charts_sim.phase_diagram(table).to_dict())
     limit = charts_sim.ROW_LABEL_LIMIT
     assert f"'labelLimit': {limit}" in text and limit >= 7 * max(map(len, labels))
+
+
+def test_cited_models_use_no_regime_or_ablation_colour():
+    """The echo chart's cited models (Kang et al.) are greys, not colours that name a regime
+    or a sweep's ablation elsewhere in the report."""
+    spec = str(charts_accuracy.echo_chart(
+        pd.DataFrame({"regime": [SFT_REFLECTION] * 2, "ft_ratio_pct": [0, 100],
+                      "p_ft": [0.5, 0.4]}), load_kang2025()).to_dict())
+    for colour in charts_accuracy.CITED_COLOURS:
+        assert colour in spec
+    assert not set(charts_accuracy.CITED_COLOURS) & (set(charts.REGIME_COLOURS.values())
+                                                     | set(charts.FALLBACK_COLOURS))
