@@ -300,13 +300,11 @@ def echo_chart(simulated: pd.DataFrame, cited: pd.DataFrame,
         tooltip=[c for c in ("regime:N", "series:N", "ft_ratio_pct:Q") if c.split(":")[0]
                  in simulated.columns] + [alt.Tooltip("p_ft:Q", format=".3f")],
     ).properties(width=PANEL_W + 40, height=PANEL_H, title="simulator (after SFT)")
-    # the cited models in greys (shape tells them apart): no regime or ablation colour
-    model_legend = alt.Legend(orient="bottom", columns=1)
+    # the cited models in greys: no colour that names a regime or an ablation elsewhere
     cit = alt.Chart(cited).mark_line(point=True, strokeDash=[4, 2]).encode(
         x=x, y=y, color=alt.Color("model:N", title="cited study: model",
                                   scale=alt.Scale(range=list(CITED_COLOURS)),
-                                  legend=model_legend),
-        shape=alt.Shape("model:N", title="cited study: model", legend=model_legend),
+                                  legend=alt.Legend(orient="bottom", columns=1)),
         tooltip=["model:N", "ft_ratio_pct:Q", alt.Tooltip("p_ft:Q", format=".3f")],
     ).properties(width=PANEL_W + 40, height=PANEL_H, title="Kang et al. 2025 (observed)")
     return alt.hconcat(sim, cit).resolve_scale(color="independent")
