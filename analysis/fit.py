@@ -299,7 +299,8 @@ def untrained_lr_bound(regime: str, vals: dict[str, float],
 
 
 def _start_value(name: str) -> float:
-    return START_LR[name.split("[")[0]] if "[" in name else START[name]
+    kind = name.split("[")[0]  # lr[RL] -> lr, ell[RL] -> ell (transfer per-regime)
+    return START_LR[kind] if kind in START_LR else START[kind]
 
 
 def _setting_notes(regimes: list[str], cfg: FitConfig) -> list[str]:

@@ -278,3 +278,14 @@ def test_several_starts_keep_the_lowest_sse():
     trained = three.curves[three.curves["regime"] != "Base"]["residual"].dropna()
     assert float(trained @ trained) == pytest.approx(min(sses), abs=1e-4)
     assert three.rmse <= one.rmse + 1e-12
+
+
+def test_per_regime_length_scales_fit_runs():
+    """transfer per-regime: one length scale per trained row, each with its start value."""
+    from analysis.fit import fit_observed
+    from analysis.observed import load_paper_table1
+
+    res = fit_observed(load_paper_table1(), FitConfig(
+        steps=2, max_attempts=3, max_nfev=1, transfer="per-regime", lr_mode="per-regime"))
+    names = set(res.params.loc[res.params["free"], "name"])
+    assert {f"ell[{r}]" for r in REGIMES} <= names and np.isfinite(res.rmse)
