@@ -55,7 +55,9 @@ def test_rl_training_differs_from_k1_in_the_reward():
 
 def test_max_attempts_reaches_the_trained_dynamics():
     """K changes the trained policy itself (the exact gradients enumerate K attempts), not only
-    the accuracy formula; K up to the exact-enumeration limit is accepted."""
+    the accuracy formula; K up to the fit's cap (exact gradients are O(K)) is accepted."""
+    from analysis.fit_config import MAX_FIT_ATTEMPTS
+
     vals = {"ell_s": 1.0, "ell_d": 2.0, f"lr[{RL}]": 0.1}
     probs = {}
     for k in (2, 6):
@@ -63,9 +65,9 @@ def test_max_attempts_reaches_the_trained_dynamics():
         probs[k] = simulate_regime(RL, LADDER, _offsets(FitConfig(max_attempts=6)), cfg,
                                    vals)[:, :3]
     assert np.abs(probs[2] - probs[6]).max() > 1e-3
-    FitConfig(max_attempts=16)
+    FitConfig(max_attempts=MAX_FIT_ATTEMPTS)
     with pytest.raises(ValueError, match="max-attempts"):
-        FitConfig(max_attempts=17)
+        FitConfig(max_attempts=MAX_FIT_ATTEMPTS + 1)
 
 
 def test_max_attempts_option_reaches_the_config(tmp_path, monkeypatch):
