@@ -46,7 +46,7 @@ from sim.kernels import (
     log_sigmoid,
     sigmoid,
 )
-from sim.terms import N_COLUMNS, add_step, drop_stale_caches, fingerprint
+from sim.terms import KERNELS, N_COLUMNS, add_step, drop_stale_caches, fingerprint
 
 # The DP's cost is O(K) (O(K^2) for grpo with L_C != L_W, a second at K = 10,000): beyond,
 # a K is a typo, never a trajectory length of the DS agent
@@ -71,42 +71,18 @@ class OwnMoments(NamedTuple):
     binary_rewards: bool  # every trajectory's R is 0 or 1
 
 
-@njit(cache=True)
-def action_values(logits, ref_logits, w_correct, w_wrong, estimator, clamp):
-    """Per action (SC, SW, RC, TC, RW, TW): u (6, N_COLUMNS, 3), the kernels' Q-free step
-    values c0 g; gq (6, N_COLUMNS, 3), their Q coefficients c1 g; r (6,), the KL penalty
-    -w k(x); logp (6,), log pi(action); w (6,), the token weight (DESIGN §1-§2). The values
-    are sim.kernels.walk_steps' and sim.terms.add_step's, action by action."""
-    p = sigmoid(logits[0])
-    q1 = sigmoid(logits[1])
-    q2 = sigmoid(logits[2])
-    param = np.array([PARAM_S, PARAM_S, PARAM_1, PARAM_1, PARAM_2, PARAM_2])
-    glogp = np.array([1.0 - p, -p, -q1, 1.0 - q1, 1.0 - q2, -q2])
-    prob = np.array([p, 1.0 - p, 1.0 - q1, q1, q2, 1.0 - q2])
-    sign = np.array([1.0, -1.0, -1.0, 1.0, 1.0, -1.0])  # log pi(action) = log sigmoid(sign z)
-    w = np.array([w_correct, w_wrong, 1.0, 1.0, 1.0, 1.0])
-    u = np.zeros((6, N_COLUMNS, 3))
-    gq = np.zeros((6, N_COLUMNS, 3))
-    at2 = np.zeros((N_COLUMNS, 3))
-    r = np.empty(6)
-    logp = np.empty(6)
-    for a in range(6):
-        z = sign[a] * logits[param[a]]
-        logp[a] = log_sigmoid(z)
-        x = logp[a] - log_sigmoid(sign[a] * ref_logits[param[a]])
-        k, dk = kl_estimate(x, estimator, clamp)
-        r[a] = -w[a] * k
-        add_step(u[a], 0, param[a], glogp[a], w[a], prob[a], x, 0.0, dk)
-        add_step(gq[a], 0, param[a], glogp[a], w[a], prob[a], x, 1.0, dk)
-        at2[:, :] = 0.0
-        add_step(at2, 0, param[a], glogp[a], w[a], prob[a], x, 2.0, dk)
-        for c in range(N_COLUMNS):
-            for j in range(3):
-                gq[a, c, j] -= u[a, c, j]
-                affine = u[a, c, j] + 2.0 * gq[a, c, j]
-                if abs(at2[c, j] - affine) > 1e-12 * (1.0 + abs(affine)):
-                    raise ValueError("exact_dp: every kernel must be affine in the return Q")
-    return u, gq, r, logp, w
+def _check_affine_in_q() -> None:
+    """Every kernel of sim.terms.KERNELS must be affine in the return Q (the DP's premise):
+    checked once, in Python, at a few probe points rather than inside the compiled code."""
+    for kernel in KERNELS:
+        f = getattr(kernel.coefficient, "py_func", kernel.coefficient)
+        for w, prob, x, dk in ((1.0, 0.3, 0.7, 0.4), (7.0, 0.9, -2.0, -1.5)):
+            c0, c1, c2 = (f(w, prob, x, q, dk) for q in (0.0, 1.0, 2.0))
+            if abs(c2 - (2.0 * c1 - c0)) > 1e-12 * (1.0 + abs(c2)):
+                raise ValueError(f"exact_dp: kernel {kernel.name} is not affine in the return Q")
+
+
+_check_affine_in_q()
 
 
 @njit(cache=True)
@@ -114,10 +90,46 @@ def attempt_values(logits, ref_logits, w_correct, w_wrong, estimator, clamp):
     """Per attempt type (CR, WR, CT, WT, CN, WN): v (6, N_COLUMNS, 3), its kernels'
     within-attempt sum (Q part: the pairs of its own steps); a (6, N_COLUMNS, 3), the Q
     coefficients summed over its steps; b (6,), its penalties summed; logpi (6,); tok (6,),
-    its tokens (w(L) + 1 per decision token)."""
-    u, gq, r, logp, w = action_values(logits, ref_logits, w_correct, w_wrong, estimator, clamp)
-    v = np.zeros((6, N_COLUMNS, 3))
-    a = np.zeros((6, N_COLUMNS, 3))
+    its tokens (w(L) + 1 per decision token).
+
+    First per action (SC, SW, RC, TC, RW, TW): u, the kernels' Q-free step values c0 g; gq,
+    their Q coefficients c1 g; r, the KL penalty -w k(x); logp, log pi(action); w, the token
+    weight (DESIGN §1-§2): sim.kernels.walk_steps' and sim.terms.add_step's values, action
+    by action. Scalar loops only (array expressions cost compile time, not run time)."""
+    p = sigmoid(logits[0])
+    q1 = sigmoid(logits[1])
+    q2 = sigmoid(logits[2])
+    u = np.zeros((6, N_COLUMNS, 3))
+    gq = np.zeros((6, N_COLUMNS, 3))
+    r = np.empty(6)
+    logp = np.empty(6)
+    w = np.empty(6)
+    for act in range(6):
+        # its logit, d log pi / d logit, pi, sign (log pi = log sigmoid(sign z)), weight
+        if act == SC:
+            param, glogp, prob, sign, wa = PARAM_S, 1.0 - p, p, 1.0, w_correct
+        elif act == SW:
+            param, glogp, prob, sign, wa = PARAM_S, -p, 1.0 - p, -1.0, w_wrong
+        elif act == RC:
+            param, glogp, prob, sign, wa = PARAM_1, -q1, 1.0 - q1, -1.0, 1.0
+        elif act == TC:
+            param, glogp, prob, sign, wa = PARAM_1, 1.0 - q1, q1, 1.0, 1.0
+        elif act == RW:
+            param, glogp, prob, sign, wa = PARAM_2, 1.0 - q2, q2, 1.0, 1.0
+        else:
+            param, glogp, prob, sign, wa = PARAM_2, -q2, 1.0 - q2, -1.0, 1.0
+        w[act] = wa
+        logp[act] = log_sigmoid(sign * logits[param])
+        x = logp[act] - log_sigmoid(sign * ref_logits[param])
+        k, dk = kl_estimate(x, estimator, clamp)
+        r[act] = -wa * k
+        add_step(u[act], 0, param, glogp, wa, prob, x, 0.0, dk)
+        add_step(gq[act], 0, param, glogp, wa, prob, x, 1.0, dk)
+        for c in range(N_COLUMNS):
+            for j in range(3):
+                gq[act, c, j] -= u[act, c, j]
+    v = np.empty((6, N_COLUMNS, 3))
+    a = np.empty((6, N_COLUMNS, 3))
     b = np.empty(6)
     logpi = np.empty(6)
     tok = np.empty(6)
@@ -125,14 +137,18 @@ def attempt_values(logits, ref_logits, w_correct, w_wrong, estimator, clamp):
         s = ATTEMPT_SAMPLE[t]
         d = ATTEMPT_DECISION[t]
         # steps in time order: the sampling step's return includes the decision's penalty
-        v[t] = u[s] + gq[s] * r[s]
-        a[t] = gq[s]
+        for c in range(N_COLUMNS):
+            for j in range(3):
+                v[t, c, j] = u[s, c, j] + gq[s, c, j] * r[s]
+                a[t, c, j] = gq[s, c, j]
         b[t] = r[s]
         logpi[t] = logp[s]
         tok[t] = w[s]
         if d >= 0:
-            v[t] += u[d] + gq[s] * r[d] + gq[d] * r[d]
-            a[t] += gq[d]
+            for c in range(N_COLUMNS):
+                for j in range(3):
+                    v[t, c, j] += u[d, c, j] + gq[s, c, j] * r[d] + gq[d, c, j] * r[d]
+                    a[t, c, j] += gq[d, c, j]
             b[t] += r[d]
             logpi[t] += logp[d]
             tok[t] += 1.0
@@ -165,14 +181,20 @@ def class_coefficients(m, last, v, a, b, s1m, s2m, k0, k1, k2):
             k2[c, j] = s2m * (x - y + z)
 
 
-@njit(cache=True)
-def last_types(m, max_attempts, final_sampled):
-    """The last attempt's types of a trajectory of m + 1 attempts."""
+@njit(cache=True, inline="always")
+def last_type(m, max_attempts, final_sampled, i):
+    """The i-th last-attempt type of a trajectory of m + 1 attempts: CT, WT (n < K); CT, WT,
+    CR, WR (n = K under final_sampled); CN, WN (n = K, forced stop). `n_last_types` of them."""
     if m < max_attempts - 1:
-        return np.array([CT, WT])
+        return CT + i
     if final_sampled:
-        return np.array([CT, WT, CR, WR])
-    return np.array([CN, WN])
+        return (CT + i) % 4  # CT, WT, CR, WR: the type constants in that cyclic order
+    return CN + i
+
+
+@njit(cache=True, inline="always")
+def n_last_types(m, max_attempts, final_sampled):
+    return 4 if (m == max_attempts - 1 and final_sampled) else 2
 
 
 @njit(cache=True)
@@ -202,7 +224,8 @@ def own_moments_kernel(logits, ref_logits, max_attempts, final_sampled, gamma, w
         sm = s**m
         if sm == 0.0:
             break  # every longer trajectory has probability 0 in float64
-        for last in last_types(m, max_attempts, final_sampled):
+        for i in range(n_last_types(m, max_attempts, final_sampled)):
+            last = last_type(m, max_attempts, final_sampled, i)
             prob = sm * pi[last]
             if prob == 0.0:
                 continue
@@ -236,7 +259,10 @@ def own_moments_kernel(logits, ref_logits, max_attempts, final_sampled, gamma, w
                 row[c] = row[c] * sigma + row[c - 1] * rho
             row[0] *= sigma
     if norm == NORM_BATCH:
-        out /= tokens
+        for row_w in range(4):
+            for c in range(N_COLUMNS):
+                for j in range(3):
+                    out[row_w, c, j] /= tokens
     return out, p_reward, tokens
 
 
@@ -260,12 +286,20 @@ def chain_terms_kernel(n_attempts, weights, max_attempts, final_sampled, logits,
         class_coefficients(m, last, v, a, b, s1[m], s2[m], kern[i], k1, k2)  # c = 0
         tokens[i] = m * tok[WR] + tok[last]
         rewards[i] = gamma**m
-    if norm == NORM_BATCH:
-        norm = np.sum(weights * tokens) / weights.sum()
+    if norm == NORM_BATCH:  # sequential sums, as np.sum's (scalar loops compile faster)
+        weighted = 0.0
+        total = 0.0
+        for i in range(n):
+            weighted += weights[i] * tokens[i]
+        for i in range(n):
+            total += weights[i]
+        norm = weighted / total
     for i in range(n):
         div = tokens[i] if norm == NORM_TRAJECTORY else norm
         if div != 1.0:
-            kern[i] /= div
+            for c in range(N_COLUMNS):
+                for j in range(3):
+                    kern[i, c, j] /= div
     return kern, rewards
 
 

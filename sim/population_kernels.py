@@ -307,10 +307,12 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
                     wd = learners.data_w[a, d]
                     if wd == 0.0:
                         continue
+                    # trunc an int64, not the literal 0: one compiled trajectory_terms
                     rd, _ = kn.trajectory_terms(learners.data_masks[a, d], learners.data_ns[a, d],
-                                                0, max_attempts, final_sampled, logits, ref_logits,
-                                                w_c, w_w_data, shared.estimator, shared.clamp,
-                                                gamma, norm_data, sc.terms, sc.bufs, sc.ibufs)
+                                                np.int64(0), max_attempts, final_sampled,
+                                                logits, ref_logits, w_c, w_w_data,
+                                                shared.estimator, shared.clamp, gamma,
+                                                norm_data, sc.terms, sc.bufs, sc.ibufs)
                     for k in range(n_kinds):
                         if not active[a, k] or shared.term_source[k] == OWN:
                             continue

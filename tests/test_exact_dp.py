@@ -211,3 +211,15 @@ def test_sampling_keeps_its_k_limit():
     with pytest.raises(ValueError, match="method"):
         exact_logit_gradients([0.0] * 3, [0.0] * 3, replace(spec, max_attempts=3),
                               ObjectiveConfig(), method="guess")
+
+
+def test_a_kernel_not_affine_in_the_return_is_refused(monkeypatch):
+    """The DP's premise (every kernel affine in Q_t) is checked once at import, in Python,
+    not inside the compiled kernels: a kernel reading Q_t squared is refused."""
+    from sim.terms import KERNELS, Kernel
+
+    squared = Kernel("q_squared", lambda w, prob, x, q, dk: q * q)
+    exact_dp._check_affine_in_q()  # today's table passes
+    monkeypatch.setattr(exact_dp, "KERNELS", (*KERNELS, squared))
+    with pytest.raises(ValueError, match="q_squared is not affine"):
+        exact_dp._check_affine_in_q()
