@@ -30,3 +30,13 @@ def assert_clean_cli_error(res) -> None:
     assert res.exit_code != 0, res.output
     assert isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Error" in res.output and "Traceback" not in res.output
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working folder (tmp_path/work): default output roots land there, and a
+    command that must write nothing (--print-config) can be checked to leave it empty."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work

@@ -24,23 +24,29 @@ from analysis.observed import (
 )
 
 
+def _nodes(node):
+    """Every dict inside a Vega-Lite spec, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _nodes(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _nodes(v)
+
+
+def _add_scale(found: dict[str, str], sc: dict) -> None:
+    for d, r in zip(sc["domain"], sc["range"], strict=True):
+        assert found.setdefault(d, r) == r, f"two colours for {d}"
+
+
 def _colour_map(spec: dict) -> dict[str, str]:
     """Every (domain value -> colour) assignment of a regime colour scale in a spec."""
     found: dict[str, str] = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            sc = node.get("scale")
-            if node.get("field") == "regime" and isinstance(sc, dict) and "range" in sc:
-                for d, r in zip(sc["domain"], sc["range"], strict=True):
-                    assert found.setdefault(d, r) == r, f"two colours for {d}"
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(spec)
+    for node in _nodes(spec):
+        sc = node.get("scale")
+        if node.get("field") == "regime" and isinstance(sc, dict) and "range" in sc:
+            _add_scale(found, sc)
     return found
 
 
@@ -171,23 +177,13 @@ def test_ood_curves_draw_each_series_of_a_regime() -> None:
 def _scale_of(spec: dict, field: str, channel: str = "color") -> dict[str, str]:
     """domain -> range of every `channel` encoding of `field` that carries an explicit range."""
     found: dict[str, str] = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            enc = node.get("encoding", {})
-            ch = enc.get(channel) if isinstance(enc, dict) else None
-            if isinstance(ch, dict) and ch.get("field") == field:
-                sc = ch.get("scale", {})
-                assert "range" in sc, f"{channel} of {field} without the regime colours: {sc}"
-                for d, r in zip(sc["domain"], sc["range"], strict=True):
-                    assert found.setdefault(d, r) == r, f"two colours for {d}"
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(spec)
+    for node in _nodes(spec):
+        enc = node.get("encoding", {})
+        ch = enc.get(channel) if isinstance(enc, dict) else None
+        if isinstance(ch, dict) and ch.get("field") == field:
+            sc = ch.get("scale", {})
+            assert "range" in sc, f"{channel} of {field} without the regime colours: {sc}"
+            _add_scale(found, sc)
     return found
 
 

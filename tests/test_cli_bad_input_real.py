@@ -29,15 +29,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_tiny_checkpoint(tmp_path_factory))
 
 
-@pytest.fixture
-def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run in an empty folder, so that default output roots land there."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
 def _invoke(args: list[str], stdin: bytes | str | None = None):
     return CliRunner().invoke(realmodel, args, input=stdin)
 

@@ -395,6 +395,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """Popen preexec_fn: SIGINT at its default in the sweep, as under a terminal's Ctrl-C. A test
+    runner started with SIGINT ignored (`cmd &` in a script, nohup) passes SIG_IGN on, and
+    Python keeps an inherited SIG_IGN (as it should: nohup's meaning)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_killed_sweep_leaves_no_workers(tmp_path, sig) -> None:
     # two cells (L matters to the KL) of 2048 agents: as many agents as make the sweep use
@@ -405,7 +412,7 @@ def test_killed_sweep_leaves_no_workers(tmp_path, sig) -> None:
             "surrogate+kl", "--steps", "20000", "--agents", str(agents), "--workers", "2",
             "--name", "o", "--out", str(tmp_path), "--no-progress"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_from_a_terminal)
     try:
         deadline = time.time() + 60
         workers: set[int] = set()
@@ -571,7 +578,7 @@ def test_interrupted_in_process_sweep_records_it(tmp_path, sig) -> None:
             "surrogate+kl", "--steps", "200000", "--agents", "64", "--workers", "2",
             "--name", "i", "--out", str(tmp_path), "--no-progress"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_from_a_terminal)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not manifest_path(tmp_path / "i").is_file():

@@ -17,15 +17,6 @@ from realmodel.commands import realmodel  # noqa: E402
 from tests.conftest import assert_clean_cli_error  # noqa: E402
 
 
-@pytest.fixture
-def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty working folder: --print-config must leave it empty."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
 def _file(folder: Path, text: str, name: str = "f.yaml") -> str:
     path = folder.parent / name
     path.write_text(text, encoding="utf-8")
