@@ -395,6 +395,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill what is left of a sweep started in its own session, and wait for it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _sigint_as_from_a_terminal() -> None:
     """Popen preexec_fn: SIGINT at its default in the sweep, as under a terminal's Ctrl-C. A test
     runner started with SIGINT ignored (`cmd &` in a script, nohup) passes SIG_IGN on, and
@@ -443,11 +452,7 @@ def test_killed_sweep_leaves_no_workers(tmp_path, sig) -> None:
             assert man["kind"] == "sweep" and man["status"] == "interrupted", man["status"]
             assert man["error"].startswith(("KeyboardInterrupt", "SweepInterrupted"))
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        _reap(proc)
 
 
 # ------------------------------------------------------------------ concurrent sweeps
@@ -592,8 +597,4 @@ def test_interrupted_in_process_sweep_records_it(tmp_path, sig) -> None:
         man = read_record(tmp_path / "i")
         assert man["status"] == "interrupted" and not list((tmp_path / "i" / "cells").iterdir())
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        _reap(proc)
