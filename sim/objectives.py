@@ -228,7 +228,6 @@ def population_token_arrays(pairs) -> dict[str, np.ndarray]:
     exactly, it is resolved here to E_data |o| (DESIGN §2)."""
     norm_own, norm_data, data_w_w = [], [], []
     for spec, obj in pairs:
-        check_sampled_attempts(spec)
         norm = token_normaliser(spec, obj)
         dweights = data_token_weights(spec, obj)
         norm_own.append(norm)

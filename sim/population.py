@@ -33,7 +33,12 @@ from sim import population_kernels as pk
 from sim.attribution import attribution_ratio
 from sim.kernels import ESTIMATORS
 from sim.model import AgentSpec
-from sim.objectives import ObjectiveConfig, population_token_arrays, token_weights
+from sim.objectives import (
+    ObjectiveConfig,
+    check_sampled_attempts,
+    population_token_arrays,
+    token_weights,
+)
 from sim.optim import OptimiserConfig
 from sim.rng import agent_states
 from sim.stability import check_sgd_lr
@@ -54,6 +59,7 @@ class LearnerConfig:
     theta0: tuple[float, float, float] = (0.0, 0.0, 0.0)  # initial w_x (u_x start at 0)
 
     def __post_init__(self) -> None:
+        check_sampled_attempts(self.spec)  # a learner samples: 64-bit trajectory masks
         # SGD above its stability bound is chaos, not a result (sim.stability, DESIGN §2)
         check_sgd_lr(self.spec, self.objective, self.optimiser)
 

@@ -29,6 +29,8 @@ from sim.objectives import (
     exact_logit_gradients,
     mc_logit_gradients,
 )
+from sim.optim import OptimiserConfig
+from sim.population import LearnerConfig
 
 ALL_TERMS = tuple((k, 1.0) for k in OBJECTIVE_KINDS)
 ESTIMATORS = tuple(kn.ESTIMATORS)
@@ -204,6 +206,8 @@ def test_sampling_keeps_its_k_limit():
     spec = AgentSpec(max_attempts=MAX_SAMPLED_ATTEMPTS + 1)
     with pytest.raises(ValueError, match="sampled trajectories need K"):
         mc_logit_gradients([0.0] * 3, [0.0] * 3, spec, ObjectiveConfig(), n_groups=2)
+    with pytest.raises(ValueError, match="sampled trajectories need K"):
+        LearnerConfig(spec, ObjectiveConfig(), OptimiserConfig(name="adam", lr=0.02))
     with pytest.raises(ValueError, match="in a sweep"):
         TrainingConfig(max_attempts=MAX_SAMPLED_ATTEMPTS + 1)
     with pytest.raises(ValueError, match="max_attempts"):
