@@ -21,6 +21,7 @@ import pandas as pd
 from analysis.observed import REGIMES
 from core.calibration import Z95
 from core.regimes import REGIME_TABLE, display_label
+from sim import headline
 
 # one colour per regime, under its paper row ("RL") and its display label ("GRPO")
 REGIME_COLOURS = {k: r.colour for r in REGIME_TABLE for k in (r.paper_row, r.label)}
@@ -70,7 +71,7 @@ def scale_for(values: Iterable[str], domain: Sequence[str] | None) -> alt.Scale:
     return alt.Scale(domain=used, range=[colours[u] for u in used])
 
 
-SERIES_SEP = " · "  # between a series label's regime and its varying grid axes
+SERIES_SEP = headline.SERIES_SEP
 
 
 def series_regime(label: str) -> str:
@@ -105,18 +106,17 @@ def mean_ci(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
     return out.rename(columns={"count": "agents"})
 
 
+# the grid axes a report series keeps apart (the token model is a facet of its own)
+REPORT_AXES = (("optimiser", "{}"), ("beta", "β={:g}"), ("second_moment", "v {}"),
+               ("max_grad_norm", "clip {:g}"), ("coupling", "M {}"))
+
+
 def series_labels(df: pd.DataFrame) -> pd.Series:
     """The regime's display label (core.regimes; else the objective), plus each other grid
-    axis (optimiser, beta, the update budget of DESIGN
-    §2) that varies in the sweep, so that cells that differ in one are never averaged into one
-    line."""
-    label = (df["regime"].map(display_label) if "regime" in df.columns
-             else df["objective"]).astype(str)
-    for col, fmt in (("optimiser", "{}"), ("beta", "β={:g}"), ("second_moment", "v {}"),
-                     ("max_grad_norm", "clip {:g}"), ("coupling", "M {}")):
-        if col in df.columns and df[col].nunique() > 1:
-            label = label + SERIES_SEP + df[col].map(fmt.format)
-    return label
+    axis (optimiser, beta, the update budget of DESIGN §2) that varies in the sweep, so that
+    cells that differ in one are never averaged into one line (sim.headline.series_labels)."""
+    base = df["regime"].map(display_label) if "regime" in df.columns else df["objective"]
+    return headline.series_labels(df, REPORT_AXES, base)
 
 
 def message_chart(text: str) -> alt.Chart:

@@ -24,6 +24,7 @@ from sim.columns import keyed_columns
 # grid axes that split one regime into several configurations when they vary (sim.grid.AXES)
 CONFIG_AXES = (("token_model", "{}"), ("optimiser", "{}"), ("beta", "beta={:g}"),
                ("second_moment", "v {}"), ("max_grad_norm", "clip {:g}"), ("coupling", "M {}"))
+SERIES_SEP = " · "  # between a series label's regime and its varying grid axes
 SATURATION_FACTOR = 1.25  # a ratio within this factor of its value at the longest L is flat
 DEGENERATE_NOTE = "undefined: 0/0, never leaves pi_ref"
 SHOWN_LENGTHS = 3  # smallest, the one nearest MIDDLE_LENGTH, largest
@@ -43,14 +44,15 @@ class Saturation:
     first: float  # the median at the shortest L
 
 
-def series_labels(results: pd.DataFrame) -> pd.Series:
-    """The regime label (the results' `regime` column, core.regimes labels for the paper's
-    regimes), plus each grid axis that varies in the sweep, so different configurations are
-    never pooled."""
-    label = results["regime"].astype(str)
-    for col, fmt in CONFIG_AXES:
+def series_labels(results: pd.DataFrame, axes: tuple[tuple[str, str], ...] = CONFIG_AXES,
+                  base: pd.Series | None = None) -> pd.Series:
+    """`base` (default: the results' `regime` column, core.regimes labels for the paper's
+    regimes), plus each of the grid `axes` (column, format) that varies in the sweep, so
+    different configurations are never pooled."""
+    label = (results["regime"] if base is None else base).astype(str)
+    for col, fmt in axes:
         if col in results.columns and results[col].nunique() > 1:
-            label = label + " · " + results[col].map(fmt.format)
+            label = label + SERIES_SEP + results[col].map(fmt.format)
     return label
 
 
