@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     name, grid = build_grid(load_grid_file(args.grid), source=source)
     result = run_sweep(grid, name or "phase", args.out, workers=args.workers, progress=False,
                        inputs={"grid": source})
-    results = pd.read_parquet(Path(result.out_dir) / "results.parquet")
+    results = result.results  # the frame run_sweep wrote to results.parquet
     table = phase_table(results)
     table.round(4).to_csv(args.csv, index=False)
     print(format_table(table))

@@ -44,7 +44,7 @@ def _run(file_data: dict, source: str, out: str, workers: int | None, **override
     name, grid = build_grid(file_data, source=source, **overrides)
     result = run_sweep(grid, name, out, workers=workers, progress=False,
                        inputs={"grid": source})
-    return pd.read_parquet(Path(result.out_dir) / "results.parquet")
+    return result.results  # the frame run_sweep wrote to results.parquet
 
 
 def budget_lines(df: pd.DataFrame, sm: str, clip: float) -> list[str]:
