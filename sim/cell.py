@@ -17,6 +17,8 @@ definition where gradients vanish (DESIGN §3).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -68,6 +70,19 @@ def run_cell(grid: GridConfig, cell: Cell) -> pd.DataFrame:
                       model.unstable)
 
 
+# the columns that name a cell: the only ones in which cells trained as one differ
+# (sim.identical_cells, sim.cell_batch.relabel)
+NAMING_COLUMNS = ("cell_id", "beta", "token_model", "length", "len_correct", "len_wrong")
+
+
+def naming_columns(cell: Cell, spec: AgentSpec, n: int) -> dict[str, Any]:
+    """The NAMING_COLUMNS of n rows of `cell`."""
+    values = ([cell.cell_id] * n, np.full(n, cell.beta), [cell.token_model] * n,
+              np.full(n, cell.length, dtype=np.int64), np.full(n, spec.len_correct),
+              np.full(n, spec.len_wrong))
+    return dict(zip(NAMING_COLUMNS, values, strict=True))
+
+
 def cell_frame(grid: GridConfig, cell: Cell, learner: LearnerConfig, summary: pd.DataFrame,
                phis: np.ndarray, ref_phis: np.ndarray, unstable: bool) -> pd.DataFrame:
     """The results rows of a trained cell from its agents' summary (PopulationModel.summary,
@@ -77,20 +92,21 @@ def cell_frame(grid: GridConfig, cell: Cell, learner: LearnerConfig, summary: pd
     summary = summary.copy()
     expected = expected_gradient_columns(spec, learner.objective, phis, ref_phis)
     n = len(summary)
+    names = naming_columns(cell, spec, n)
     head = pd.DataFrame(
         {
-            "cell_id": [cell.cell_id] * n,
+            "cell_id": names["cell_id"],
             "objective": [cell.objective] * n,
             "regime": [regime_label(cell.objective)] * n,
-            "beta": np.full(n, cell.beta),
-            "token_model": [cell.token_model] * n,
+            "beta": names["beta"],
+            "token_model": names["token_model"],
             "optimiser": [cell.optimiser] * n,
             "second_moment": [cell.second_moment] * n,
             "max_grad_norm": np.full(n, float(cell.max_grad_norm)),
             "coupling": [coupling_label(cell.coupling)] * n,
-            "length": np.full(n, cell.length, dtype=np.int64),
-            "len_correct": np.full(n, spec.len_correct),
-            "len_wrong": np.full(n, spec.len_wrong),
+            "length": names["length"],
+            "len_correct": names["len_correct"],
+            "len_wrong": names["len_wrong"],
             "agent": summary.pop("agent").to_numpy(),
             # int64 as always; seeds past int64 (up to 2**64 - 1) need uint64
             "seed": np.full(n, grid.seed, dtype=np.int64 if grid.seed < 2**63 else np.uint64),

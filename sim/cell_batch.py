@@ -23,16 +23,13 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from sim.cell import cell_frame, cell_learner, population_config
+from sim.cell import cell_frame, cell_learner, naming_columns, population_config
 from sim.columns import column
 from sim.grid import Cell, GridConfig
 from sim.identical_cells import CellGroup
 from sim.population import UNSTABLE_JUMP, PopulationModel
 from sim.terms import KINDS
 
-# the columns that name a cell (sim.cell.cell_frame) and so differ between the members of a
-# group; every other column is the computed cell's
-NAMING_COLUMNS = ("cell_id", "beta", "token_model", "length", "len_correct", "len_wrong")
 # The most agents trained as one population: large enough that per-step overhead vanishes,
 # small enough that an interrupted sweep keeps most of its work (cells are written per batch).
 MAX_BATCH_AGENTS = 256
@@ -70,12 +67,8 @@ def relabel(frame: pd.DataFrame, grid: GridConfig, member: Cell) -> pd.DataFrame
     the columns that name the cell set to `member`'s."""
     spec = grid.training.spec(grid.ladder, member.length, member.coupling)
     out = frame.copy()
-    out["cell_id"] = member.cell_id
-    out["beta"] = np.full(len(out), member.beta)
-    out["token_model"] = member.token_model
-    out["length"] = np.full(len(out), member.length, dtype=np.int64)
-    out["len_correct"] = np.full(len(out), spec.len_correct)
-    out["len_wrong"] = np.full(len(out), spec.len_wrong)
+    for name, values in naming_columns(member, spec, len(out)).items():
+        out[name] = values
     return out
 
 

@@ -10,8 +10,8 @@ import numba
 import pandas as pd
 import pytest
 
-from sim.cell import run_cell
-from sim.cell_batch import NAMING_COLUMNS, plan_batches, run_batch
+from sim.cell import NAMING_COLUMNS, run_cell
+from sim.cell_batch import plan_batches, run_batch
 from sim.grid import GridConfig, TrainingConfig
 from sim.identical_cells import group_cells, shared_key
 from sim.sweep import run_sweep
