@@ -37,7 +37,7 @@ from sim.objectives import (
 from sim.simulate import MAX_SEED, simulate_and_calibrate
 
 FORMATS = click.Choice(["csv", "table", "json"])
-MAX_LENGTHS = 10_000  # rows of one attribution run: each is an exact enumeration (DESIGN §3)
+MAX_LENGTHS = 10_000  # rows of one attribution run: each an exact gradient (DESIGN §3)
 MAX_GROUP_SIZE = 10_000  # G of the surrogate's group advantage (DESIGN §2; the paper: 8)
 
 
@@ -188,7 +188,7 @@ def attribution(objective: str, lengths: str, points: int, token_model: str,
                          f"({' '.join(str(exc).split())})") from None
     if len(ls) > MAX_LENGTHS:
         raise ValueError(f"--lengths {lengths!r} gives {len(ls)} lengths; at most "
-                         f"{MAX_LENGTHS} per run (each is an exact enumeration, DESIGN §3)")
+                         f"{MAX_LENGTHS} per run (each an exact gradient, DESIGN §3)")
     spec = AgentSpec(max_attempts=max_attempts, gamma=gamma)
     obj = ObjectiveConfig(weights=((objective, 1.0),), group_size=group_size,
                           std_scaling=std_scaling, kl_estimator=kl_estimator,
