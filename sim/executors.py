@@ -187,9 +187,10 @@ def check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
 
 
 # What a Ray worker imports to run a batch of cells (sim.cell_batch.run_batch and what it
-# needs): sim and core, the only packages sim imports (tests/test_layers.py). Everything else in the repository stays
-# home, and so do caches and data inside those two: __pycache__ holds Numba's compiled cache
-# (megabytes, rebuilt on the workers), *.parquet would be results.
+# needs): sim and core, the only packages sim imports (tests/test_layers.py). Everything
+# else in the repository stays home, and so do caches and data inside those two:
+# __pycache__ holds Numba's compiled cache (megabytes, rebuilt on the workers), *.parquet
+# would be results.
 RAY_PACKAGES = ("core", "sim")
 RAY_EXCLUDES = ("__pycache__", "*.pyc", "*.parquet", "*.nbi", "*.nbc")
 RAY_WORKER_ENV = {"NUMBA_NUM_THREADS": "1"}  # one process per CPU: no threads inside
