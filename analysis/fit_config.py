@@ -24,8 +24,9 @@ LR_MODES = ("per-regime", "sft-shared", "no-refl-bound")
 # SGD's lr_frac is the learning rate over the stability bound (sim.stability), at most 1
 BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
           "lr": (1e-6, 50.0), "adam_lr": (1e-5, 1.0), "lr_frac": (1e-6, 1.0),
-          "beta": (1e-5, 10.0), "base_d_half": (0.05, 50.0), "base_slope": (0.01, 20.0)}
-BASE_MODES = ("exact", "linear")
+          "beta": (1e-5, 10.0), "base_d_half": (0.05, 50.0), "base_slope": (0.01, 20.0),
+          "base_floor": (1e-6, 0.5)}
+BASE_MODES = ("floored", "linear", "exact")
 # a free parameter is identified when its 95% interval spans less than this factor
 MAX_CI_RATIO = 10.0
 
@@ -68,9 +69,11 @@ class FitConfig:
     transfer: str = field(default="shared", metadata=doc(
         "length scales: shared (ell_s, ell_d), single (one ell: ell_d = ell_s) or per-regime "
         "(one ell each)", "§1", TRANSFER_MODES))
-    base: str = field(default="linear", metadata=doc(
-        "base offsets b_s(t): exact (solved per task from the Base row) or linear (b_s = "
-        "slope * (d_half - d(t)), two parameters fitted to the Base row)", "§1", BASE_MODES))
+    base: str = field(default="floored", metadata=doc(
+        "base offsets b_s(t): floored (p falls linearly in logit down to a floor: b_s = "
+        "logaddexp(slope * (d_half - d(t)), logit(floor)), three parameters fitted to the Base "
+        "row), linear (b_s = slope * (d_half - d(t)), two) or exact (solved per task from the "
+        "Base row)", "§1", BASE_MODES))
     lr_mode: str = field(default="no-refl-bound", metadata=doc(
         "learning rates: one per regime; sft-shared (both SFT rows share lr[SFT]); or "
         "no-refl-bound (SFT no-reflection is not trained: its row is the base model's, and "
@@ -79,7 +82,7 @@ class FitConfig:
     grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
     starts: int = field(default=1, metadata=doc(
         "local fits from the coarse grid's best points (length-scale combinations); the "
-        "lowest SSE is kept (needs grid_start)"))
+        "lowest SSE whose training is not chaos is kept (needs grid_start)"))
     quick: bool = field(default=False, metadata=doc("few steps and evaluations (tests)"))
 
     def __post_init__(self) -> None:

@@ -67,26 +67,43 @@ def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
     return np.array(out)
 
 
-def linear_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any]:
-    """b_s(t) = slope * (d_half - d(t)) with d(t) = t (the ladder's position; p = 1/2 at
-    d_half), least squares of Acc_K against the Base row in log space (both positive):
-    (b_s per task, scipy's solution, whose x is (log d_half, log slope))."""
+# the base shapes fitted to the Base row (FitConfig.base), with their parameters' names
+FITTED_BASES = {"linear": ("base_d_half", "base_slope"),
+                "floored": ("base_d_half", "base_slope", "base_floor")}
+
+
+def base_shape(base: str, x: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """b_s(t) of a fitted base shape (DESIGN §1) at log-parameters x = log(d_half, slope[,
+    floor]) over difficulties d: linear, slope * (d_half - d); floored, the smooth maximum
+    logaddexp(slope * (d_half - d), logit(floor)), i.e. p falls with d down to a floor."""
+    line = np.exp(x[1]) * (np.exp(x[0]) - d)
+    if base == "linear":
+        return line
+    return np.logaddexp(line, logit(np.exp(x[2])))
+
+
+def fitted_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any, tuple[str, ...]]:
+    """b_s(t) of the shape `cfg.base` ("linear" or "floored", base_shape) with d(t) = t (the
+    ladder's position), least squares of Acc_K in log space against the untrained rows
+    `base_acc` (one row per task, or (rows, tasks); NaN = not observed): (b_s per task,
+    scipy's solution, the parameters' names)."""
     from scipy.optimize import least_squares
 
-    d = np.arange(1, len(base_acc) + 1, dtype=float)
-    acc = np.asarray(base_acc, float)
-
-    def offsets(x: np.ndarray) -> np.ndarray:
-        return np.exp(x[1]) * (np.exp(x[0]) - d)
+    names = FITTED_BASES[cfg.base]
+    acc = np.atleast_2d(np.asarray(base_acc, float))
+    d = np.arange(1, acc.shape[1] + 1, dtype=float)
+    seen = np.isfinite(acc)
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        p = 1 / (1 + np.exp(-offsets(x)))
-        return accuracy_forced_stop(p, cfg.q1_base, cfg.q2_base, cfg.max_attempts) - acc
+        p = 1 / (1 + np.exp(-base_shape(cfg.base, x, d)))
+        fitted = accuracy_forced_stop(p, cfg.q1_base, cfg.q2_base, cfg.max_attempts)
+        return (fitted[None, :] - acc)[seen]
 
-    lo = np.log([BOUNDS["base_d_half"][0], BOUNDS["base_slope"][0]])
-    hi = np.log([BOUNDS["base_d_half"][1], BOUNDS["base_slope"][1]])
-    sol = least_squares(residuals, np.log([1.5, 1.5]), bounds=(lo, hi), method="trf")
-    return offsets(sol.x), sol
+    lo = np.log([BOUNDS[n][0] for n in names])
+    hi = np.log([BOUNDS[n][1] for n in names])
+    start = np.log([1.5, 1.5, 0.01][:len(names)])
+    sol = least_squares(residuals, start, bounds=(lo, hi), method="trf")
+    return base_shape(cfg.base, sol.x, d), sol, names
 
 
 def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:

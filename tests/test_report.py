@@ -370,7 +370,7 @@ def test_fit_caption_reads_the_fit_config(quick_inputs):
     cfg = FitConfig(**quick_inputs.fit.config)
     rl = regime_objective(RL, cfg, cfg.beta)
     text = fit(quick_inputs).caption
-    assert cfg.base == "linear" and "b_s(t) = slope·(d_half − d(t))" in text
+    assert cfg.base == "floored" and "logaddexp(slope·(d_half − d(t)), logit(floor))" in text
     assert f"beta {cfg.beta:g}, {rl.kl_estimator} estimator {rl.kl_placement.replace('-', ' ')}" \
         in text
     other = {**quick_inputs.fit.config, "base": "exact", "beta": 0.25}
@@ -378,6 +378,9 @@ def test_fit_caption_reads_the_fit_config(quick_inputs):
     text = fit(changed).caption
     assert "solved one per task from the Base row" in text and "slope·" not in text
     assert "beta 0.25," in text
+    linear = {**quick_inputs.fit.config, "base": "linear"}
+    text = fit(replace(quick_inputs, fit=replace(quick_inputs.fit, config=linear))).caption
+    assert "b_s(t) = slope·(d_half − d(t))" in text and "logaddexp" not in text
 
 
 def test_findings_table_formats_ratios_as_the_headline(quick_inputs):
