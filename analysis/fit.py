@@ -7,7 +7,8 @@ Model (DESIGN.md §1, §2, §4):
    alone does not identify (p, q1, q2) — one number per task cannot fix three — so q1 and q2 of
    the base model are *documented parameters* (`FitConfig.q1_base`, `q2_base`, the same on every
    task). `base = "floored"` (default): b_s(t) = logaddexp(slope * (d_half - t),
-   logit(floor)), three parameters fitted to the Base row by least squares of Acc_K (§4): p
+   logit(floor)), three parameters fitted by least squares of Acc_K (§4) to the untrained
+   rows (the Base row, and SFT no-reflection where it is not trained, lr_mode below): p
    falls with difficulty down to a floor of a few percent, which is what the untrained rows
    show on the far tasks (Base and SFT no-reflection: 13 correct of 800 on T4-T7; a line
    without a floor predicts ~3, and with it RL's slow OOD decline cannot be reached through
@@ -78,11 +79,11 @@ __all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampl
 
 BASE_NOTES = {
     "floored": "base offsets: b_s(t) = logaddexp(slope * (d_half - t), logit(floor)), fitted "
-               "to the Base row: p falls with the task's position down to a floor (the Base and "
-               "SFT no-reflection rows score 13 of 800 on T4-T7, where a line without a floor "
-               "predicts about 3)",
-    "linear": "base offsets: b_s(t) = slope * (d_half - t), fitted to the Base row (its OOD "
-              "cells of 1-5% are binomial noise at n = 100)",
+               "to the untrained rows: p falls with the task's position down to a floor (the "
+               "Base and SFT no-reflection rows score 13 of 800 on T4-T7, where a line without "
+               "a floor predicts about 3)",
+    "linear": "base offsets: b_s(t) = slope * (d_half - t), fitted to the untrained rows (the "
+              "Base row's OOD cells of 1-5% are binomial noise at n = 100)",
 }
 # The steps (log space: 0.3%, 1%, 3%) of the Jacobians behind the standard errors; each
 # parameter keeps the widest of the three intervals. A trained endpoint is not smooth at small
@@ -188,7 +189,7 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         raise FitError("the observed table has no Base row: the base offsets need one")
     notes = [f"identifiability: accuracy alone does not identify (p, q1, q2) per task; the "
              f"base model's q1 = {cfg.q1_base} and q2 = {cfg.q2_base} are fixed, documented "
-             "parameters and b_s(t) comes from the Base row"]
+             "parameters and b_s(t) comes from the untrained rows"]
     base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
     if cfg.base in FITTED_BASES:
         # every row the model says is the untrained base model's (DESIGN §1, §4)

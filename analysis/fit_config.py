@@ -71,9 +71,9 @@ class FitConfig:
         "(one ell each)", "§1", TRANSFER_MODES))
     base: str = field(default="floored", metadata=doc(
         "base offsets b_s(t): floored (p falls linearly in logit down to a floor: b_s = "
-        "logaddexp(slope * (d_half - d(t)), logit(floor)), three parameters fitted to the Base "
-        "row), linear (b_s = slope * (d_half - d(t)), two) or exact (solved per task from the "
-        "Base row)", "§1", BASE_MODES))
+        "logaddexp(slope * (d_half - d(t)), logit(floor)), three parameters fitted to the "
+        "untrained rows), linear (b_s = slope * (d_half - d(t)), two) or exact (solved per "
+        "task from the Base row)", "§1", BASE_MODES))
     lr_mode: str = field(default="no-refl-bound", metadata=doc(
         "learning rates: one per regime; sft-shared (both SFT rows share lr[SFT]); or "
         "no-refl-bound (SFT no-reflection is not trained: its row is the base model's, and "

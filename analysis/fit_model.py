@@ -67,7 +67,7 @@ def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
     return np.array(out)
 
 
-# the base shapes fitted to the Base row (FitConfig.base), with their parameters' names
+# the base shapes fitted to the untrained rows (FitConfig.base), with their parameters' names
 FITTED_BASES = {"linear": ("base_d_half", "base_slope"),
                 "floored": ("base_d_half", "base_slope", "base_floor")}
 

@@ -303,10 +303,10 @@ def base_text(cfg: FitConfig, n_offsets: int) -> str:
                 f"offsets), with {fixed}")
     if cfg.base == "linear":
         return ("base offsets b_s(t) = slope·(d_half − d(t)) over the task difficulty d(t) "
-                f"(position), slope and d_half fitted to the Base row, with {fixed}")
+                f"(position), slope and d_half fitted to the untrained rows, with {fixed}")
     return ("base offsets b_s(t) = logaddexp(slope·(d_half − d(t)), logit(floor)) over the "
             "task difficulty d(t) (position): p falls with difficulty down to a floor; slope, "
-            f"d_half and floor fitted to the Base row, with {fixed}")
+            f"d_half and floor fitted to the untrained rows, with {fixed}")
 
 
 def trained_text(cfg: FitConfig) -> str:
