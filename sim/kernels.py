@@ -29,7 +29,7 @@ ESTIMATORS = {"k1": K1, "k2": K2, "k3": K3}
 PARAM_S, PARAM_1, PARAM_2 = 0, 1, 2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def sigmoid(z: float) -> float:
     if z >= 0:
         return 1.0 / (1.0 + np.exp(-z))
@@ -37,7 +37,7 @@ def sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def log_sigmoid(z: float) -> float:
     # log(1/(1+e^-z)), stable for large |z|
     if z >= 0:
@@ -240,7 +240,7 @@ def walk_steps(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, 
     return s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def kl_estimate(x, estimator, clamp):
     """Per-token KL estimator k(x) and its derivative k'(x) (DESIGN §2).
 

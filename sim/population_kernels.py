@@ -129,7 +129,7 @@ class Out(NamedTuple):
     max_jump: np.ndarray = np.empty(0)  # (A,)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _task_logits(jac_t, off_t, phi_a, out):
     """logits(t) = b(t) + J_t phi (sim.model.AgentSpec.task_logits for one task)."""
     for x in range(3):
@@ -139,7 +139,7 @@ def _task_logits(jac_t, off_t, phi_a, out):
         out[x] = acc
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _agent_logits(jac, offsets, a, t, params, out):
     """`_task_logits` of agent a on task t, indexing the population's arrays (views would
     cost reference-count updates in the per-agent loop); out[0] = logits."""

@@ -41,7 +41,7 @@ def next_uniform(state: np.uint64) -> tuple[float, np.uint64]:
     return float(k) * INV53, state
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def threshold53(prob: float) -> np.int64:
     """Integer threshold t with (k < t) <=> (k 2^-53 < prob) for every 53-bit k.
 
