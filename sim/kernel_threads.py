@@ -1,9 +1,10 @@
 """Python threads for a GIL-free Numba kernel that takes its work in chunks (DESIGN.md §2).
 
-`run_threaded(kernel, args, threads)` calls `kernel(counter, *args)` on this thread and on
-`threads - 1` pool threads at once; each call asks `take_next(counter)` for its next chunk of
-work until none is left, so a thread that the (shared) machine deschedules simply takes fewer
-chunks. The kernel must be compiled with `nogil=True` and write disjoint outputs per chunk.
+`run_threaded(kernel, args)` calls `kernel(counter, *args[i])` for every i at once, on this
+thread and on `len(args) - 1` pool threads; each call asks `take_next(counter)` for its next
+chunk of work until none is left, so a thread that the (shared) machine deschedules simply
+takes fewer chunks. The kernel must be compiled with `nogil=True` and write disjoint
+outputs per chunk.
 
 Why not `parallel=True` and `prange`: a parallel build compiles its callee twice more (the
 parallel region's function, then the function that launches it: Numba links and re-optimises
@@ -13,7 +14,7 @@ gain in speed (sim.population_kernels.population_step).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,17 +53,14 @@ class _Pool:
         return cls.executor
 
 
-def run_threaded(kernel: Callable, args: tuple, threads: int) -> None:
-    """kernel(counter, *args) on `threads` threads at once (this one included), sharing one
-    fresh counter; returns when every call has (re-raising the first error)."""
+def run_threaded(kernel: Callable, args: Sequence[tuple]) -> None:
+    """kernel(counter, *args[i]) for every i at once, on this thread and len(args) - 1 pool
+    threads (each call its own arguments, e.g. its own scratch arrays), all sharing one fresh
+    counter; returns when every call has (re-raising the first error)."""
     counter = np.zeros(1, np.int64)
-    if threads <= 1:
-        kernel(counter, *args)
-        return
-    others = [_Pool.get(threads - 1).submit(kernel, counter, *args)
-              for _ in range(threads - 1)]
+    others = [_Pool.get(len(args) - 1).submit(kernel, counter, *a) for a in args[1:]]
     try:
-        kernel(counter, *args)
+        kernel(counter, *args[0])
     finally:
         for other in others:
             other.result()

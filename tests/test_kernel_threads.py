@@ -30,7 +30,8 @@ def _count_chunks(counter, hits, work):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_every_chunk_is_taken_exactly_once(threads) -> None:
     hits = np.zeros(500, np.int64)
-    run_threaded(_count_chunks, (hits, np.zeros((500, 2000))), threads)
+    work = np.zeros((500, 2000))
+    run_threaded(_count_chunks, [(hits, work)] * threads)
     np.testing.assert_array_equal(hits, 1)
 
 
@@ -46,7 +47,7 @@ def _fail_on_chunk(counter, bad):
 
 def test_an_error_in_any_thread_is_raised() -> None:
     with pytest.raises(ValueError, match="bad chunk"):
-        run_threaded(_fail_on_chunk, (3,), 2)
+        run_threaded(_fail_on_chunk, [(3,), (3,)])
 
 
 def test_population_step_is_the_same_on_any_number_of_threads() -> None:
