@@ -204,7 +204,9 @@ def own_moments_kernel(logits, ref_logits, max_attempts, final_sampled, gamma, w
     a constant > 0, NORM_TRAJECTORY or NORM_BATCH (resolved here to E|o|)."""
     v, a, b, logpi, tok = attempt_values(logits, ref_logits, w_correct, w_wrong, estimator,
                                          clamp)
-    pi = np.exp(logpi)
+    pi = np.empty(6)
+    for t in range(6):  # a scalar loop: an array expression costs compile time
+        pi[t] = np.exp(logpi[t])
     s = pi[CR] + pi[WR]
     rho = pi[CR] / s if s > 0.0 else 0.0
     sigma = pi[WR] / s if s > 0.0 else 0.0  # 1 - rho, without its rounding

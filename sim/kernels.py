@@ -333,7 +333,9 @@ def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_lo
                         w_correct, w_wrong, param, glogp, prob, xdev, weight, attempt)
     penalty = steps_penalties_and_q(nsteps, xdev, weight, attempt, estimator, clamp, gamma, r, q,
                                     dk)
-    out[:, :] = 0.0
+    for c in range(out.shape[0]):  # scalar loops: a slice assignment costs compile time
+        for j in range(3):
+            out[c, j] = 0.0
     for t in range(nsteps):
         add_step(out, 0, param[t], glogp[t], weight[t], prob[t], xdev[t], q[t], dk[t])
     if norm != 1.0:

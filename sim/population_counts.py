@@ -166,7 +166,9 @@ def count_table(logits, ref_logits, w_c, w_w, estimator, clamp, need_x, table):
     p = kn.sigmoid(logits[0])
     q1 = kn.sigmoid(logits[1])
     q2 = kn.sigmoid(logits[2])
-    table[:, :] = 0.0
+    for c in range(table.shape[0]):  # scalar loops: a slice assignment costs compile time
+        for ty in range(N_TYPES):
+            table[c, ty] = 0.0
     for ty in range(N_TYPES):
         sign = 1.0 if ty == 0 or ty == 3 or ty == 4 else -1.0  # log sigmoid(sign * theta)
         x = 0.0
