@@ -14,6 +14,7 @@ gain in speed (sim.population_kernels.population_step).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,19 +38,21 @@ def take_next(typingctx, counter):
 
 
 class _Pool:
-    """The helper threads, made once and grown on demand."""
+    """The helper threads, made once per process and grown on demand (a forked child gets
+    its own: it inherits the pool's objects, not its threads)."""
 
     executor: ThreadPoolExecutor | None = None
     size = 0
+    pid = 0
 
     @classmethod
     def get(cls, workers: int) -> ThreadPoolExecutor:
-        if cls.executor is None or cls.size < workers:
-            if cls.executor is not None:
+        if cls.executor is None or cls.size < workers or cls.pid != os.getpid():
+            if cls.executor is not None and cls.pid == os.getpid():
                 cls.executor.shutdown(wait=False)
             cls.executor = ThreadPoolExecutor(max_workers=workers,
                                               thread_name_prefix="kernel_threads")
-            cls.size = workers
+            cls.size, cls.pid = workers, os.getpid()
         return cls.executor
 
 
