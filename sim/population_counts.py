@@ -67,7 +67,9 @@ if READS_RETURN.sum() > 1 or N_COLUMNS > 8:
     raise RuntimeError("sim.population_counts expects at most one kernel reading Q_t")
 
 
-@njit(cache=True)
+# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
+# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
+@njit(cache=True, no_cfunc_wrapper=True)
 def sample_group(st, t_p, t_q1, t_q2, g, max_attempts, final_sampled, codes, rec, first):
     """Sample `g` trajectories from stream `st` into rec[:, first:first + g] (`record`
     reads them); returns the stream
@@ -158,7 +160,7 @@ def trajectory_token_count(counts, c, w_c, w_w):
             + counts[c, 4] + counts[c, 5])
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def count_table(logits, ref_logits, w_c, w_w, estimator, clamp, need_x, table):
     """table[col, type] = c_col(type) * d log pi(type) / d logit(type) for every kernel
     column (those reading Q_t get a meaningless 0-return entry). x = log pi - log pi_ref
@@ -242,7 +244,7 @@ def make_scratch(max_attempts: int, n_queries: int, g: int, n_kinds: int,
 _SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _compiled_against():
     return _SOURCES
 

@@ -129,7 +129,9 @@ class Out(NamedTuple):
     max_jump: np.ndarray = np.empty(0)  # (A,)
 
 
-@njit(cache=True)
+# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
+# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _task_logits(jac_t, off_t, phi_a, out):
     """logits(t) = b(t) + J_t phi (sim.model.AgentSpec.task_logits for one task)."""
     for x in range(3):
@@ -139,7 +141,7 @@ def _task_logits(jac_t, off_t, phi_a, out):
         out[x] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _agent_logits(jac, offsets, a, t, params, out):
     """`_task_logits` of agent a on task t, indexing the population's arrays (views would
     cost reference-count updates in the per-agent loop); out[0] = logits."""
@@ -161,7 +163,7 @@ def _add_term(gq, k, descend, values, c, scale):
             gq[k, x] += scale * values[c, x]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, no_cfunc_wrapper=True)
 def step_agents(counter, state_, learners_, shared_, step, out_, scratch_):
     """One training step (the body of `population_step`) of the chunks of AGENT_CHUNK agents
     this call takes from `counter` (int64[1], shared by the threads of one step: each chunk
@@ -371,7 +373,7 @@ def _accumulate(a, out, active, term_w):
         out.abs_grad_sum[a, n_kinds, x] += abs(total)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def prob_jump(jac_a, off_a, old_phi, new_phi, probs):
     """max over tasks t and x of |sigmoid(logit_x(t)) after - before| for one agent's update
     (the chaos flag of DESIGN §2: a step that moves p or q by more than 0.5); probs: (2, 3)
@@ -413,7 +415,7 @@ def population_step_serial(state, learners, shared, step, out) -> None:
     population_step(state, learners, shared, step, out, threads=1)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def population_probs(phi, jac, offsets, out):
     """sigmoid(b(t) + J_t phi) for every agent and task: out (A, T, 3) = (p, q1, q2)."""
     n_agents, n_tasks = offsets.shape[0], offsets.shape[1]
@@ -432,7 +434,7 @@ _SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels, sim.population_counts,
                        sim.population_optim, sim.kernel_threads)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _compiled_against():
     return _SOURCES
 
