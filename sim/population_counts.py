@@ -225,10 +225,11 @@ class Scratch(NamedTuple):
     probs: np.ndarray  # (2, 3) prob_jump's before / after
 
 
-def make_scratch(max_attempts: int, n_queries: int, g: int, n_kinds: int,
-                 n_params: int) -> tuple[np.ndarray, ...]:
-    """A fresh `Scratch`, as a plain tuple (made in Python: one more compiled function, and
-    the np.empty overloads it needs, cost the cold start more than these calls cost a run)."""
+@njit(cache=True, inline="always")
+def make_scratch(max_attempts, n_queries, g, n_kinds, n_params):
+    """A fresh `Scratch`, as a plain tuple. Allocated inside the kernel that uses it, not
+    passed in: LLVM then knows that these arrays alias no argument (measured: ~10% of the
+    population step)."""
     qg = n_queries * g
     return (np.empty(GROUP_SLOTS, np.uint8), np.empty((N_RECORD, qg), np.int64),
             np.empty((qg, N_TYPES)), np.empty(qg), np.empty(qg), np.empty((1, 3)),

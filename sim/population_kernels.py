@@ -131,7 +131,7 @@ class Out(NamedTuple):
 
 # no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
 # C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
-@njit(cache=True, no_cfunc_wrapper=True)
+@njit(cache=True, inline="always")
 def _task_logits(jac_t, off_t, phi_a, out):
     """logits(t) = b(t) + J_t phi (sim.model.AgentSpec.task_logits for one task)."""
     for x in range(3):
@@ -141,7 +141,7 @@ def _task_logits(jac_t, off_t, phi_a, out):
         out[x] = acc
 
 
-@njit(cache=True, no_cfunc_wrapper=True)
+@njit(cache=True, inline="always")
 def _agent_logits(jac, offsets, a, t, params, out):
     """`_task_logits` of agent a on task t, indexing the population's arrays (views would
     cost reference-count updates in the per-agent loop); out[0] = logits."""
@@ -164,12 +164,12 @@ def _add_term(gq, k, descend, values, c, scale):
 
 
 @njit(cache=True, nogil=True, no_cfunc_wrapper=True)
-def step_agents(counter, state_, learners_, shared_, step, out_, scratch_):
+def step_agents(counter, state_, learners_, shared_, step, out_):
     """One training step (the body of `population_step`) of the chunks of AGENT_CHUNK agents
     this call takes from `counter` (int64[1], shared by the threads of one step: each chunk
     goes to the first that asks), each agent in place and on its own stream; the packs as
-    named tuples or as plain tuples in their field order; `scratch_` (this call's own:
-    sim.population_counts.make_scratch) is reused by its agents.
+    named tuples or as plain tuples in their field order. The scratch is allocated once per
+    call (sim.population_counts.make_scratch) and reused by its agents.
 
     Per agent, phase 1 samples every query's group from its stream, query by query. Phase 2
     forms each term from per-type count sums (sim.population_counts), walking single
@@ -186,7 +186,7 @@ def step_agents(counter, state_, learners_, shared_, step, out_, scratch_):
     id_tasks, g, n_queries = shared.id_tasks, shared.group_size, shared.n_queries
     n_id = id_tasks.shape[0]
     max_attempts, final_sampled = shared.max_attempts, shared.final_sampled
-    sc = pc.Scratch(*scratch_)
+    sc = pc.Scratch(*pc.make_scratch(max_attempts, n_queries, g, n_kinds, n_params))
     a = end = 0
     while True:
         if a == end:  # this call's next chunk of agents
@@ -402,11 +402,7 @@ def population_step(state, learners, shared, step, out, threads: int | None = No
     """
     n_chunks = -(-out[0].shape[0] // AGENT_CHUNK)  # out.grads: one row per agent
     threads = min(numba.get_num_threads() if threads is None else threads, n_chunks)
-    sh = Shared(*shared)
-    sizes = (sh.max_attempts, sh.n_queries, sh.group_size, sh.term_column.shape[0],
-             state[0].shape[1])
-    run_threaded(step_agents, [(state, learners, shared, step, out, pc.make_scratch(*sizes))
-                               for _ in range(max(1, threads))])
+    run_threaded(step_agents, [(state, learners, shared, step, out)] * max(1, threads))
 
 
 def population_step_serial(state, learners, shared, step, out) -> None:
