@@ -58,8 +58,8 @@ class _Pool:
 
 def run_threaded(kernel: Callable, args: Sequence[tuple]) -> None:
     """kernel(counter, *args[i]) for every i at once, on this thread and len(args) - 1 pool
-    threads (each call its own arguments), all sharing one fresh
-    counter; returns when every call has (re-raising the first error)."""
+    threads, all sharing one fresh counter; returns when every call has (re-raising the
+    first error)."""
     counter = np.zeros(1, np.int64)
     others = [_Pool.get(len(args) - 1).submit(kernel, counter, *a) for a in args[1:]]
     try:
