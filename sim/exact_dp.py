@@ -85,7 +85,9 @@ def _check_affine_in_q() -> None:
 _check_affine_in_q()
 
 
-@njit(cache=True)
+# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
+# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
+@njit(cache=True, no_cfunc_wrapper=True)
 def attempt_values(logits, ref_logits, w_correct, w_wrong, estimator, clamp):
     """Per attempt type (CR, WR, CT, WT, CN, WN): v (6, N_COLUMNS, 3), its kernels'
     within-attempt sum (Q part: the pairs of its own steps); a (6, N_COLUMNS, 3), the Q
@@ -155,7 +157,7 @@ def attempt_values(logits, ref_logits, w_correct, w_wrong, estimator, clamp):
     return v, a, b, logpi, tok
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def discount_sums(max_attempts, gamma):
     """S1(m) = sum_{d=1}^{m} gamma^d and S2(m) = sum_{1<=i<j<=m} gamma^(j-i), m < K."""
     s1 = np.zeros(max_attempts)
@@ -166,7 +168,7 @@ def discount_sums(max_attempts, gamma):
     return s1, s2
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def class_coefficients(m, last, v, a, b, s1m, s2m, k0, k1, k2):
     """K0, K1, K2 of the class (m, last) into k0, k1, k2 (N_COLUMNS, 3): its kernels'
     expectation given c correct prefix attempts is K0 + K1 c/m + K2 c(c-1)/(m(m-1))."""
@@ -197,14 +199,16 @@ def n_last_types(m, max_attempts, final_sampled):
     return 4 if (m == max_attempts - 1 and final_sampled) else 2
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def own_moments_kernel(logits, ref_logits, max_attempts, final_sampled, gamma, w_correct,
                        w_wrong, estimator, clamp, norm):
     """by_weight (4, N_COLUMNS, 3), E[R] and E|o| over the agent's own trajectories; norm is
     a constant > 0, NORM_TRAJECTORY or NORM_BATCH (resolved here to E|o|)."""
     v, a, b, logpi, tok = attempt_values(logits, ref_logits, w_correct, w_wrong, estimator,
                                          clamp)
-    pi = np.exp(logpi)
+    pi = np.empty(6)
+    for t in range(6):  # a scalar loop: an array expression costs compile time
+        pi[t] = np.exp(logpi[t])
     s = pi[CR] + pi[WR]
     rho = pi[CR] / s if s > 0.0 else 0.0
     sigma = pi[WR] / s if s > 0.0 else 0.0  # 1 - rho, without its rounding
@@ -266,7 +270,7 @@ def own_moments_kernel(logits, ref_logits, max_attempts, final_sampled, gamma, w
     return out, p_reward, tokens
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def chain_terms_kernel(n_attempts, weights, max_attempts, final_sampled, logits, ref_logits,
                        w_correct, w_wrong, estimator, clamp, gamma, norm):
     """Kernels (n, N_COLUMNS, 3) and rewards of the chains W^(n-1) C then STOP (a forced
@@ -343,7 +347,7 @@ def chain_terms(n_attempts, weights, max_attempts: int, final_sampled: bool, log
 _SOURCES = fingerprint(sim.kernels, sim.terms)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _compiled_against():
     return _SOURCES
 

@@ -29,7 +29,9 @@ ESTIMATORS = {"k1": K1, "k2": K2, "k3": K3}
 PARAM_S, PARAM_1, PARAM_2 = 0, 1, 2
 
 
-@njit(cache=True, inline="always")
+# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
+# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
+@njit(cache=True, no_cfunc_wrapper=True)
 def sigmoid(z: float) -> float:
     if z >= 0:
         return 1.0 / (1.0 + np.exp(-z))
@@ -37,7 +39,7 @@ def sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True)
 def log_sigmoid(z: float) -> float:
     # log(1/(1+e^-z)), stable for large |z|
     if z >= 0:
@@ -163,7 +165,7 @@ def sample_population(states, logits, max_attempts, final_sampled, n_per_agent):
     return masks, ns, truncs
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def trajectory_log_prob(mask, n, trunc, max_attempts, final_sampled, logits):
     """log pi(tau) under the three logits (answer-level, DESIGN §2)."""
     lp = 0.0
@@ -181,7 +183,7 @@ def trajectory_log_prob(mask, n, trunc, max_attempts, final_sampled, logits):
     return lp
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def walk_steps(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, w_correct,
                w_wrong, param, glogp, prob, xdev, weight, attempt):
     """Fill per-step buffers along a trajectory; returns the number of steps.
@@ -240,7 +242,7 @@ def walk_steps(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, 
     return s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True)
 def kl_estimate(x, estimator, clamp):
     """Per-token KL estimator k(x) and its derivative k'(x) (DESIGN §2).
 
@@ -259,7 +261,7 @@ def kl_estimate(x, estimator, clamp):
     return k, dk
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def steps_penalties_and_q(nsteps, xdev, weight, attempt, estimator, clamp, gamma, r_out, q_out,
                           dk_out):
     """Immediate penalties r_t = -w_t k(x_t) and backward returns Q_t (DESIGN §3).
@@ -302,7 +304,7 @@ def trajectory_tokens(mask, n, trunc, max_attempts, final_sampled, w_correct, w_
     return tokens + decisions
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def batch_tokens(masks, ns, truncs, max_attempts, final_sampled, w_correct, w_wrong):
     """`trajectory_tokens` of every trajectory of a batch."""
     out = np.empty(masks.shape[0])
@@ -312,7 +314,7 @@ def batch_tokens(masks, ns, truncs, max_attempts, final_sampled, w_correct, w_wr
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_logits, w_correct,
                      w_wrong, estimator, clamp, gamma, norm, out, bufs, ibufs):
     """Every kernel of `sim.terms.KERNELS` on one trajectory into out[N_COLUMNS, 3], divided
@@ -333,7 +335,9 @@ def trajectory_terms(mask, n, trunc, max_attempts, final_sampled, logits, ref_lo
                         w_correct, w_wrong, param, glogp, prob, xdev, weight, attempt)
     penalty = steps_penalties_and_q(nsteps, xdev, weight, attempt, estimator, clamp, gamma, r, q,
                                     dk)
-    out[:, :] = 0.0
+    for c in range(out.shape[0]):  # scalar loops: a slice assignment costs compile time
+        for j in range(3):
+            out[c, j] = 0.0
     for t in range(nsteps):
         add_step(out, 0, param[t], glogp[t], weight[t], prob[t], xdev[t], q[t], dk[t])
     if norm != 1.0:
@@ -389,7 +393,7 @@ def batch_terms(masks, ns, truncs, max_attempts, final_sampled, logits, ref_logi
               w_wrong, estimator, clamp, gamma, float(norm))
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def batch_log_probs(masks, ns, truncs, max_attempts, final_sampled, logits):
     out = np.empty(masks.shape[0])
     for i in range(masks.shape[0]):
@@ -426,7 +430,7 @@ def batch_clipped_scores(masks, ns, truncs, max_attempts, final_sampled, logits,
 _SOURCES = fingerprint(sim.rng, sim.terms)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _compiled_against():
     return _SOURCES
 

@@ -1,12 +1,13 @@
 """Batched Numba step over a whole population of DS agents (DESIGN.md §1-§3).
 
 Structure of arrays: agent `a`'s parameters are row `phi[a]`, its settings are entries of
-per-agent arrays, and one `prange` loop over blocks of agents does sampling, per-term
-gradients and the optimiser update. No Python runs per agent or per step beyond one kernel
-call, which is what makes a population of thousands of heterogeneous learners cheap (see
-benchmarks/bench_population.py). The arrays travel in four named tuples, each field listed
-once: `State` (updated in place), `Learners` (per-agent settings), `Shared` (population-wide
-settings and the term table) and `Out` (this step's results, and running sums over training).
+per-agent arrays, and one kernel (`step_agents`, on each thread of sim.kernel_threads) does
+sampling, per-term gradients and the optimiser update for chunks of agents. No Python runs
+per agent or per step beyond one kernel call per thread, which is what makes a population
+of thousands of heterogeneous learners cheap (see benchmarks/bench_population.py). The
+arrays travel in four named tuples, each field listed once: `State` (updated in place),
+`Learners` (per-agent settings), `Shared` (population-wide settings and the term table) and
+`Out` (this step's results, and running sums over training).
 
 Per agent and step: `n_queries` queries, each on an in-distribution task chosen round-robin
 (so every ID task carries equal weight, DESIGN §1), each a group of G trajectories sampled
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+import sim.kernel_threads
 import sim.kernels
 import sim.population_counts
 import sim.population_optim
@@ -39,6 +42,7 @@ import sim.rng
 import sim.terms
 from sim import kernels as kn
 from sim import population_counts as pc
+from sim.kernel_threads import run_threaded, take_next
 from sim.population_optim import (  # noqa: F401  (re-exported: the kernel's optimiser codes)
     OPT_ADAM,
     OPT_SGD,
@@ -49,7 +53,7 @@ from sim.population_optim import (  # noqa: F401  (re-exported: the kernel's opt
 from sim.rng import threshold53
 from sim.terms import ANY, OWN, drop_stale_caches, fingerprint, keeps
 
-AGENT_BLOCK = 64  # agents per scratch allocation (and per parallel work item)
+AGENT_CHUNK = 16  # agents a thread takes at a time (population_step)
 
 
 class State(NamedTuple):
@@ -125,6 +129,8 @@ class Out(NamedTuple):
     max_jump: np.ndarray = np.empty(0)  # (A,)
 
 
+# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
+# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
 @njit(cache=True, inline="always")
 def _task_logits(jac_t, off_t, phi_a, out):
     """logits(t) = b(t) + J_t phi (sim.model.AgentSpec.task_logits for one task)."""
@@ -157,13 +163,13 @@ def _add_term(gq, k, descend, values, c, scale):
             gq[k, x] += scale * values[c, x]
 
 
-@njit(cache=True)
-def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
-    """One training step of agents lo..hi-1, each in place and on its own stream (the body
-    of `population_step`); the packs as named tuples or as plain tuples in their field
-    order, `scratch_` from `sim.population_counts.make_scratch`. One call per block of
-    agents: a call passes ~40 arrays, whose reference counting would cost more than a small
-    agent's step.
+@njit(cache=True, nogil=True, no_cfunc_wrapper=True)
+def step_agents(counter, state_, learners_, shared_, step, out_):
+    """One training step (the body of `population_step`) of the chunks of AGENT_CHUNK agents
+    this call takes from `counter` (int64[1], shared by the threads of one step: each chunk
+    goes to the first that asks), each agent in place and on its own stream; the packs as
+    named tuples or as plain tuples in their field order. The scratch is allocated once per
+    call (sim.population_counts.make_scratch) and reused by its agents.
 
     Per agent, phase 1 samples every query's group from its stream, query by query. Phase 2
     forms each term from per-type count sums (sim.population_counts), walking single
@@ -172,14 +178,22 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
     sums are added first and the task's coefficient table, SFT-data expectation and chain
     rule are applied once per run of queries: the same sum, in another order."""
     state, learners = State(*state_), Learners(*learners_)
-    shared, out, sc = Shared(*shared_), Out(*out_), pc.Scratch(*scratch_)
+    shared, out = Shared(*shared_), Out(*out_)
+    n_agents = out.grads.shape[0]
     phi, ref_phi, jac, offsets, active = (state.phi, state.ref_phi, learners.jac,
                                           learners.offsets, learners.active)
     n_kinds, n_params = shared.term_column.shape[0], phi.shape[1]
     id_tasks, g, n_queries = shared.id_tasks, shared.group_size, shared.n_queries
     n_id = id_tasks.shape[0]
     max_attempts, final_sampled = shared.max_attempts, shared.final_sampled
-    for a in range(lo, hi):
+    sc = pc.Scratch(*pc.make_scratch(max_attempts, n_queries, g, n_kinds, n_params))
+    a = end = 0
+    while True:
+        if a == end:  # this call's next chunk of agents
+            a = take_next(counter) * AGENT_CHUNK
+            if a >= n_agents:
+                return
+            end = min(n_agents, a + AGENT_CHUNK)
         w_c, w_w, gamma = learners.w_c[a], learners.w_w[a], learners.gamma[a]
         norm_own, norm_data, w_w_data = 1.0, 1.0, w_w  # loss normalisers, data weights (§2)
         if learners.norm_own.shape[0] > 0:
@@ -339,6 +353,7 @@ def step_agents(lo, hi, state_, learners_, shared_, step, out_, scratch_):
         out.jumps[a] = prob_jump(jac[a], offsets[a], sc.old_phi, phi[a], sc.probs)
         if out.max_jump.shape[0] > 0:
             _accumulate(a, out, learners.active, learners.term_w)
+        a += 1
 
 
 @njit(cache=True, inline="always")
@@ -358,7 +373,7 @@ def _accumulate(a, out, active, term_w):
         out.abs_grad_sum[a, n_kinds, x] += abs(total)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def prob_jump(jac_a, off_a, old_phi, new_phi, probs):
     """max over tasks t and x of |sigmoid(logit_x(t)) after - before| for one agent's update
     (the chaos flag of DESIGN §2: a step that moves p or q by more than 0.5); probs: (2, 3)
@@ -373,36 +388,30 @@ def prob_jump(jac_a, off_a, old_phi, new_phi, probs):
     return most
 
 
-def _population_step_impl(state, learners, shared, step, out):
+def population_step(state, learners, shared, step, out, threads: int | None = None) -> None:
     """One training step of every agent, in place; `step` is 1-based (Adam's bias
     correction). The fields of State, Learners, Shared and Out say what each array holds.
 
     Pass them as plain tuples in their field order (`tuple(pack)`): Numba types plain tuples
     of arrays in its C dispatcher (named tuples: about 4 us more per call, a few percent of a
-    small population's step), and its parallel lowering takes them apart reliably (it fails
-    to find the class of a named tuple built inside the parallel function).
+    small population's step).
 
-    Agents go in blocks of AGENT_BLOCK, each block with its own scratch (allocated once per
-    block, not per agent); an agent's results depend on its own stream only, so neither the
-    blocks nor the thread count change them.
+    `threads` (default: numba.get_num_threads()) calls of `step_agents` share the chunks of
+    agents (sim.kernel_threads: Python threads, the kernel releases the GIL). An agent's
+    results depend on its own stream only, so neither the chunks nor the threads change them.
     """
-    n_agents = out[0].shape[0]  # out.grads: one row per agent
-    n_blocks = (n_agents + AGENT_BLOCK - 1) // AGENT_BLOCK
-    for b in prange(n_blocks):
-        scratch = pc.make_scratch(shared[1], shared[4], shared[3], shared[10].shape[0],
-                               state[0].shape[1])
-        step_agents(b * AGENT_BLOCK, min(n_agents, (b + 1) * AGENT_BLOCK), state, learners,
-                    shared, step, out, scratch)
+    n_chunks = -(-out[0].shape[0] // AGENT_CHUNK)  # out.grads: one row per agent
+    threads = min(numba.get_num_threads() if threads is None else threads, n_chunks)
+    run_threaded(step_agents, [(state, learners, shared, step, out)] * max(1, threads))
 
 
-# One body, two builds: prange runs as a plain range without parallel=True. The serial build
-# is for small populations and for sweep workers (one process per core), where a parallel
-# region's start-up and barrier would cost more than the work.
-population_step = njit(cache=True, parallel=True)(_population_step_impl)
-population_step_serial = njit(cache=True)(_population_step_impl)
+def population_step_serial(state, learners, shared, step, out) -> None:
+    """`population_step` on this thread alone: for small populations and for sweep worker
+    processes, where a second thread would cost more than it saves."""
+    population_step(state, learners, shared, step, out, threads=1)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def population_probs(phi, jac, offsets, out):
     """sigmoid(b(t) + J_t phi) for every agent and task: out (A, T, 3) = (p, q1, q2)."""
     n_agents, n_tasks = offsets.shape[0], offsets.shape[1]
@@ -418,10 +427,10 @@ def population_probs(phi, jac, offsets, out):
 # Numba's on-disk cache does not see edits of the modules these kernels call: drop this
 # module's cached kernels when those sources changed since they were compiled (sim.terms).
 _SOURCES = fingerprint(sim.rng, sim.terms, sim.kernels, sim.population_counts,
-                       sim.population_optim)
+                       sim.population_optim, sim.kernel_threads)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _compiled_against():
     return _SOURCES
 

@@ -10,7 +10,9 @@ OPT_SGD, OPT_ADAM = 0, 1
 V_PER_PARAMETER, V_SHARED = 0, 1  # Adam's second moment (DESIGN §2, "Update budget")
 
 
-@njit(cache=True)
+# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
+# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
+@njit(cache=True, no_cfunc_wrapper=True)
 def optimiser_step(phi, m, v, grad, opt_kind, lr, beta1, beta2, eps, second_moment,
                    max_grad_norm, step):
     """One agent's update in place (sim.optim.ascent_step, DESIGN §2 "Update budget"):

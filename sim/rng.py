@@ -41,7 +41,9 @@ def next_uniform(state: np.uint64) -> tuple[float, np.uint64]:
     return float(k) * INV53, state
 
 
-@njit(cache=True, inline="always")
+# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
+# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
+@njit(cache=True, no_cfunc_wrapper=True)
 def threshold53(prob: float) -> np.int64:
     """Integer threshold t with (k < t) <=> (k 2^-53 < prob) for every 53-bit k.
 
@@ -55,7 +57,7 @@ def threshold53(prob: float) -> np.int64:
     return np.int64(np.ceil(prob * 9007199254740992.0))
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def agent_state(seed: int, agent: int) -> np.uint64:
     """Initial state of agent `agent`'s stream under the run seed `seed`."""
     return mix64(np.uint64(seed) * GOLDEN + mix64(np.uint64(agent) + GOLDEN))

@@ -95,28 +95,28 @@ KERNELS = (SCORE, LIKELIHOOD, DFT, KL_IN_REWARD, KL_IN_LOSS)
 N_COLUMNS = len(KERNELS)
 
 
-def _chain(kernels):
+def _add_step_source(n_kernels: int) -> str:
+    """The source of add_step for `n_kernels` kernels: straight-line code, one statement per
+    kernel (coefficient functions k0, k1, ... as globals)."""
+    lines = ["def add_step(out, c, j, g, w, prob, x, q, dk):"]
+    lines += [f"    out[c + {i}, j] += k{i}(w, prob, x, q, dk) * g" for i in range(n_kernels)]
+    return "\n".join([*lines, f"    return c + {n_kernels}", ""])
+
+
+def _make_add_step(kernels):
     """add_step(out, c, j, g, w, prob, x, q, dk): out[c + i, j] += kernels[i](...) * g for
-    every kernel, as straight-line code (each call a direct, inlined call); returns the
-    number of columns written."""
-    if not kernels:
-
-        @njit(inline="always")
-        def end(out, c, j, g, w, prob, x, q, dk):
-            return c
-
-        return end
-    head, rest = kernels[0].coefficient, _chain(kernels[1:])
-
-    @njit(inline="always")
-    def add(out, c, j, g, w, prob, x, q, dk):
-        out[c, j] += head(w, prob, x, q, dk) * g
-        return rest(out, c + 1, j, g, w, prob, x, q, dk)
-
-    return add
+    every kernel; returns the number of columns written. Generated as one flat function and
+    compiled once, called (not inlined at the IR level) by each kernel that uses it: LLVM
+    still inlines it, and each caller's compile no longer re-types the whole chain. Not
+    cached on disk (generated code has no source file): only compiled kernels call it, and
+    their cached code contains it."""
+    namespace = {f"k{i}": k.coefficient for i, k in enumerate(kernels)}
+    exec(compile(_add_step_source(len(kernels)), f"<sim.terms.add_step: {len(kernels)}>",
+                 "exec"), namespace)
+    return njit(namespace["add_step"])
 
 
-add_step = _chain(KERNELS)
+add_step = _make_add_step(KERNELS)
 
 # ----------------------------------------------------------------------------- the table
 

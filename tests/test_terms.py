@@ -94,6 +94,17 @@ def test_kernel_columns_are_their_step_coefficients():
             np.testing.assert_allclose(cols[i], expect, rtol=1e-13, atol=1e-15)
 
 
+def test_add_step_adds_each_kernels_step_value_to_its_column_from_c():
+    """sim.terms.add_step (generated from KERNELS): out[c + i, j] += KERNELS[i](...) * g."""
+    out = np.full((tm.N_COLUMNS + 2, 3), 0.5)
+    args = (2.0, 0.3, -0.7, 1.1, 0.4)  # w, prob, x, q, dk
+    assert tm.add_step(out, 1, 2, 3.0, *args) == 1 + tm.N_COLUMNS
+    expect = np.full_like(out, 0.5)
+    for i, kernel in enumerate(tm.KERNELS):
+        expect[1 + i, 2] += kernel.coefficient.py_func(*args) * 3.0
+    np.testing.assert_array_equal(out, expect)
+
+
 def test_trajectory_terms_refuses_an_output_of_another_width():
     bufs, ibufs = kn.scratch(4)
     with pytest.raises(ValueError, match="one row per kernel"):
