@@ -19,8 +19,8 @@ Model (DESIGN.md §1, §2, §4):
 2. Trained regimes. Each trained row is reproduced by training the agent from phi = 0 with the
    matching objective on the ID tasks, deterministically on exact expected gradients
    (`sim.dynamics.train_expected`) with the update budget of DESIGN §2 (default: Adam with a
-   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 200 steps, K = 8
-   as in the sweep):
+   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 200 steps, K = 16:
+   the paper does not fix K, FitConfig.max_attempts says how 16 was chosen):
    SFT (no reflection) = sft on SFTData("no-reflection"), SFT (reflection) = sft on
    SFTData("reflection", ft_share), RL = the paper's run, surrogate + beta * KL with verl's
    low_var_kl (k3) in the loss, beta = 0.001 (core.regimes.PAPER_RL_KL). Transfer to OOD tasks
@@ -28,18 +28,21 @@ Model (DESIGN.md §1, §2, §4):
    (ell_s) and one for both decisions (ell_d = ell_1 = ell_2), shared by all regimes: the
    network is the same, the objectives differ. A run in which a step moves p or q by more
    than 0.5 is chaos, not a result (DESIGN §2): it is flagged and its lr is not identified.
-3. Least squares (scipy.optimize.least_squares, bounded, in log space) of Acc_K against the
+3. Least squares (scipy.optimize.least_squares, bounded, in log space, from the coarse grid's
+   three best starts, keeping the best whose training is not chaos) of Acc_K against the
    observed accuracy over all (trained regime, task) cells. Free: ell_s, ell_d and a learning
    rate per trained regime (the "amount of training" at a fixed number of steps; SGD: a
    fraction of its stability bound), analysis.fit_model names them; optionally beta.
    `lr_mode = "no-refl-bound"` (default): the SFT (no reflection) row, equal to the Base row
    within its intervals, identifies no learning rate, only an upper bound; it is not trained
    and the bound is reported (`untrained_lr_bound`). Uncertainty: cov = s^2 (J^T J)^+ in log
-   space (J at the optimum, s^2 = SSR / (n - k)), a standard error by the delta method and a
-   95% interval exp(log x ± 1.96 se); a parameter at its bound has no standard error.
-   Identified: inside its bounds with a 95% interval spanning less than 10x (MAX_CI_RATIO).
-   The base line's two parameters get their intervals from the Base-row fit (the training
-   parameters' intervals are conditional on it).
+   space (J by central differences at the optimum, at each of JAC_STEPS, the widest interval
+   kept; s^2 = SSR / (n - k)), a standard error by the delta method and a 95% interval
+   exp(log x ± 1.96 se); a parameter at its bound has no standard error. Identified: inside
+   its bounds with a 95% interval spanning less than 10x (MAX_CI_RATIO). The base shape's
+   parameters get their intervals from its own fit to the untrained rows (the training
+   parameters' intervals are conditional on it). analysis.fit_profile checks the intervals
+   without derivatives (profile likelihood).
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ from analysis.fit_model import (
     TRAINED_REGIMES,
     UNSTABLE_JUMP,
     Ladder,
+    base_offsets,
     base_sampling_logits,
     bounds_of,
-    fitted_base,
     free_parameter_names,
     grid_starts,
     lr_name,
@@ -77,14 +80,6 @@ __all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampl
            "fit_observed", "free_parameter_names", "ladder_of", "observed_digest",
            "regime_objective", "simulate_regime"]
 
-BASE_NOTES = {
-    "floored": "base offsets: b_s(t) = logaddexp(slope * (d_half - t), logit(floor)), fitted "
-               "to the untrained rows: p falls with the task's position down to a floor (the "
-               "Base and SFT no-reflection rows score 13 of 800 on T4-T7, where a line without "
-               "a floor predicts about 3)",
-    "linear": "base offsets: b_s(t) = slope * (d_half - t), fitted to the untrained rows (the "
-              "Base row's OOD cells of 1-5% are binomial noise at n = 100)",
-}
 # The steps (log space: 0.3%, 1%, 3%) of the Jacobians behind the standard errors; each
 # parameter keeps the widest of the three intervals. A trained endpoint is not smooth at small
 # scales: Adam at a constant lr ends on a small limit cycle whose phase moves with lr and the
@@ -191,20 +186,8 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
              f"base model's q1 = {cfg.q1_base} and q2 = {cfg.q2_base} are fixed, documented "
              "parameters and b_s(t) comes from the untrained rows"]
     base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
-    if cfg.base in FITTED_BASES:
-        # every row the model says is the untrained base model's (DESIGN §1, §4)
-        untrained = [BASE] + ([SFT_NO_REFLECTION] if cfg.lr_mode == "no-refl-bound" and
-                              SFT_NO_REFLECTION in set(observed["regime"]) else [])
-        rows = np.array([[obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
-                          for t in ladder.names] for r in untrained], float)
-        b_s, base_sol, base_names = fitted_base(rows, cfg)
-        if len(untrained) > 1:
-            notes.append(f"the base shape is fitted to both untrained rows ({', '.join(untrained)})"
-                         f": with lr_mode no-refl-bound the {SFT_NO_REFLECTION} row is the base "
-                         "model's")
-        notes.append(BASE_NOTES[cfg.base])
-    else:
-        b_s = base_sampling_logits(base_acc, cfg)
+    b_s, base_sol, base_names, base_notes = base_offsets(observed, ladder, cfg)
+    notes.extend(base_notes)
     regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
     if SFT_REFLECTION in regimes and cfg.max_attempts < 2:
         raise FitError(f"the {SFT_REFLECTION} row needs max_attempts (--max-attempts) >= 2: "

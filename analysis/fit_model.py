@@ -106,6 +106,44 @@ def fitted_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any, 
     return base_shape(cfg.base, sol.x, d), sol, names
 
 
+BASE_NOTES = {
+    "floored": "base offsets: b_s(t) = logaddexp(slope * (d_half - t), logit(floor)), fitted "
+               "to the untrained rows: p falls with the task's position down to a floor (the "
+               "Base and SFT no-reflection rows score 13 of 800 on T4-T7, where a line without "
+               "a floor predicts about 3)",
+    "linear": "base offsets: b_s(t) = slope * (d_half - t), fitted to the untrained rows (the "
+              "Base row's OOD cells of 1-5% are binomial noise at n = 100)",
+}
+
+
+def untrained_regimes(observed: Any, cfg: FitConfig) -> list[str]:
+    """The rows the model says are the untrained base model's (DESIGN §1, §4): Base, and SFT
+    (no reflection) where lr_mode "no-refl-bound" leaves it untrained."""
+    present = set(observed["regime"])
+    return [BASE] + ([SFT_NO_REFLECTION] if cfg.lr_mode == "no-refl-bound"
+                     and SFT_NO_REFLECTION in present else [])
+
+
+def base_offsets(observed: Any, ladder: Ladder, cfg: FitConfig
+                 ) -> tuple[np.ndarray, Any, tuple[str, ...], list[str]]:
+    """b_s(t) per task of `ladder` from an observed table (analysis.observed layout) under
+    cfg.base: (b_s, the base shape's scipy solution or None, its parameters' names, notes)."""
+    obs = observed.set_index(["regime", "task"])
+    if cfg.base not in FITTED_BASES:  # exact: one offset per task from the Base row
+        base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
+        return base_sampling_logits(base_acc, cfg), None, (), []
+    untrained = untrained_regimes(observed, cfg)
+    rows = np.array([[obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
+                      for t in ladder.names] for r in untrained], float)
+    b_s, sol, names = fitted_base(rows, cfg)
+    notes = []
+    if len(untrained) > 1:
+        notes.append(f"the base shape is fitted to both untrained rows ({', '.join(untrained)})"
+                     f": with lr_mode no-refl-bound the {SFT_NO_REFLECTION} row is the base "
+                     "model's")
+    return b_s, sol, names, [*notes, BASE_NOTES[cfg.base]]
+
+
 def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
     """The simulator objective reproducing a trained regime, given by its paper row: the
     regime table's term spec (core.regimes) with the KL weight `beta`, the KL estimator and

@@ -1,0 +1,138 @@
+"""Profile-likelihood intervals of a fit's free training parameters (DESIGN §4).
+
+The fit's own intervals (analysis.fit) come from the delta method, i.e. from a Jacobian at the
+optimum. A trained endpoint is rough at small scales (Adam at a constant lr, DESIGN §2), so
+this module gives the check that needs no derivative: for each free parameter, fixed at
+offsets d on a grid in log space, the SSE is minimised again over the others (scipy's
+least_squares, started from the neighbouring grid point's solution); the 95% profile set is
+{d : SSE(d) <= SSE* + 3.84 s^2} with s^2 = SSE* / (n - k) (Wald's threshold for one
+parameter, on the fit's own residual variance). On a grid the set is bounded by the nearest
+grid points outside it: its span is at most exp(d_out_high - d_out_low). The base shape's
+parameters are fixed at their fit (they are fitted to the untrained rows alone).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from analysis.fit import FitConfig, FitResult, ladder_of
+from analysis.fit_config import MAX_CI_RATIO
+from analysis.fit_model import (
+    TRAINED_REGIMES,
+    base_offsets,
+    bounds_of,
+    free_parameter_names,
+    simulate_regime,
+)
+from core.calibration import Z95
+
+# log offsets from the optimum (both signs): factors 1.1 ... 5
+PROFILE_OFFSETS = (0.1, 0.25, 0.5, 0.8, 1.15, 1.6)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    offsets: tuple[float, ...] = PROFILE_OFFSETS  # log offsets, > 0, increasing
+    max_nfev: int = 15  # least-squares evaluations per grid point
+    diff_step: float = 0.03  # relative finite-difference step of the re-fits (rough endpoint)
+
+    def __post_init__(self) -> None:
+        steps = np.diff((0.0, *self.offsets))
+        if not len(self.offsets) or np.any(steps <= 0):
+            raise ValueError(f"offsets must be positive and increasing, got {self.offsets}")
+        if self.max_nfev < 1 or not self.diff_step > 0:
+            raise ValueError("max_nfev must be >= 1 and diff_step > 0")
+
+
+def profile_fit(observed: pd.DataFrame, result: FitResult,
+                cfg: ProfileConfig | None = None) -> tuple[pd.DataFrame, float, float]:
+    """(table, SSE*, threshold): the table has name, offset (log), value, sse, inside for
+    every free training parameter of `result` (fitted to `observed`) and grid point."""
+    cfg = cfg or ProfileConfig()
+    fit_cfg = FitConfig(**result.config)
+    ladder = ladder_of(observed)
+    b_s = base_offsets(observed, ladder, fit_cfg)[0]
+    obs = observed.set_index(["regime", "task"])
+    regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
+    names = free_parameter_names(regimes, fit_cfg)
+    fitted = result.params.set_index("name")["value"]
+    x0 = np.log([float(fitted[n]) for n in names])
+    lo = np.log([bounds_of(n, fit_cfg)[0] for n in names])
+    hi = np.log([bounds_of(n, fit_cfg)[1] for n in names])
+    # every trained regime's cells, as in the fit's SSE (an untrained row adds a constant)
+    y = np.concatenate([[obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
+                         for t in ladder.names] for r in regimes])
+    seen = np.isfinite(y)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        vals = {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
+        sim = np.concatenate([simulate_regime(r, ladder, b_s, fit_cfg, vals)[:, 3]
+                              for r in regimes])
+        return np.nan_to_num(sim[seen] - y[seen], nan=1.0)
+
+    def sse(x: np.ndarray) -> float:
+        res = residuals(x)
+        return float(res @ res)
+
+    sse0 = sse(x0)  # the fit's own SSE (analysis.fit: RMSE over the same cells)
+    threshold = sse0 + Z95**2 * sse0 / max(int(seen.sum()) - len(names), 1)
+    records = []
+    for i, name in enumerate(names):
+        others = [j for j in range(len(names)) if j != i]
+        records.append({"name": name, "offset": 0.0, "value": math.exp(x0[i]), "sse": sse0})
+        for sign in (1.0, -1.0):
+            x = x0.copy()
+            for d in cfg.offsets:
+                xi = x0[i] + sign * d
+                if not lo[i] <= xi <= hi[i]:
+                    break
+                x[i] = xi
+                best = sse(x)
+                if others:
+                    def part(z: np.ndarray, x: np.ndarray = x,
+                             others: list[int] = others) -> np.ndarray:
+                        return residuals(_put(x, others, z))
+                    z0 = np.clip(x[others], lo[others] + 1e-9, hi[others] - 1e-9)
+                    sol = least_squares(part, z0, bounds=(lo[others], hi[others]),
+                                        diff_step=cfg.diff_step, max_nfev=cfg.max_nfev)
+                    if float(sol.fun @ sol.fun) < best:
+                        best = float(sol.fun @ sol.fun)
+                        x = _put(x, others, sol.x)
+                records.append({"name": name, "offset": sign * d, "value": math.exp(xi),
+                                "sse": best})
+                if best > 3 * threshold:  # far outside: the grid beyond says nothing new
+                    break
+    table = pd.DataFrame(records).sort_values(["name", "offset"], kind="stable")
+    table["inside"] = table["sse"] <= threshold
+    return table.reset_index(drop=True), sse0, threshold
+
+
+def profile_spans(table: pd.DataFrame) -> pd.DataFrame:
+    """Per parameter: the outermost grid offsets inside the profile set, the nearest grid
+    offsets outside beyond them (NaN: the grid or the bounds ended inside), and the span of
+    the 95% set at most (exp(out_high - out_low); inf when a side is open)."""
+    out = []
+    for name, g in table.groupby("name", sort=False):
+        inside = g.loc[g["inside"], "offset"]
+        in_lo, in_hi = float(inside.min()), float(inside.max())
+        beyond_hi = g.loc[(g["offset"] > in_hi) & ~g["inside"], "offset"]
+        beyond_lo = g.loc[(g["offset"] < in_lo) & ~g["inside"], "offset"]
+        out_hi = float(beyond_hi.min()) if len(beyond_hi) else math.nan
+        out_lo = float(beyond_lo.max()) if len(beyond_lo) else math.nan
+        span = math.exp(out_hi - out_lo) if len(beyond_hi) and len(beyond_lo) else math.inf
+        out.append({"name": name, "value": float(g.loc[g["offset"] == 0, "value"].iloc[0]),
+                    "inside_low": in_lo, "inside_high": in_hi, "outside_low": out_lo,
+                    "outside_high": out_hi, "span_at_most": span,
+                    "identified": span < MAX_CI_RATIO})
+    return pd.DataFrame(out)
+
+
+def _put(x: np.ndarray, idx: list[int], z: np.ndarray) -> np.ndarray:
+    y = np.array(x, dtype=float)
+    y[idx] = z
+    return y

@@ -1,0 +1,48 @@
+"""Profile-likelihood intervals of a fit (analysis.fit_profile, DESIGN §4)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.fit import FitConfig, fit_observed
+from analysis.fit_profile import ProfileConfig, profile_fit, profile_spans
+from analysis.observed import load_paper_table1
+
+
+def test_profile_starts_at_the_fits_own_sse_and_never_rises_above_holding_the_others():
+    observed = load_paper_table1()
+    res = fit_observed(observed, FitConfig(steps=3, max_attempts=3, max_nfev=2, starts=1))
+    table, sse0, threshold = profile_fit(observed, res, ProfileConfig(offsets=(0.5,),
+                                                                      max_nfev=2))
+    trained = res.curves[res.curves["regime"] != "Base"]["residual"].dropna()
+    assert sse0 == pytest.approx(float(trained @ trained), rel=1e-9)  # the fit's SSE
+    n_free = 4  # ell_s, ell_d, lr[SFT (reflection)], lr[RL] (no-refl untrained)
+    assert threshold == pytest.approx(sse0 * (1 + 1.959963984540054**2 / (21 - n_free)))
+    assert table["name"].nunique() == n_free
+    at_zero = table[table["offset"] == 0]
+    assert (at_zero["sse"] == sse0).all() and at_zero["inside"].all()
+    assert set(table["offset"]) <= {-0.5, 0.0, 0.5}
+    assert (table["inside"] == (table["sse"] <= threshold)).all()
+
+
+def test_profile_spans_are_bounded_by_the_nearest_points_outside():
+    rows = [("a", -1.0, 9.0), ("a", -0.5, 1.0), ("a", 0.0, 0.5), ("a", 0.5, 1.5),
+            ("a", 1.0, 3.0), ("b", -0.5, 1.0), ("b", 0.0, 0.5), ("b", 0.5, 0.9)]
+    table = pd.DataFrame(rows, columns=["name", "offset", "sse"]).assign(value=1.0)
+    table["inside"] = table["sse"] <= 1.2
+    spans = profile_spans(table).set_index("name")
+    assert spans.loc["a", "inside_low"] == -0.5 and spans.loc["a", "inside_high"] == 0.0
+    assert spans.loc["a", "span_at_most"] == pytest.approx(math.exp(0.5 + 1.0))
+    assert spans.loc["a", "identified"]
+    assert np.isnan(spans.loc["b", "outside_high"]) and spans.loc["b", "span_at_most"] == math.inf
+    assert not spans.loc["b", "identified"]  # the grid ended inside: no bound on that side
+
+
+def test_profile_config_rejects_a_bad_grid():
+    for bad in ((), (0.5, 0.2), (0.0, 0.5), (-0.1,)):
+        with pytest.raises(ValueError, match="offsets"):
+            ProfileConfig(offsets=bad)
