@@ -13,6 +13,7 @@ imports (and the simulator runs) without the `real` extra (docs/ARCHITECTURE.md)
 from __future__ import annotations
 
 import click
+import mesa  # noqa: F401  (first: its logging decorator walks the import stack, ~0.15 s deeper)
 
 from analysis import commands as analysis_commands
 from realmodel import commands as realmodel_commands

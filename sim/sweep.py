@@ -63,8 +63,8 @@ from core.records import (
     record_outcome,
     start_record,
 )
-from sim import cell_batch
-from sim.cell import check_finite
+from sim import cell_batch, kernel_warmup
+from sim.cell import cell_learner, check_finite
 from sim.cell_batch import plan_batches, run_batch
 from sim.executors import execute_local, execute_ray, signals_interrupt
 from sim.grid import GridConfig
@@ -322,6 +322,11 @@ def run_sweep(
         if bar is not None:
             bar.update(1)
 
+    # in one process on a cold Numba cache, a child compiles the exact-gradient kernels on
+    # another core while this one compiles the population step (sim.kernel_warmup)
+    warmup = (kernel_warmup.start([(lc.spec, lc.objective) for lc in
+                                   (cell_learner(grid, g.computed) for g in groups)])
+              if executor == "local" and not processes and workers > 1 else None)
     try:
         with signals_interrupt():
             if executor == "local":
@@ -340,6 +345,7 @@ def run_sweep(
             print(f"warning: could not record the outcome ({record_exc})", file=sys.stderr)
         raise
     finally:
+        kernel_warmup.stop(warmup)
         if bar is not None:
             bar.close()
     finish_record(out_dir, "done", wall_time_s=wall, cells_computed=len(computed))

@@ -362,3 +362,14 @@ def test_likelihood_objectives_against_brute_force_enumeration():
     sft = sum(w * grad(_brute_force_steps(o, k_max, THETA, w_c, 0.0)) for o, w in data)
     np.testing.assert_allclose(exact_logit_gradients(THETA, REF, spec, masked)["sft"], sft,
                                rtol=1e-12, atol=1e-14)
+
+
+def test_binomial_pmf_is_scipys():
+    from scipy.stats import binom
+
+    from sim.objectives import binomial_pmf
+
+    for n in (0, 1, 7, 15, 63):
+        for p in (0.0, 1e-9, 0.3, 0.5, 0.97, 1.0):
+            np.testing.assert_allclose(binomial_pmf(n, p), binom.pmf(np.arange(n + 1), n, p),
+                                       rtol=1e-12, atol=1e-300)
