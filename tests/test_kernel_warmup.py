@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -42,6 +43,33 @@ def test_the_kernels_it_compiles_are_the_ones_after_training_in_process():
 
     assert dp.own_moments_kernel.signatures  # compiled (or loaded) in this process
     assert isinstance(kernel_warmup.cache_is_cold(), bool)
+
+
+LATE_CALLEES_CHECK = """
+import sim.kernel_warmup as kw
+from sim.model import AgentSpec
+from sim.objectives import ObjectiveConfig
+from sim.population import LearnerConfig, PopulationConfig, PopulationModel
+from sim.population_kernels import prob_jump
+from sim.population_optim import optimiser_step
+spec = AgentSpec(max_attempts=3)
+kw.compile_late_callees(spec)
+before = {k.py_func.__name__: len(k.signatures) for k in (optimiser_step, prob_jump)}
+lc = LearnerConfig(spec=spec, objective=ObjectiveConfig.parse("surrogate+kl", beta=0.01))
+PopulationModel([lc, lc], PopulationConfig(seed=1)).step()  # compiles the step, cold
+after = {k.py_func.__name__: len(k.signatures) for k in (optimiser_step, prob_jump)}
+print(before, after)
+assert before == after == {"optimiser_step": 1, "prob_jump": 1}, (before, after)
+"""
+
+
+def test_the_late_callees_have_the_signatures_the_cold_step_uses(tmp_path):
+    """With an empty Numba cache, compiling the population step finds the helpers already
+    compiled with its own argument types (one signature each, none added)."""
+    out = subprocess.run([sys.executable, "-c", LATE_CALLEES_CHECK], cwd=kernel_warmup.REPO_ROOT,
+                         env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_stop_ends_a_running_child():
