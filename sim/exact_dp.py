@@ -29,6 +29,7 @@ to 0 gracefully (a class of probability 0 adds exactly 0, and ends the recursion
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -353,3 +354,11 @@ def _compiled_against():
 
 
 drop_stale_caches(globals(), _compiled_against, _SOURCES)
+
+
+def binomial_pmf(n: int, p: float) -> np.ndarray:
+    """P(X = m) for m = 0..n, X ~ Binomial(n, p): comb(n, m) p^m (1 - p)^(n - m) with 0^0 = 1
+    (scipy.stats would give the same to rounding, at ~0.5 s of import per process)."""
+    m = np.arange(n + 1)
+    comb = np.array([math.comb(n, k) for k in range(n + 1)], dtype=float)
+    return comb * np.power(float(p), m) * np.power(1.0 - float(p), n - m)

@@ -248,14 +248,6 @@ def _terms(masks, ns, truncs, logits, ref_logits, spec: AgentSpec, obj: Objectiv
                           kn.ESTIMATORS[obj.kl_estimator], obj.kl_clamp, spec.gamma, norm)
 
 
-def binomial_pmf(n: int, p: float) -> np.ndarray:
-    """P(X = m) for m = 0..n, X ~ Binomial(n, p): comb(n, m) p^m (1 - p)^(n - m) with 0^0 = 1
-    (scipy.stats would give the same to rounding, at ~0.5 s of import per process)."""
-    m = np.arange(n + 1)
-    comb = np.array([math.comb(n, k) for k in range(n + 1)], dtype=float)
-    return comb * np.power(float(p), m) * np.power(1.0 - float(p), n - m)
-
-
 def group_mean_advantages(p_success: float, obj: ObjectiveConfig) -> tuple[float, float]:
     """(a(0), a(1)): the expected group advantage of a failure and of a success.
 
@@ -265,7 +257,7 @@ def group_mean_advantages(p_success: float, obj: ObjectiveConfig) -> tuple[float
     """
     g = obj.group_size
     m = np.arange(g)
-    pmf = binomial_pmf(g - 1, p_success)
+    pmf = exact_dp.binomial_pmf(g - 1, p_success)
 
     def adv(r: int) -> float:
         s = r + m

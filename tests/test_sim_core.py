@@ -367,7 +367,7 @@ def test_likelihood_objectives_against_brute_force_enumeration():
 def test_binomial_pmf_is_scipys():
     from scipy.stats import binom
 
-    from sim.objectives import binomial_pmf
+    from sim.exact_dp import binomial_pmf
 
     for n in (0, 1, 7, 15, 63):
         for p in (0.0, 1e-9, 0.3, 0.5, 0.97, 1.0):
