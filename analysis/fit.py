@@ -70,8 +70,10 @@ from analysis.fit_model import (
     grid_starts,
     lr_name,
     max_jump,
+    observed_rows,
     regime_objective,
     simulate_regime,
+    trained_residuals,
 )
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
 from core.calibration import Z95
@@ -202,17 +204,11 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     start = {**START, **{n: _start_value(n) for n in names if n not in START}, **(start or {})}
     lo = np.log([bounds_of(n, cfg)[0] for n in names])
     hi = np.log([bounds_of(n, cfg)[1] for n in names])
-    y = {r: np.array([obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
-                      for t in ladder.names], float) for r in regimes}
+    y = observed_rows(observed, ladder, regimes)
+    residuals = trained_residuals(regimes, ladder, b_s, cfg, names, y)
 
     def values_of(x: np.ndarray) -> dict[str, float]:
         return {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        vals = values_of(x)
-        res = [simulate_regime(r, ladder, b_s, cfg, vals)[:, 3] - y[r] for r in regimes]
-        out = np.concatenate(res)
-        return np.nan_to_num(out[np.isfinite(np.concatenate([y[r] for r in regimes]))], nan=1.0)
 
     def sse(rows: list[str], vals: dict[str, float]) -> float:
         return sum(float(np.nansum((simulate_regime(r, ladder, b_s, cfg, vals)[:, 3]

@@ -116,6 +116,31 @@ BASE_NOTES = {
 }
 
 
+def observed_rows(observed: Any, ladder: Ladder, regimes: list[str]) -> dict[str, np.ndarray]:
+    """Each regime's observed accuracy on every task of `ladder`, in order (NaN: a cell the
+    table lacks)."""
+    obs = observed.set_index(["regime", "task"])
+    return {r: np.array([obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
+                         for t in ladder.names], float) for r in regimes}
+
+
+def trained_residuals(regimes: list[str], ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
+                      names: list[str], y: dict[str, np.ndarray]
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+    """The fit's residual function: x (log values of the free parameters `names`) -> fitted
+    minus observed Acc_K over every observed cell of `regimes` (y: observed_rows), in
+    regime-then-task order; a fitted NaN counts as a residual of 1."""
+    seen = np.isfinite(np.concatenate([y[r] for r in regimes]))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        vals = {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
+        out = np.concatenate([simulate_regime(r, ladder, b_s, cfg, vals)[:, 3] - y[r]
+                              for r in regimes])
+        return np.nan_to_num(out[seen], nan=1.0)
+
+    return residuals
+
+
 def untrained_regimes(observed: Any, cfg: FitConfig) -> list[str]:
     """The rows the model says are the untrained base model's (DESIGN §1, §4): Base, and SFT
     (no reflection) where lr_mode "no-refl-bound" leaves it untrained."""
@@ -133,9 +158,8 @@ def base_offsets(observed: Any, ladder: Ladder, cfg: FitConfig
         base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
         return base_sampling_logits(base_acc, cfg), None, (), []
     untrained = untrained_regimes(observed, cfg)
-    rows = np.array([[obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
-                      for t in ladder.names] for r in untrained], float)
-    b_s, sol, names = fitted_base(rows, cfg)
+    rows = observed_rows(observed, ladder, untrained)
+    b_s, sol, names = fitted_base(np.array([rows[r] for r in untrained]), cfg)
     notes = []
     if len(untrained) > 1:
         notes.append(f"the base shape is fitted to both untrained rows ({', '.join(untrained)})"

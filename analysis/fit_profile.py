@@ -27,7 +27,8 @@ from analysis.fit_model import (
     base_offsets,
     bounds_of,
     free_parameter_names,
-    simulate_regime,
+    observed_rows,
+    trained_residuals,
 )
 from core.calibration import Z95
 
@@ -57,7 +58,6 @@ def profile_fit(observed: pd.DataFrame, result: FitResult,
     fit_cfg = FitConfig(**result.config)
     ladder = ladder_of(observed)
     b_s = base_offsets(observed, ladder, fit_cfg)[0]
-    obs = observed.set_index(["regime", "task"])
     regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
     names = free_parameter_names(regimes, fit_cfg)
     fitted = result.params.set_index("name")["value"]
@@ -65,22 +65,16 @@ def profile_fit(observed: pd.DataFrame, result: FitResult,
     lo = np.log([bounds_of(n, fit_cfg)[0] for n in names])
     hi = np.log([bounds_of(n, fit_cfg)[1] for n in names])
     # every trained regime's cells, as in the fit's SSE (an untrained row adds a constant)
-    y = np.concatenate([[obs.loc[(r, t), "accuracy"] if (r, t) in obs.index else np.nan
-                         for t in ladder.names] for r in regimes])
-    seen = np.isfinite(y)
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        vals = {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
-        sim = np.concatenate([simulate_regime(r, ladder, b_s, fit_cfg, vals)[:, 3]
-                              for r in regimes])
-        return np.nan_to_num(sim[seen] - y[seen], nan=1.0)
+    y = observed_rows(observed, ladder, regimes)
+    residuals = trained_residuals(regimes, ladder, b_s, fit_cfg, names, y)
+    n_cells = int(sum(np.isfinite(v).sum() for v in y.values()))
 
     def sse(x: np.ndarray) -> float:
         res = residuals(x)
         return float(res @ res)
 
     sse0 = sse(x0)  # the fit's own SSE (analysis.fit: RMSE over the same cells)
-    threshold = sse0 + Z95**2 * sse0 / max(int(seen.sum()) - len(names), 1)
+    threshold = sse0 + Z95**2 * sse0 / max(n_cells - len(names), 1)
     records = []
     for i, name in enumerate(names):
         others = [j for j in range(len(names)) if j != i]

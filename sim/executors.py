@@ -46,7 +46,7 @@ from sim.grid import GridConfig
 # with each cell's rows (sim.sweep)
 RunTask = Callable[[GridConfig, Any], list[tuple[str, pd.DataFrame]]]
 OnDone = Callable[[str, pd.DataFrame], None]
-PARALLEL_CHUNK_AGENTS = 4  # agents per chunk of a population's thread loop (in process)
+
 
 class SweepInterrupted(KeyboardInterrupt):
     """SIGTERM during a sweep, raised like Ctrl-C's KeyboardInterrupt: the workers are
@@ -138,16 +138,12 @@ def execute_local(run: RunTask, grid: GridConfig, todo: list[Any], workers: int,
         import numba
 
         before = numba.get_num_threads()
-        _init_worker(threads=workers)
-        # threads take agents a few at a time rather than one fixed share each: on a shared
-        # machine a descheduled thread no longer holds up every step (measured: ~15% faster)
-        chunk = numba.set_parallel_chunksize(PARALLEL_CHUNK_AGENTS)
+        _init_worker(threads=workers)  # the population step's threads (sim.kernel_threads)
         try:
             for task in todo:
                 for cell_id, rows in _run_task_worker(run, grid, task):
                     on_done(cell_id, rows)
         finally:
-            numba.set_parallel_chunksize(chunk)
             numba.set_num_threads(before)
         return
     import multiprocessing as mp

@@ -19,14 +19,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from core.provenance import REPO_ROOT
 from sim.model import AgentSpec
 from sim.objectives import ObjectiveConfig
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def cache_is_cold() -> bool:

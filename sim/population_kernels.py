@@ -129,8 +129,9 @@ class Out(NamedTuple):
     max_jump: np.ndarray = np.empty(0)  # (A,)
 
 
-# no_cfunc_wrapper: kernels here are called from Python or from other kernels, never as
-# C function pointers, so the C wrapper Numba builds by default is not compiled (cold start)
+# The kernels below built with no_cfunc_wrapper are called from Python or from other kernels,
+# never as C function pointers: the C wrapper Numba builds by default is not compiled (cold
+# start).
 @njit(cache=True, inline="always")
 def _task_logits(jac_t, off_t, phi_a, out):
     """logits(t) = b(t) + J_t phi (sim.model.AgentSpec.task_logits for one task)."""
