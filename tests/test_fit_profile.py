@@ -46,3 +46,19 @@ def test_profile_config_rejects_a_bad_grid():
     for bad in ((), (0.5, 0.2), (0.0, 0.5), (-0.1,)):
         with pytest.raises(ValueError, match="offsets"):
             ProfileConfig(offsets=bad)
+
+
+def test_the_script_says_what_is_wrong_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fit_profile.py"
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                             text=True)
+    assert missing.returncode == 1 and "no fit.json" in missing.stderr
+    (tmp_path / "fit.json").write_text("{}")
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and "is not a fit.json" in bad.stderr
+    assert "Traceback" not in bad.stderr
