@@ -50,9 +50,9 @@ class FitConfig:
     """Documented, fixed choices of the fit (everything not in `free`)."""
 
     max_attempts: int = field(default=16, metadata=doc(
-        "K: attempts at most, in training (exact gradients) and in Acc_K; 16: of K = 8-24 the "
-        "only one whose Table 1 fit has RMSE <= 6 pp with every parameter identified "
-        "(docs/results/simulator/fit_settings_compared.md)", "§2, §4"))
+        "K: attempts at most, in training (exact gradients) and in Acc_K; 16 is chosen by the "
+        "Table 1 fit (RMSE <= 6 pp from K = 12 on; "
+        "docs/results/simulator/fit_settings_compared.md)", "§2, §4"))
     q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
     length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
