@@ -39,7 +39,9 @@ Model (DESIGN.md §1, §2, §4):
    space (J by central differences at the optimum, at each of JAC_STEPS, the widest interval
    kept; s^2 = SSR / (n - k)), a standard error by the delta method and a 95% interval
    exp(log x ± 1.96 se); a parameter at its bound has no standard error. Identified: inside
-   its bounds with a 95% interval spanning less than 10x (MAX_CI_RATIO). The base shape's
+   its bounds with a 95% interval spanning less than 10x (MAX_CI_RATIO), on an SSE smooth
+   enough at the 1% scale for an interval to mean anything (fit_model.sse_roughness, at most
+   ROUGH_LIMIT of the interval's SSE budget; a shape no local interval can read). The base shape's
    parameters get their intervals from its own fit to the untrained rows (the training
    parameters' intervals are conditional on it). analysis.fit_profile checks the intervals
    without derivatives (profile likelihood).
@@ -60,6 +62,7 @@ from scipy.optimize import brentq, least_squares
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
 from analysis.fit_model import (
     FITTED_BASES,
+    ROUGH_LIMIT,
     TRAINED_REGIMES,
     UNSTABLE_JUMP,
     Ladder,
@@ -73,6 +76,7 @@ from analysis.fit_model import (
     observed_rows,
     regime_objective,
     simulate_regime,
+    sse_roughness,
     trained_residuals,
 )
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
@@ -124,8 +128,10 @@ class FitResult:
                 unc = "at bound, no standard error: NOT identified"
             else:
                 span = r.ci_high / r.ci_low if r.ci_low > 0 else math.inf
+                rough = getattr(r, "sse_roughness", math.nan)
                 unc = (f"± {r.se:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}] (x{span:.3g}"
-                       f"{'' if r.identified else ': NOT identified'})")
+                       + (f", SSE roughness {rough:.2f}" if np.isfinite(rough) else "")
+                       + f"{'' if r.identified else ': NOT identified'})")
             lines.append(f"  {r.name:<26} {r.value:.4g} {unc}")
         lines.append("per-task residuals, observed - fitted (percentage points):")
         piv = self.curves.pivot_table(index="regime", columns="task", values="residual",
@@ -231,7 +237,10 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     # the covariance's Jacobians: central differences at each of JAC_STEPS, the widest
     # interval kept (a trained endpoint is rough at small scales: see JAC_STEPS)
     jacobians = [central_jacobian(residuals, sol.x, lo, hi, h) for h in JAC_STEPS]
-    params = parameter_table(names, sol, lo, hi, cfg, jacobians)
+    # ... and the SSE's roughness at the 1% scale, where an interval's end is decided
+    budget = Z95**2 * float(sol.fun @ sol.fun) / max(sol.fun.size - len(names), 1)
+    rough = sse_roughness(residuals, sol.x, lo, hi, budget)
+    params = parameter_table(names, sol, lo, hi, cfg, jacobians, rough)
     if cfg.base in FITTED_BASES:
         base_lo = np.log([BOUNDS[n][0] for n in base_names])
         base_hi = np.log([BOUNDS[n][1] for n in base_names])
@@ -262,9 +271,16 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         notes.append(f"UNSTABLE (a step moved p or q by more than {UNSTABLE_JUMP}): {chaos}")
         params.loc[params["name"].isin({lr_name(r, cfg) for r in chaos}), "identified"] = False
     free = params[params["free"]]
+    rough_names = free.loc[free["sse_roughness"] > ROUGH_LIMIT, "name"]
+    if len(rough_names):
+        notes.append(f"SSE rough at the 1% scale (RMS off its quadratic > {ROUGH_LIMIT:g} of "
+                     "the 95% interval's SSE budget): the intervals of " + ", ".join(
+                         f"{n} ({v:.2f})" for n, v in zip(rough_names, free.loc[
+                             rough_names.index, "sse_roughness"], strict=True))
+                     + " mean nothing (analysis.fit_model.ROUGH_LIMIT)")
     if not free["identified"].all():
-        notes.append("not identified (at a bound, no standard error, or a 95% interval "
-                     f"spanning {MAX_CI_RATIO:g}x or more): "
+        notes.append("not identified (at a bound, no standard error, a 95% interval "
+                     f"spanning {MAX_CI_RATIO:g}x or more, or an SSE too rough for one): "
                      + ", ".join(free.loc[~free["identified"], "name"]))
     curves = _curves(observed, ladder, b_s, cfg, vals, [BASE, *regimes])
     trained = curves[curves["regime"] != BASE]["residual"].dropna()
@@ -352,12 +368,14 @@ def _setting_notes(regimes: list[str], cfg: FitConfig) -> list[str]:
 
 
 def parameter_table(names: list[str], sol: object, lo: np.ndarray, hi: np.ndarray,
-                    cfg: FitConfig, jacobians: list[np.ndarray] | None = None) -> pd.DataFrame:
-    """name, value, se, ci_low, ci_high, identified, at_bound, free: the free parameters
-    (cov = s^2 (J^T J)^+ in log space, delta-method se, 95% interval exp(log x +- 1.96 se);
-    with several `jacobians` (default: the solution's own), each parameter's largest se;
-    identified = inside its bounds with an interval spanning less than MAX_CI_RATIO), then
-    the fixed settings."""
+                    cfg: FitConfig, jacobians: list[np.ndarray] | None = None,
+                    roughness: np.ndarray | None = None) -> pd.DataFrame:
+    """name, value, se, ci_low, ci_high, identified, at_bound, free, sse_roughness: the
+    free parameters (cov = s^2 (J^T J)^+ in log space, delta-method se, 95% interval
+    exp(log x +- 1.96 se); with several `jacobians` (default: the solution's own), each
+    parameter's largest se; identified = inside its bounds with an interval spanning less
+    than MAX_CI_RATIO, on an SSE no rougher than ROUGH_LIMIT (fit_model.sse_roughness; NaN:
+    not measured, a smooth closed form)), then the fixed settings."""
     x, fun = sol.x, sol.fun  # type: ignore[attr-defined]
     dof = max(fun.size - len(names), 1)
     se_log = np.max([np.sqrt(np.clip(np.diag(float(fun @ fun) / dof
@@ -365,23 +383,27 @@ def parameter_table(names: list[str], sol: object, lo: np.ndarray, hi: np.ndarra
                      for jac in (jacobians or [sol.jac])], axis=0)  # type: ignore[attr-defined]
     at_bound = ((sol.active_mask != 0) | np.isclose(x, lo, atol=1e-6)  # type: ignore[attr-defined]
                 | np.isclose(x, hi, atol=1e-6))
+    rough = np.full(len(names), np.nan) if roughness is None else np.asarray(roughness)
     rows = []
     for i, n in enumerate(names):
         v = float(np.exp(x[i]))
         ok = not at_bound[i] and np.isfinite(se_log[i]) and se_log[i] > 0
         lo_ci = v * _exp(-Z95 * se_log[i]) if ok else float("nan")
         hi_ci = v * _exp(Z95 * se_log[i]) if ok else float("nan")
+        smooth = not rough[i] > ROUGH_LIMIT
         rows.append({"name": n, "value": v, "se": v * se_log[i] if ok else float("nan"),
                      "ci_low": lo_ci, "ci_high": hi_ci,
-                     "identified": bool(ok and lo_ci > 0 and hi_ci / lo_ci < MAX_CI_RATIO),
-                     "at_bound": bool(at_bound[i]), "free": True})
+                     "identified": bool(ok and smooth and lo_ci > 0
+                                        and hi_ci / lo_ci < MAX_CI_RATIO),
+                     "at_bound": bool(at_bound[i]), "free": True,
+                     "sse_roughness": float(rough[i])})
     fixed = {"K": cfg.max_attempts, "q1_base": cfg.q1_base, "q2_base": cfg.q2_base,
              "L (tokens)": cfg.length, "steps": cfg.effective_steps}
     if not cfg.fit_beta:
         fixed["beta"] = cfg.beta
     rows.extend({"name": n, "value": float(v), "se": float("nan"), "ci_low": float("nan"),
                  "ci_high": float("nan"), "identified": False, "at_bound": False,
-                 "free": False} for n, v in fixed.items())
+                 "free": False, "sse_roughness": float("nan")} for n, v in fixed.items())
     return pd.DataFrame(rows)
 
 

@@ -141,6 +141,40 @@ def trained_residuals(regimes: list[str], ladder: Ladder, b_s: np.ndarray, cfg: 
     return residuals
 
 
+# The roughness check of the fit's intervals (DESIGN §2, §4): the SSE along each free training
+# parameter on a 1% grid in log space (+-10%), less its least-squares quadratic; the RMS of
+# what is left, over the 95% interval's SSE budget (Z95^2 s^2), is the parameter's roughness.
+# Above ROUGH_LIMIT a 1% move changes the SSE by a tenth of the budget or more, so where the
+# interval ends is set by that jitter, not by the trend the delta method (or a profile)
+# reads: the interval means nothing and the parameter is not identified. (Adam's shared
+# second moment with a global clip rescales the decision logits' step by the whole gradient's
+# norm, which dips each time the sampling logit crosses its fixed point: nearby learning
+# rates then end on different trajectories, docs/results/simulator/fit_settings_compared.md.)
+ROUGH_OFFSETS = tuple(float(v) for v in np.round(np.linspace(-0.1, 0.1, 21), 4))
+ROUGH_LIMIT = 0.1
+
+
+def sse_roughness(residuals: Callable[[np.ndarray], np.ndarray], x: np.ndarray, lo: np.ndarray,
+                  hi: np.ndarray, budget: float,
+                  offsets: tuple[float, ...] = ROUGH_OFFSETS) -> np.ndarray:
+    """Per coordinate of x: RMS deviation of SSE(x + d e_i) from its least-squares quadratic
+    in d (over `offsets` inside the bounds), divided by `budget` (module note above)."""
+    out = np.full(len(x), np.nan)
+    for i in range(len(x)):
+        d = np.array([o for o in offsets if lo[i] <= x[i] + o <= hi[i]])
+        if len(d) < 5 or not budget > 0:
+            continue
+        sse = []
+        for o in d:
+            z = np.array(x, dtype=float)
+            z[i] += o
+            r = residuals(z)
+            sse.append(float(r @ r))
+        trend = np.polyval(np.polyfit(d, sse, 2), d)
+        out[i] = float(np.sqrt(np.mean((np.array(sse) - trend) ** 2))) / budget
+    return out
+
+
 def untrained_regimes(observed: Any, cfg: FitConfig) -> list[str]:
     """The rows the model says are the untrained base model's (DESIGN §1, §4): Base, and SFT
     (no reflection) where lr_mode "no-refl-bound" leaves it untrained."""

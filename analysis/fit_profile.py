@@ -2,7 +2,10 @@
 
 The fit's own intervals (analysis.fit) come from the delta method, i.e. from a Jacobian at the
 optimum. A trained endpoint is rough at small scales (Adam at a constant lr, DESIGN §2), so
-this module gives the check that needs no derivative: for each free parameter, fixed at
+this module gives the check that needs no derivative (but not one immune to the roughness: a
+grid point's SSE is one draw of the jitter that analysis.fit_model.sse_roughness measures,
+and where that is above ROUGH_LIMIT the profile set is no better founded than the delta
+method's interval): for each free parameter, fixed at
 offsets d on a grid in log space, the SSE is minimised again over the others (scipy's
 least_squares, started from the neighbouring grid point's solution); the 95% profile set is
 {d : SSE(d) <= SSE* + 3.84 s^2} with s^2 = SSE* / (n - k) (Wald's threshold for one

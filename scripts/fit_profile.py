@@ -4,7 +4,10 @@
 
 Reads the fit (fit.json, as `cli.py fit` writes it), re-minimises its SSE with each free
 training parameter fixed on a grid of log offsets, and prints the SSE per grid point and the
-95% profile set's span per parameter. Several minutes at K = 16 on one core.
+95% profile set's span per parameter; a parameter whose SSE the fit found rough at the 1%
+scale (params' sse_roughness above analysis.fit_model.ROUGH_LIMIT) is not identified here
+either: the grid's SSE values are then draws from that jitter. Several minutes at K = 16 on
+one core.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.fit_config import FitError  # noqa: E402
 from analysis.fit_io import load_fit  # noqa: E402
+from analysis.fit_model import ROUGH_LIMIT  # noqa: E402
 from analysis.fit_profile import profile_fit, profile_spans  # noqa: E402
 from analysis.observed import load_observed, load_paper_table1  # noqa: E402
 
@@ -45,6 +49,10 @@ def main() -> None:
                           for r in g.itertuples())
         print(f"  {name} SSE by log offset: {cells}")
     spans = profile_spans(table)
+    if "sse_roughness" in result.params.columns:  # a profile on a rough SSE reads its jitter
+        rough = result.params.set_index("name")["sse_roughness"]
+        spans["sse_roughness"] = [float(rough.get(n, float("nan"))) for n in spans["name"]]
+        spans["identified"] &= ~(spans["sse_roughness"] > ROUGH_LIMIT)
     print(spans.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.csv:
         table.to_csv(args.csv, index=False)

@@ -347,3 +347,30 @@ def test_central_jacobian_and_the_widest_interval_of_several_jacobians():
     both = parameter_table(["a", "b"], sol, lo, hi, FitConfig(), [sol.jac, sol.jac / 4])
     # a Jacobian four times flatter gives four times the standard error; the wider is kept
     np.testing.assert_allclose(both["se"][:2] / one["se"][:2], 4.0, rtol=1e-9)
+
+
+def test_sse_roughness_reads_jitter_not_trend():
+    from analysis.fit_model import ROUGH_LIMIT, sse_roughness
+
+    lo, hi = np.full(3, -5.0), np.full(3, 5.0)
+    x0 = np.zeros(3)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        # coordinate 0: a steep smooth bowl; 1: flat with a 1%-scale sawtooth; 2: at a bound
+        saw = 0.05 * (np.round(x[1] / 0.01) % 2)
+        return np.array([3.0 * x[0] + 0.1, 0.1 + saw, 0.1 + x[2]])
+
+    rough = sse_roughness(residuals, x0, lo, hi, budget=0.01)
+    assert rough[0] < 1e-9  # an exact quadratic leaves nothing, however steep
+    # the sawtooth moves the SSE between 0.03 and about 0.0525 from one 1% step to the next
+    assert rough[1] > ROUGH_LIMIT
+    # within 3% of a bound on both sides: 4 grid points, too few for a quadratic
+    rough[2] = sse_roughness(residuals, x0, np.array([-5, -5, 0.0]), np.array([5, 5, 0.03]),
+                             0.01)[2]
+    assert np.isnan(rough[2])
+    table = parameter_table(["a", "b", "c"], _sol([0.0, 0.0, 0.0], lo, hi, [0.1, 0.1, 0.1]),
+                            lo, hi, FitConfig(), roughness=rough)
+    free = table.set_index("name")
+    # equally narrow intervals; only the rough one is not identified
+    assert free.loc["a", "identified"] and not free.loc["b", "identified"]
+    assert free.loc["c", "identified"] and np.isnan(free.loc["c", "sse_roughness"])
