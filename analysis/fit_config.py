@@ -27,7 +27,8 @@ BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
           "beta": (1e-5, 10.0), "base_d_half": (0.05, 50.0), "base_slope": (0.01, 20.0),
           "base_floor": (1e-6, 0.5)}
 BASE_MODES = ("floored", "linear", "exact")
-# a free parameter is identified when its 95% interval spans less than this factor
+# a free parameter is identified when its 95% interval spans less than this factor (and the SSE
+# is smooth enough for an interval to mean anything: analysis.fit_model.ROUGH_LIMIT)
 MAX_CI_RATIO = 10.0
 
 

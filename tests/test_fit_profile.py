@@ -62,3 +62,30 @@ def test_the_script_says_what_is_wrong_in_one_line(tmp_path):
                          text=True)
     assert bad.returncode == 1 and "is not a fit.json" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_roughness_scan_reads_a_saved_fit_and_refuses_an_untrained_row(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from analysis.fit_io import save_fit
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fit_roughness_scan.py"
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "none")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "no fit.json" in missing.stderr
+    res = fit_observed(load_paper_table1(), FitConfig(steps=3, max_attempts=3, max_nfev=2,
+                                                      starts=1))
+    save_fit(res, tmp_path)
+    ok = subprocess.run([sys.executable, str(script), str(tmp_path), "--scales", "1", "2",
+                         "--regime", "RL", "--max-grad-norm", "0"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[0].startswith("RL, adam (shared v):")  # the clip is off as asked
+    assert len(lines) == 3 and all("roughness" in ln for ln in lines[1:])
+    base = subprocess.run([sys.executable, str(script), str(tmp_path), "--regime", "Base"],
+                          capture_output=True, text=True)
+    assert base.returncode == 1 and "not a trained row" in base.stderr
+    assert "Traceback" not in base.stderr

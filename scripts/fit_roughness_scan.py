@@ -1,0 +1,88 @@
+"""How rough is one trained row's SSE in its learning rate? (analysis.fit_model.sse_roughness)
+
+    python scripts/fit_roughness_scan.py outputs/fit/paper_table1 [--regime "SFT (reflection)"]
+        [--scales 0.5 1 2] [--max-grad-norm C] [--second-moment shared|per-parameter]
+
+Reads a saved fit (fit.json), keeps its length scales, and prints, for the learning rate at
+each scale of the fitted one, the row's SSE range over a 1% grid (+-10%, log space) and its
+roughness (RMS off the quadratic, over the fit's own 95% SSE budget, 1.96^2 s^2). The update
+budget can be changed to see which part of it makes the endpoint sensitive (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis.fit import FitConfig, ladder_of  # noqa: E402
+from analysis.fit_config import FitError  # noqa: E402
+from analysis.fit_io import load_fit  # noqa: E402
+from analysis.fit_model import (  # noqa: E402
+    ROUGH_OFFSETS,
+    base_offsets,
+    lr_name,
+    observed_rows,
+    sse_roughness,
+    trained_residuals,
+)
+from analysis.observed import SFT_REFLECTION, load_observed, load_paper_table1  # noqa: E402
+from core.calibration import Z95  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("fit_dir", type=Path, help="a fit's folder (with fit.json)")
+    ap.add_argument("--observed", type=Path, default=None,
+                    help="the table the fit was fitted to (default: the paper's Table 1)")
+    ap.add_argument("--regime", default=SFT_REFLECTION, help="the trained row to scan")
+    ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    ap.add_argument("--max-grad-norm", type=float, default=None)
+    ap.add_argument("--second-moment", default=None)
+    args = ap.parse_args()
+    if not (args.fit_dir / "fit.json").is_file():
+        sys.exit(f"error: no fit.json in {args.fit_dir} (run `python3 cli.py fit` first)")
+    try:
+        result = load_fit(args.fit_dir / "fit.json")
+        observed = load_observed(args.observed) if args.observed else load_paper_table1()
+        changes = {k: v for k, v in (("max_grad_norm", args.max_grad_norm),
+                                     ("second_moment", args.second_moment)) if v is not None}
+        cfg = dataclasses.replace(FitConfig(**result.config), **changes)
+        name = lr_name(args.regime, cfg)
+        if name is None:
+            raise FitError(f"{args.regime!r} has no fitted learning rate in this fit")
+    except (FitError, OSError, ValueError, TypeError) as exc:  # one line, not a traceback
+        sys.exit(f"error: {exc}")
+    free = result.params[result.params["free"]].set_index("name")["value"]
+    names = [n for n in free.index if not n.startswith("base_")]
+    ladder = ladder_of(observed)
+    b_s = base_offsets(observed, ladder, cfg)[0]
+    residuals = trained_residuals([args.regime], ladder, b_s, cfg, names,
+                                  observed_rows(observed, ladder, [args.regime]))
+    fitted = result.params.set_index("name")["value"]
+    # the fit's own budget: 1.96^2 s^2, s^2 = SSE / (n - k) over its trained cells
+    n = int(result.curves["residual"].notna()[result.curves["regime"] != "Base"].sum())
+    budget = Z95**2 * result.rmse**2 * n / max(n - len(names), 1)
+    if name not in names:
+        sys.exit(f"error: {args.regime!r} is not a trained row of this fit (rows with a fitted "
+                 f"learning rate: {', '.join(n for n in names if n.startswith('lr'))})")
+    i = names.index(name)
+    print(f"{args.regime}, {cfg.optimiser_config(1.0).label}: SSE budget {budget:.4f}")
+    for scale in args.scales:
+        x = np.log([float(fitted[n]) for n in names])
+        x[i] += np.log(scale)
+        sse = [float(r @ r) for r in (residuals(x + np.eye(len(x))[i] * d)
+                                      for d in ROUGH_OFFSETS)]
+        rough = sse_roughness(residuals, x, np.full(len(x), -np.inf), np.full(len(x), np.inf),
+                              budget)[i]
+        print(f"  lr x{scale:g} ({np.exp(x[i]):.4g}): SSE {min(sse):.4f}-{max(sse):.4f}, "
+              f"roughness {rough:.2f}")
+
+
+if __name__ == "__main__":
+    main()
