@@ -151,6 +151,22 @@ def load_fit(path: str | Path) -> FitResult:
 # ----------------------------------------------------------------------------- the cache
 
 
+def load_saved_fit(fit_dir: Path, observed_path: Path | None = None
+                   ) -> tuple[FitResult, pd.DataFrame]:
+    """A fit folder's result and the table it was fitted to (default: the paper's Table 1),
+    for the scripts that re-read a fit; FitError with a one-line message otherwise."""
+    from analysis.observed import load_observed, load_paper_table1
+
+    if not (fit_dir / "fit.json").is_file():
+        raise FitError(f"no fit.json in {fit_dir} (run `python3 cli.py fit` first)")
+    try:
+        result = load_fit(fit_dir / "fit.json")
+        observed = load_observed(observed_path) if observed_path else load_paper_table1()
+    except (OSError, ValueError) as exc:
+        raise FitError(str(exc)) from exc
+    return result, observed
+
+
 def find_cached_fit(observed: pd.DataFrame, cfg: FitConfig,
                     roots: Iterable[Path]) -> tuple[Path, FitResult] | None:
     """The newest <root>/<name>/fit.json of the same data (observed_digest, not just the

@@ -20,10 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.fit_config import FitError  # noqa: E402
-from analysis.fit_io import load_fit  # noqa: E402
+from analysis.fit_io import load_saved_fit  # noqa: E402
 from analysis.fit_model import ROUGH_LIMIT  # noqa: E402
 from analysis.fit_profile import profile_fit, profile_spans  # noqa: E402
-from analysis.observed import load_observed, load_paper_table1  # noqa: E402
 
 
 def main() -> None:
@@ -33,12 +32,9 @@ def main() -> None:
                     help="the table the fit was fitted to (default: the paper's Table 1)")
     ap.add_argument("--csv", type=Path, default=None, help="write the grid table here")
     args = ap.parse_args()
-    if not (args.fit_dir / "fit.json").is_file():
-        sys.exit(f"error: no fit.json in {args.fit_dir} (run `python3 cli.py fit` first)")
     try:
-        result = load_fit(args.fit_dir / "fit.json")
-        observed = load_observed(args.observed) if args.observed else load_paper_table1()
-    except (FitError, OSError, ValueError) as exc:  # one line, not a traceback
+        result, observed = load_saved_fit(args.fit_dir, args.observed)
+    except FitError as exc:  # one line, not a traceback
         sys.exit(f"error: {exc}")
     t0 = time.time()
     table, sse0, threshold = profile_fit(observed, result)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.fit import FitConfig, ladder_of  # noqa: E402
 from analysis.fit_config import FitError  # noqa: E402
-from analysis.fit_io import load_fit  # noqa: E402
+from analysis.fit_io import load_saved_fit  # noqa: E402
 from analysis.fit_model import (  # noqa: E402
     ROUGH_OFFSETS,
     base_offsets,
@@ -31,7 +31,7 @@ from analysis.fit_model import (  # noqa: E402
     sse_roughness,
     trained_residuals,
 )
-from analysis.observed import SFT_REFLECTION, load_observed, load_paper_table1  # noqa: E402
+from analysis.observed import SFT_REFLECTION  # noqa: E402
 from core.calibration import Z95  # noqa: E402
 
 
@@ -45,11 +45,8 @@ def main() -> None:
     ap.add_argument("--max-grad-norm", type=float, default=None)
     ap.add_argument("--second-moment", default=None)
     args = ap.parse_args()
-    if not (args.fit_dir / "fit.json").is_file():
-        sys.exit(f"error: no fit.json in {args.fit_dir} (run `python3 cli.py fit` first)")
     try:
-        result = load_fit(args.fit_dir / "fit.json")
-        observed = load_observed(args.observed) if args.observed else load_paper_table1()
+        result, observed = load_saved_fit(args.fit_dir, args.observed)
         changes = {k: v for k, v in (("max_grad_norm", args.max_grad_norm),
                                      ("second_moment", args.second_moment)) if v is not None}
         cfg = dataclasses.replace(FitConfig(**result.config), **changes)
