@@ -158,7 +158,8 @@ FIT_OPTIONS = config_options(
     FitConfig,
     include=("steps", "max_attempts", "q1_base", "q2_base", "length", "beta", "fit_beta",
              "transfer", "base", "lr_mode", "optimiser", "second_moment", "max_grad_norm",
-             "coupling", "ft_share", "acc_floor", "max_nfev", "grid_start", "starts", "quick"),
+             "max_adam_lr", "coupling", "ft_share", "acc_floor", "max_nfev", "grid_start",
+             "starts", "quick"),
     rename={"max_attempts": ("--max-attempts", "-K"), "length": ("--length", "-L")},
     types={"steps": click.IntRange(1, MAX_FIT_STEPS), "coupling": CouplingType(),
            "max_attempts": click.IntRange(1, MAX_FIT_ATTEMPTS),
@@ -170,7 +171,8 @@ FIT_OPTIONS = config_options(
                "beta": number_in(0, BOUNDS["beta"][1], lo_open=True),
                "ft_share": number_in(0, 1),
                "acc_floor": number_in(0, 0.5, lo_open=True, hi_open=True),
-               "max_grad_norm": number_in(0, math.inf, hi_open=True)},
+               "max_grad_norm": number_in(0, math.inf, hi_open=True),
+               "max_adam_lr": number_in(0, BOUNDS["adam_lr"][1], lo_open=True)},
 )
 
 

@@ -92,6 +92,7 @@ __all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampl
 # length scales (DESIGN §2), so one difference step can read that phase, not the trend, and
 # call a parameter identified (or not) by chance. Identified must hold at every step.
 JAC_STEPS = (0.003, 0.01, 0.03)
+AT_BOUND = 1e-3  # log space
 START = {"ell_s": 0.5, "ell_d": 3.0, "ell": 1.0, "beta": 0.001}
 START_LR = {"lr": 0.03, "lr_frac": 0.1}
 
@@ -381,8 +382,10 @@ def parameter_table(names: list[str], sol: object, lo: np.ndarray, hi: np.ndarra
     se_log = np.max([np.sqrt(np.clip(np.diag(float(fun @ fun) / dof
                                              * np.linalg.pinv(jac.T @ jac)), 0, None))
                      for jac in (jacobians or [sol.jac])], axis=0)  # type: ignore[attr-defined]
-    at_bound = ((sol.active_mask != 0) | np.isclose(x, lo, atol=1e-6)  # type: ignore[attr-defined]
-                | np.isclose(x, hi, atol=1e-6))
+    # within 0.1% of a bound counts as at it: the bounded solver stops short of a bound it
+    # presses against, and an interval read there is half outside the search range
+    at_bound = ((sol.active_mask != 0) | np.isclose(x, lo, atol=AT_BOUND)  # type: ignore[attr-defined]
+                | np.isclose(x, hi, atol=AT_BOUND))
     rough = np.full(len(names), np.nan) if roughness is None else np.asarray(roughness)
     rows = []
     for i, n in enumerate(names):

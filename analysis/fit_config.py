@@ -27,6 +27,13 @@ BOUNDS = {"ell_s": (0.05, 50.0), "ell_d": (0.05, 50.0), "ell": (0.05, 50.0),
           "beta": (1e-5, 10.0), "base_d_half": (0.05, 50.0), "base_slope": (0.01, 20.0),
           "base_floor": (1e-6, 0.5)}
 BASE_MODES = ("floored", "linear", "exact")
+# Adam's learning-rate bound in the fit. Adam moves each logit by about lr per step, and a
+# step moves p or q by about 0.95 lr here; from moves of about 0.1 on (lr ~ 0.1, clip 1, shared
+# second moment) nearby learning rates end on different trajectories and the SSE turns rough at
+# the 1% scale (measured at 200 and 400 steps, fit_settings_compared.md). Half that keeps the
+# fit in the small-step regime that real training (per-step changes far smaller) lives in; the
+# steps then have to supply the amount of training (FitConfig.steps). SGD has its own bound.
+ADAM_SMALL_STEP_LR = 0.05
 # a free parameter is identified when its 95% interval spans less than this factor (and the SSE
 # is smooth enough for an interval to mean anything: analysis.fit_model.ROUGH_LIMIT)
 MAX_CI_RATIO = 10.0
@@ -57,12 +64,18 @@ class FitConfig:
     q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
     length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
-    steps: int = field(default=200, metadata=doc("training steps per regime (the lr is fitted)"))
+    steps: int = field(default=1000, metadata=doc(
+        "training steps per regime (the lr is fitted); enough for the Table 1 rows' training "
+        "under max_adam_lr", "§2"))
     optimiser: str = field(default="adam", metadata=doc("optimiser", "§2", ("sgd", "adam")))
     second_moment: str = field(default="shared", metadata=doc(
         "Adam's second moment: shared (one scalar) or per-parameter", "§2", SECOND_MOMENTS))
     max_grad_norm: float = field(default=1.0, metadata=doc(
         "global gradient-norm clip (TRL and verl: 1.0); 0: off", "§2"))
+    max_adam_lr: float = field(default=ADAM_SMALL_STEP_LR, metadata=doc(
+        "Adam's learning-rate bound in the fit (the small-step regime: at one-step moves of p "
+        "or q near 0.1 the trained endpoint turns sensitive to lr; "
+        "docs/results/simulator/fit_settings_compared.md); in (0, 1]", "§2"))
     coupling: Coupling = field(default=None, metadata=doc("M in b(t) + M J_t phi", "§2"))
     beta: float = field(default=PAPER_RL_KL.beta, metadata=doc("KL coefficient of RL", "§2"))
     fit_beta: bool = field(default=False, metadata=doc("fit beta too"))
@@ -119,6 +132,9 @@ class FitConfig:
                              "shared or single: an untrained row has no length scale")
         object.__setattr__(self, "coupling", parse_coupling(self.coupling))
         self.optimiser_config(1.0)  # the update budget's own checks (DESIGN §2)
+        if not 0 < self.max_adam_lr <= BOUNDS["adam_lr"][1]:  # NaN fails too
+            raise ValueError(f"max_adam_lr (--max-adam-lr) must be in (0, "
+                             f"{BOUNDS['adam_lr'][1]:g}], got {self.max_adam_lr}")
         if not 0 < self.beta <= BOUNDS["beta"][1]:  # NaN fails too
             raise ValueError(f"beta (--beta) must be in (0, {BOUNDS['beta'][1]:g}], "
                              f"got {self.beta}")

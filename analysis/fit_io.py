@@ -51,6 +51,12 @@ def fit_from_json(d: dict[str, Any]) -> FitResult:
     if {"ci_high", "se"} <= set(params.columns):
         overflow = params["ci_high"].isna() & np.isfinite(params["se"])
         params.loc[overflow, "ci_high"] = np.inf
+    if {"ci_low", "ci_high", "free"} <= set(params.columns):
+        # an untrained row's lr (0, bounded above: fit.untrained_lr_bound) with no bound
+        # inside the search range: inf, written as null
+        unbounded = ~params["free"].astype(bool) & (params["ci_low"] == 0) \
+            & params["ci_high"].isna()
+        params.loc[unbounded, "ci_high"] = np.inf
     return FitResult(params, _frame(d["curves"]), _float(d["rmse"]), _float(d["rmse_all"]),
                      d["n_free"], d["n_params"], d["n_obs"], d["config"],
                      list(d.get("notes", [])), d.get("wall_s", 0.0),

@@ -365,6 +365,6 @@ def bounds_of(name: str, cfg: FitConfig) -> tuple[float, float]:
     """Search bounds of a free parameter (analysis.fit_config.BOUNDS)."""
     parts = split_column(name)  # lr[RL] -> lr; ell_s -> ell_s
     kind = parts[0] if parts else name
-    if kind == "lr" and cfg.optimiser == "adam":
-        return BOUNDS["adam_lr"]
+    if kind == "lr" and cfg.optimiser == "adam":  # the small-step regime (FitConfig)
+        return BOUNDS["adam_lr"][0], min(BOUNDS["adam_lr"][1], cfg.max_adam_lr)
     return BOUNDS[kind]

@@ -2,6 +2,7 @@
 
     python scripts/fit_roughness_scan.py outputs/fit/paper_table1 [--regime "SFT (reflection)"]
         [--scales 0.5 1 2] [--max-grad-norm C] [--second-moment shared|per-parameter]
+        [--steps N]
 
 Reads a saved fit (fit.json), keeps its length scales, and prints, for the learning rate at
 each scale of the fitted one, the row's SSE range over a 1% grid (+-10%, log space) and its
@@ -27,6 +28,7 @@ from analysis.fit_model import (  # noqa: E402
     ROUGH_OFFSETS,
     base_offsets,
     lr_name,
+    max_jump,
     observed_rows,
     sse_roughness,
     trained_residuals,
@@ -44,11 +46,13 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     ap.add_argument("--max-grad-norm", type=float, default=None)
     ap.add_argument("--second-moment", default=None)
+    ap.add_argument("--steps", type=int, default=None, help="training steps (the fit's: 200)")
     args = ap.parse_args()
     try:
         result, observed = load_saved_fit(args.fit_dir, args.observed)
         changes = {k: v for k, v in (("max_grad_norm", args.max_grad_norm),
-                                     ("second_moment", args.second_moment)) if v is not None}
+                                     ("second_moment", args.second_moment),
+                                     ("steps", args.steps)) if v is not None}
         cfg = dataclasses.replace(FitConfig(**result.config), **changes)
         name = lr_name(args.regime, cfg)
         if name is None:
@@ -69,7 +73,8 @@ def main() -> None:
         sys.exit(f"error: {args.regime!r} is not a trained row of this fit (rows with a fitted "
                  f"learning rate: {', '.join(n for n in names if n.startswith('lr'))})")
     i = names.index(name)
-    print(f"{args.regime}, {cfg.optimiser_config(1.0).label}: SSE budget {budget:.4f}")
+    print(f"{args.regime}, {cfg.optimiser_config(1.0).label}, {cfg.effective_steps} steps: "
+          f"SSE budget {budget:.4f}")
     for scale in args.scales:
         x = np.log([float(fitted[n]) for n in names])
         x[i] += np.log(scale)
@@ -77,8 +82,10 @@ def main() -> None:
                                       for d in ROUGH_OFFSETS)]
         rough = sse_roughness(residuals, x, np.full(len(x), -np.inf), np.full(len(x), np.inf),
                               budget)[i]
+        jump = max_jump(args.regime, ladder, b_s, cfg,
+                        {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)})
         print(f"  lr x{scale:g} ({np.exp(x[i]):.4g}): SSE {min(sse):.4f}-{max(sse):.4f}, "
-              f"roughness {rough:.2f}")
+              f"roughness {rough:.2f}, largest one-step move of p or q {jump:.3f}")
 
 
 if __name__ == "__main__":

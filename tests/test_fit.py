@@ -41,6 +41,18 @@ def test_config_validation():
     for bad in (0, 10):
         with pytest.raises(ValueError, match="--starts"):
             FitConfig(starts=bad)
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="--max-adam-lr"):
+            FitConfig(max_adam_lr=bad)
+
+
+def test_adams_learning_rate_is_searched_below_the_small_step_bound():
+    from analysis.fit_model import bounds_of
+
+    assert bounds_of(f"lr[{RL}]", FitConfig())[1] == 0.05
+    assert bounds_of(f"lr[{RL}]", FitConfig(max_adam_lr=0.2))[1] == 0.2
+    # SGD's rate is a fraction of its own stability bound, untouched
+    assert bounds_of(f"lr_frac[{RL}]", FitConfig(optimiser="sgd"))[1] == 1.0
 
 
 def _synthetic_observed(truth: dict[str, float], cfg: FitConfig) -> pd.DataFrame:
@@ -58,7 +70,8 @@ def _synthetic_observed(truth: dict[str, float], cfg: FitConfig) -> pd.DataFrame
 
 
 def test_fit_recovers_a_simulated_curve():
-    cfg = FitConfig(steps=10, max_nfev=30, base="exact")
+    # ten large steps (lr 0.5, above the default small-step bound) keep the test fast
+    cfg = FitConfig(steps=10, max_nfev=30, base="exact", max_adam_lr=1.0)
     truth = {"ell_s": 1.5, "ell_d": 4.0, f"lr[{RL}]": 0.5}
     obs = _synthetic_observed(truth, cfg)
     res = fit_observed(obs, cfg, start={"ell_s": 0.8, "ell_d": 2.0, f"lr[{RL}]": 0.2})

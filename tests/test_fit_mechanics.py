@@ -216,7 +216,7 @@ def test_untrained_no_reflection_row_and_its_upper_bound():
     from analysis.fit import fit_observed
     from analysis.observed import load_paper_table1
 
-    cfg = FitConfig(quick=True)
+    cfg = FitConfig(quick=True, max_adam_lr=1.0)  # ten steps: large ones, to train at all
     assert cfg.lr_mode == "no-refl-bound"
     assert f"lr[{SFT_NO_REFLECTION}]" not in free_parameter_names(REGIMES, cfg)
     b_s = _offsets(cfg)
@@ -246,7 +246,7 @@ def test_chaotic_training_is_flagged_not_identified():
             for reg, accs in (("Base", (0.7, 0.4, 0.1, 0.03)), (RL, (1.0, 1.0, 1.0, 1.0)))
             for i, (t, a) in enumerate(zip(LADDER.names, accs, strict=True))]
     res = fit_observed(pd.DataFrame(rows), FitConfig(steps=30, base="exact", max_nfev=1,
-                                                    grid_start=False),
+                                                    grid_start=False, max_adam_lr=1.0),
                        start={"ell_s": 1.0, "ell_d": 2.0, f"lr[{RL}]": 1.0})
     assert any(n.startswith("UNSTABLE") for n in res.notes)
     assert not res.params.set_index("name").loc[f"lr[{RL}]", "identified"]
@@ -374,3 +374,12 @@ def test_sse_roughness_reads_jitter_not_trend():
     # equally narrow intervals; only the rough one is not identified
     assert free.loc["a", "identified"] and not free.loc["b", "identified"]
     assert free.loc["c", "identified"] and np.isnan(free.loc["c", "sse_roughness"])
+
+
+def test_a_solution_stopped_just_short_of_a_bound_is_at_it():
+    lo, hi = np.log([1e-3] * 2), np.log([0.05] * 2)
+    # 0.05% and 0.5% below the upper bound (log space); neither is an active constraint
+    sol = _sol([hi[0] - 5e-4, hi[1] - 5e-3], lo, hi, [0.1, 0.1])
+    free = parameter_table(["a", "b"], sol, lo, hi, FitConfig()).set_index("name")
+    assert free.loc["a", "at_bound"] and not free.loc["a", "identified"]
+    assert not free.loc["b", "at_bound"] and free.loc["b", "identified"]

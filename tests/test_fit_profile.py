@@ -83,7 +83,7 @@ def test_the_roughness_scan_reads_a_saved_fit_and_refuses_an_untrained_row(tmp_p
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.splitlines()
-    assert lines[0].startswith("RL, adam (shared v):")  # the clip is off as asked
+    assert lines[0].startswith("RL, adam (shared v), 3 steps:")  # the clip is off as asked
     assert len(lines) == 3 and all("roughness" in ln for ln in lines[1:])
     base = subprocess.run([sys.executable, str(script), str(tmp_path), "--regime", "Base"],
                           capture_output=True, text=True)
