@@ -19,8 +19,10 @@ Model (DESIGN.md §1, §2, §4):
 2. Trained regimes. Each trained row is reproduced by training the agent from phi = 0 with the
    matching objective on the ID tasks, deterministically on exact expected gradients
    (`sim.dynamics.train_expected`) with the update budget of DESIGN §2 (default: Adam with a
-   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 200 steps, K = 16:
-   the paper does not fix K, FitConfig.max_attempts says how 16 was chosen):
+   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 1000 steps at a
+   learning rate of at most 0.05 (fit_config.ADAM_SMALL_STEP_LR: larger steps make the trained
+   endpoint sensitive to its parameters), K = 16: the paper does not fix K,
+   FitConfig.max_attempts says how 16 was chosen):
    SFT (no reflection) = sft on SFTData("no-reflection"), SFT (reflection) = sft on
    SFTData("reflection", ft_share), RL = the paper's run, surrogate + beta * KL with verl's
    low_var_kl (k3) in the loss, beta = 0.001 (core.regimes.PAPER_RL_KL). Transfer to OOD tasks

@@ -59,7 +59,7 @@ class FitConfig:
 
     max_attempts: int = field(default=16, metadata=doc(
         "K: attempts at most, in training (exact gradients) and in Acc_K; 16 is chosen by the "
-        "Table 1 fit (RMSE <= 6 pp from K = 12 on; "
+        "Table 1 fit (RMSE <= 6 pp from K = 12 on, at 200 steps; "
         "docs/results/simulator/fit_settings_compared.md)", "§2, §4"))
     q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
