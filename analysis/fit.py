@@ -78,6 +78,7 @@ from analysis.fit_model import (
     observed_rows,
     regime_objective,
     simulate_regime,
+    sse_budget,
     sse_roughness,
     trained_residuals,
 )
@@ -89,10 +90,10 @@ __all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampl
            "regime_objective", "simulate_regime"]
 
 # The steps (log space: 0.3%, 1%, 3%) of the Jacobians behind the standard errors; each
-# parameter keeps the widest of the three intervals. A trained endpoint is not smooth at small
-# scales: Adam at a constant lr ends on a small limit cycle whose phase moves with lr and the
-# length scales (DESIGN §2), so one difference step can read that phase, not the trend, and
-# call a parameter identified (or not) by chance. Identified must hold at every step.
+# parameter keeps the widest of the three intervals. Where a trained endpoint is not smooth at
+# small scales (large Adam steps: fit_model.sse_roughness), one difference step can read that
+# jitter, not the trend, and call a parameter identified (or not) by chance. Identified must
+# hold at every step.
 JAC_STEPS = (0.003, 0.01, 0.03)
 AT_BOUND = 1e-3  # log space
 START = {"ell_s": 0.5, "ell_d": 3.0, "ell": 1.0, "beta": 0.001}
@@ -241,7 +242,7 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     # interval kept (a trained endpoint is rough at small scales: see JAC_STEPS)
     jacobians = [central_jacobian(residuals, sol.x, lo, hi, h) for h in JAC_STEPS]
     # ... and the SSE's roughness at the 1% scale, where an interval's end is decided
-    budget = Z95**2 * float(sol.fun @ sol.fun) / max(sol.fun.size - len(names), 1)
+    budget = sse_budget(float(sol.fun @ sol.fun), sol.fun.size, len(names))
     rough = sse_roughness(residuals, sol.x, lo, hi, budget)
     params = parameter_table(names, sol, lo, hi, cfg, jacobians, rough)
     if cfg.base in FITTED_BASES:
@@ -250,8 +251,7 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         base_rows = parameter_table(list(base_names), base_sol, base_lo, base_hi, cfg)
         params = pd.concat([base_rows[base_rows["free"]], params], ignore_index=True)
     if cfg.lr_mode == "no-refl-bound" and SFT_NO_REFLECTION in regimes:
-        bound = untrained_lr_bound(SFT_NO_REFLECTION, values_of(sol.x), sse, cfg,
-                                   float(sol.fun @ sol.fun) / max(sol.fun.size - len(names), 1))
+        bound = untrained_lr_bound(SFT_NO_REFLECTION, values_of(sol.x), sse, cfg, budget)
         params = pd.concat([params, pd.DataFrame([{
             "name": lr_name(SFT_NO_REFLECTION, cfg, bounded=True), "value": 0.0,
             "se": float("nan"), "ci_low": 0.0, "ci_high": bound, "identified": False,
@@ -329,13 +329,14 @@ def best_solution(sols: list, chaotic: Callable[[np.ndarray], bool]) -> object:
 
 def untrained_lr_bound(regime: str, vals: dict[str, float],
                        sse: Callable[[list[str], dict[str, float]], float], cfg: FitConfig,
-                       s2: float) -> float:
+                       budget: float) -> float:
     """The 95% upper bound of an untrained row's learning rate: the largest lr whose row SSE
-    exceeds the untrained row's by at most Z95^2 s^2 (a one-parameter profile, the other
-    values held at the fit); inf where even the search bound stays within it."""
+    exceeds the untrained row's by at most `budget` (fit_model.sse_budget: a one-parameter
+    profile, the other values held at the fit); inf where even the search bound stays
+    within it."""
     name = lr_name(regime, cfg, bounded=True)
     assert name is not None
-    limit = sse([regime], vals) + Z95**2 * s2
+    limit = sse([regime], vals) + budget
 
     def excess(z: float) -> float:
         return sse([regime], {**vals, name: math.exp(z)}) - limit

@@ -30,6 +30,7 @@ from scipy.special import logit
 
 from analysis.fit_config import BOUNDS, FitConfig, FitError
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
+from core.calibration import Z95
 from core.regimes import TRAINED
 from core.twostage import accuracy_forced_stop
 from sim.columns import column, split_column
@@ -141,15 +142,23 @@ def trained_residuals(regimes: list[str], ladder: Ladder, b_s: np.ndarray, cfg: 
     return residuals
 
 
+def sse_budget(sse: float, n_cells: int, n_free: int) -> float:
+    """Z95^2 s^2 with s^2 = SSE / (n - k): how far the SSE may rise over its minimum
+    inside a 95% interval of one parameter (DESIGN §4; the fit's delta method, its profile,
+    its roughness check and an untrained row's bound all read it)."""
+    return Z95**2 * sse / max(n_cells - n_free, 1)
+
+
 # The roughness check of the fit's intervals (DESIGN §2, §4): the SSE along each free training
 # parameter on a 1% grid in log space (+-10%), less its least-squares quadratic; the RMS of
-# what is left, over the 95% interval's SSE budget (Z95^2 s^2), is the parameter's roughness.
+# what is left, over the 95% interval's SSE budget (sse_budget), is the parameter's roughness.
 # Above ROUGH_LIMIT a 1% move changes the SSE by a tenth of the budget or more, so where the
 # interval ends is set by that jitter, not by the trend the delta method (or a profile)
-# reads: the interval means nothing and the parameter is not identified. (Adam's shared
-# second moment with a global clip rescales the decision logits' step by the whole gradient's
-# norm, which dips each time the sampling logit crosses its fixed point: nearby learning
-# rates then end on different trajectories, docs/results/simulator/fit_settings_compared.md.)
+# reads: the interval means nothing and the parameter is not identified. (Measured: with
+# Adam's shared second moment and the global clip, once a step moves p or q by about 0.1,
+# nearby learning rates part early in training and end on different trajectories; neither a
+# mean over the last steps nor a decaying lr removes it; docs/results/simulator/
+# fit_settings_compared.md. FitConfig.max_adam_lr keeps the fit below it.)
 ROUGH_OFFSETS = tuple(float(v) for v in np.round(np.linspace(-0.1, 0.1, 21), 4))
 ROUGH_LIMIT = 0.1
 

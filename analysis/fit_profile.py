@@ -17,13 +17,14 @@ parameters are fixed at their fit (they are fitted to the untrained rows alone).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.fit import FitConfig, FitResult, ladder_of
+from analysis.fit import FitConfig, FitResult, Ladder, ladder_of
 from analysis.fit_config import MAX_CI_RATIO
 from analysis.fit_model import (
     TRAINED_REGIMES,
@@ -31,9 +32,9 @@ from analysis.fit_model import (
     bounds_of,
     free_parameter_names,
     observed_rows,
+    sse_budget,
     trained_residuals,
 )
-from core.calibration import Z95
 
 # log offsets from the optimum (both signs): factors 1.1 ... 5
 PROFILE_OFFSETS = (0.1, 0.25, 0.5, 0.8, 1.15, 1.6)
@@ -53,31 +54,59 @@ class ProfileConfig:
             raise ValueError("max_nfev must be >= 1 and diff_step > 0")
 
 
+@dataclass(frozen=True)
+class SavedFitProblem:
+    """A saved fit's least-squares problem, rebuilt: its settings (cfg, possibly changed from
+    the fit's), the trained regimes and free parameters, the fitted point x0 and the search
+    bounds (log space), and the base offsets b_s the training starts from."""
+
+    cfg: FitConfig
+    ladder: Ladder
+    b_s: np.ndarray
+    regimes: list[str]
+    names: list[str]
+    x0: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @classmethod
+    def of(cls, observed: pd.DataFrame, result: FitResult,
+           cfg: FitConfig | None = None) -> SavedFitProblem:
+        cfg = cfg or FitConfig(**result.config)
+        ladder = ladder_of(observed)
+        regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
+        names = free_parameter_names(regimes, cfg)
+        fitted = result.params.set_index("name")["value"]
+        return cls(cfg, ladder, base_offsets(observed, ladder, cfg)[0], regimes, names,
+                   np.log([float(fitted[n]) for n in names]),
+                   np.log([bounds_of(n, cfg)[0] for n in names]),
+                   np.log([bounds_of(n, cfg)[1] for n in names]))
+
+    def residuals(self, observed: pd.DataFrame, regimes: list[str] | None = None
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+        """The fit's residual function over `regimes`' cells (default: every trained one)."""
+        regimes = regimes or self.regimes
+        return trained_residuals(regimes, self.ladder, self.b_s, self.cfg, self.names,
+                                 observed_rows(observed, self.ladder, regimes))
+
+
 def profile_fit(observed: pd.DataFrame, result: FitResult,
                 cfg: ProfileConfig | None = None) -> tuple[pd.DataFrame, float, float]:
     """(table, SSE*, threshold): the table has name, offset (log), value, sse, inside for
     every free training parameter of `result` (fitted to `observed`) and grid point."""
     cfg = cfg or ProfileConfig()
-    fit_cfg = FitConfig(**result.config)
-    ladder = ladder_of(observed)
-    b_s = base_offsets(observed, ladder, fit_cfg)[0]
-    regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
-    names = free_parameter_names(regimes, fit_cfg)
-    fitted = result.params.set_index("name")["value"]
-    x0 = np.log([float(fitted[n]) for n in names])
-    lo = np.log([bounds_of(n, fit_cfg)[0] for n in names])
-    hi = np.log([bounds_of(n, fit_cfg)[1] for n in names])
+    problem = SavedFitProblem.of(observed, result)
+    names, x0, lo, hi = problem.names, problem.x0, problem.lo, problem.hi
     # every trained regime's cells, as in the fit's SSE (an untrained row adds a constant)
-    y = observed_rows(observed, ladder, regimes)
-    residuals = trained_residuals(regimes, ladder, b_s, fit_cfg, names, y)
-    n_cells = int(sum(np.isfinite(v).sum() for v in y.values()))
+    residuals = problem.residuals(observed)
 
     def sse(x: np.ndarray) -> float:
         res = residuals(x)
         return float(res @ res)
 
-    sse0 = sse(x0)  # the fit's own SSE (analysis.fit: RMSE over the same cells)
-    threshold = sse0 + Z95**2 * sse0 / max(n_cells - len(names), 1)
+    res0 = residuals(x0)
+    sse0 = float(res0 @ res0)  # the fit's own SSE (analysis.fit: RMSE over the same cells)
+    threshold = sse0 + sse_budget(sse0, res0.size, len(names))
     records = []
     for i, name in enumerate(names):
         others = [j for j in range(len(names)) if j != i]

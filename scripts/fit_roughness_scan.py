@@ -21,20 +21,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.fit import FitConfig, ladder_of  # noqa: E402
+from analysis.fit import FitConfig  # noqa: E402
 from analysis.fit_config import FitError  # noqa: E402
 from analysis.fit_io import load_saved_fit  # noqa: E402
 from analysis.fit_model import (  # noqa: E402
     ROUGH_OFFSETS,
-    base_offsets,
     lr_name,
     max_jump,
-    observed_rows,
+    sse_budget,
     sse_roughness,
-    trained_residuals,
 )
-from analysis.observed import SFT_REFLECTION  # noqa: E402
-from core.calibration import Z95  # noqa: E402
+from analysis.fit_profile import SavedFitProblem  # noqa: E402
+from analysis.observed import BASE, SFT_REFLECTION  # noqa: E402
 
 
 def main() -> None:
@@ -53,36 +51,30 @@ def main() -> None:
         changes = {k: v for k, v in (("max_grad_norm", args.max_grad_norm),
                                      ("second_moment", args.second_moment),
                                      ("steps", args.steps)) if v is not None}
-        cfg = dataclasses.replace(FitConfig(**result.config), **changes)
-        name = lr_name(args.regime, cfg)
-        if name is None:
-            raise FitError(f"{args.regime!r} has no fitted learning rate in this fit")
+        problem = SavedFitProblem.of(observed, result,
+                                     dataclasses.replace(FitConfig(**result.config), **changes))
     except (FitError, OSError, ValueError, TypeError) as exc:  # one line, not a traceback
         sys.exit(f"error: {exc}")
-    free = result.params[result.params["free"]].set_index("name")["value"]
-    names = [n for n in free.index if not n.startswith("base_")]
-    ladder = ladder_of(observed)
-    b_s = base_offsets(observed, ladder, cfg)[0]
-    residuals = trained_residuals([args.regime], ladder, b_s, cfg, names,
-                                  observed_rows(observed, ladder, [args.regime]))
-    fitted = result.params.set_index("name")["value"]
-    # the fit's own budget: 1.96^2 s^2, s^2 = SSE / (n - k) over its trained cells
-    n = int(result.curves["residual"].notna()[result.curves["regime"] != "Base"].sum())
-    budget = Z95**2 * result.rmse**2 * n / max(n - len(names), 1)
+    cfg, names = problem.cfg, problem.names
+    name = lr_name(args.regime, cfg)
     if name not in names:
         sys.exit(f"error: {args.regime!r} is not a trained row of this fit (rows with a fitted "
                  f"learning rate: {', '.join(n for n in names if n.startswith('lr'))})")
     i = names.index(name)
+    residuals = problem.residuals(observed, [args.regime])
+    # the fit's own budget (its SSE over its trained cells, whatever cfg now changes)
+    n = int(result.curves["residual"].notna()[result.curves["regime"] != BASE].sum())
+    budget = sse_budget(result.rmse**2 * n, n, len(names))
     print(f"{args.regime}, {cfg.optimiser_config(1.0).label}, {cfg.effective_steps} steps: "
           f"SSE budget {budget:.4f}")
     for scale in args.scales:
-        x = np.log([float(fitted[n]) for n in names])
+        x = problem.x0.copy()
         x[i] += np.log(scale)
         sse = [float(r @ r) for r in (residuals(x + np.eye(len(x))[i] * d)
                                       for d in ROUGH_OFFSETS)]
         rough = sse_roughness(residuals, x, np.full(len(x), -np.inf), np.full(len(x), np.inf),
                               budget)[i]
-        jump = max_jump(args.regime, ladder, b_s, cfg,
+        jump = max_jump(args.regime, problem.ladder, problem.b_s, cfg,
                         {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)})
         print(f"  lr x{scale:g} ({np.exp(x[i]):.4g}): SSE {min(sse):.4f}-{max(sse):.4f}, "
               f"roughness {rough:.2f}, largest one-step move of p or q {jump:.3f}")
