@@ -19,7 +19,7 @@ Model (DESIGN.md §1, §2, §4):
 2. Trained regimes. Each trained row is reproduced by training the agent from phi = 0 with the
    matching objective on the ID tasks, deterministically on exact expected gradients
    (`sim.dynamics.train_expected`) with the update budget of DESIGN §2 (default: Adam with a
-   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 1000 steps at a
+   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 4000 steps at a
    learning rate of at most 0.05 (fit_config.ADAM_SMALL_STEP_LR: larger steps make the trained
    endpoint sensitive to its parameters), K = 16: the paper does not fix K,
    FitConfig.max_attempts says how 16 was chosen):
@@ -35,9 +35,13 @@ Model (DESIGN.md §1, §2, §4):
    observed accuracy over all (trained regime, task) cells. Free: ell_s, ell_d and a learning
    rate per trained regime (the "amount of training" at a fixed number of steps; SGD: a
    fraction of its stability bound), analysis.fit_model names them; optionally beta.
-   `lr_mode = "no-refl-bound"` (default): the SFT (no reflection) row, equal to the Base row
-   within its intervals, identifies no learning rate, only an upper bound; it is not trained
-   and the bound is reported (`untrained_lr_bound`). Uncertainty: cov = s^2 (J^T J)^+ in log
+   `lr_mode = "no-refl-bound"`: the SFT (no reflection) row, equal to the Base row within its
+   intervals, identifies no learning rate, only an upper bound; it is not trained and the
+   bound is reported (`one_sided_lr_bound`). `lr_mode = "sft-limits"` (default): that, and the
+   SFT (reflection) row, whose SSE stays on a plateau once trained past lr x steps ~ 50 (it
+   identifies a lower bound only), is trained onto the plateau at the top of its lr range
+   and the bound is reported with the row's SSE at half and twice the training
+   (`plateau_check`). Uncertainty: cov = s^2 (J^T J)^+ in log
    space (J by central differences at the optimum, at each of JAC_STEPS, the widest interval
    kept; s^2 = SSR / (n - k)), a standard error by the delta method and a 95% interval
    exp(log x ± 1.96 se); a parameter at its bound has no standard error. Identified: inside
@@ -55,7 +59,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -71,6 +75,7 @@ from analysis.fit_model import (
     base_offsets,
     base_sampling_logits,
     bounds_of,
+    fixed_lr,
     free_parameter_names,
     grid_starts,
     lr_name,
@@ -123,9 +128,10 @@ class FitResult:
         lines = [f"fit of the simulator to {self.observed_source or 'the observed table'} "
                  f"({self.n_obs} cells, {self.wall_s:.1f} s)", "parameters (95% interval):"]
         for r in self.params.itertuples():
-            if not r.free:
-                what = (f"(not trained; 95% upper bound {r.ci_high:.3g})"
-                        if np.isfinite(r.ci_high) or r.ci_high == math.inf else "(fixed)")
+            if not r.free:  # a fixed setting, or a fixed lr with its one-sided bound
+                what = ("(fixed)" if np.isnan(r.ci_high)
+                        else f"(not trained; 95% upper bound {r.ci_high:.3g})" if r.value == 0
+                        else f"(trained onto its plateau; 95% lower bound {r.ci_low:.3g})")
                 lines.append(f"  {r.name:<26} {r.value:.4g} {what}")
                 continue
             if r.at_bound or not np.isfinite(r.se):
@@ -220,8 +226,8 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     def values_of(x: np.ndarray) -> dict[str, float]:
         return {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
 
-    def sse(rows: list[str], vals: dict[str, float]) -> float:
-        return sum(float(np.nansum((simulate_regime(r, ladder, b_s, cfg, vals)[:, 3]
+    def sse(rows: list[str], vals: dict[str, float], run_cfg: FitConfig = cfg) -> float:
+        return sum(float(np.nansum((simulate_regime(r, ladder, b_s, run_cfg, vals)[:, 3]
                                     - y[r])**2)) for r in rows)
 
     def _chaotic(vals: dict[str, float]) -> bool:
@@ -250,12 +256,10 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         base_hi = np.log([BOUNDS[n][1] for n in base_names])
         base_rows = parameter_table(list(base_names), base_sol, base_lo, base_hi, cfg)
         params = pd.concat([base_rows[base_rows["free"]], params], ignore_index=True)
-    if cfg.lr_mode == "no-refl-bound" and SFT_NO_REFLECTION in regimes:
-        bound = untrained_lr_bound(SFT_NO_REFLECTION, values_of(sol.x), sse, cfg, budget)
-        params = pd.concat([params, pd.DataFrame([{
-            "name": lr_name(SFT_NO_REFLECTION, cfg, bounded=True), "value": 0.0,
-            "se": float("nan"), "ci_low": 0.0, "ci_high": bound, "identified": False,
-            "at_bound": False, "free": False}])], ignore_index=True)
+    if fixed_lr(SFT_NO_REFLECTION, cfg) == 0 and SFT_NO_REFLECTION in regimes:
+        bound = one_sided_lr_bound(SFT_NO_REFLECTION, values_of(sol.x), sse, cfg, budget)
+        params = pd.concat([params, _bound_row(SFT_NO_REFLECTION, cfg, 0.0, bound)],
+                           ignore_index=True)
         row = observed[observed["regime"] == SFT_NO_REFLECTION].set_index("task")
         outside = [t for t, a in zip(ladder.names, base_acc, strict=True) if t in row.index
                    and not row.loc[t, "ci_low"] <= a <= row.loc[t, "ci_high"]]
@@ -266,6 +270,11 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
                      + f"); the data bound its lr above only: lr <= {bound:.3g} (95%, "
                      "profile: the row's SSE may grow by 1.96^2 s^2)")
     vals = values_of(sol.x)
+    if fixed_lr(SFT_REFLECTION, cfg) and SFT_REFLECTION in regimes:
+        bound, note = plateau_check(SFT_REFLECTION, vals, sse, cfg, budget)
+        params = pd.concat([params, _bound_row(SFT_REFLECTION, cfg, bound, math.inf)],
+                           ignore_index=True)
+        notes.append(note)
     jumps = {r: max_jump(r, ladder, b_s, cfg, vals) for r in regimes}
     notes.append("largest one-step move of p or q while training: " + ", ".join(
         f"{r} {j:.2f}" for r, j in jumps.items()))
@@ -327,13 +336,15 @@ def best_solution(sols: list, chaotic: Callable[[np.ndarray], bool]) -> object:
     return min(sols, key=lambda s: (chaotic(s.x), float(s.fun @ s.fun)))
 
 
-def untrained_lr_bound(regime: str, vals: dict[str, float],
+def one_sided_lr_bound(regime: str, vals: dict[str, float],
                        sse: Callable[[list[str], dict[str, float]], float], cfg: FitConfig,
                        budget: float) -> float:
-    """The 95% upper bound of an untrained row's learning rate: the largest lr whose row SSE
-    exceeds the untrained row's by at most `budget` (fit_model.sse_budget: a one-parameter
-    profile, the other values held at the fit); inf where even the search bound stays
-    within it."""
+    """The 95% bound of the learning rate of a row whose lr is fixed at one end of its range
+    (fit_model.fixed_lr; DESIGN §4: a one-parameter profile, the other values held at the
+    fit): the lr at which the row's SSE has risen by `budget` (fit_model.sse_budget) over its
+    SSE at the fixed lr. An untrained row (lr 0): the upper bound, inf where even the search
+    range's top stays within the budget. A row trained onto its plateau (lr at the top of its
+    range): the lower bound, 0 where even the range's bottom stays within it."""
     name = lr_name(regime, cfg, bounded=True)
     assert name is not None
     limit = sse([regime], vals) + budget
@@ -342,11 +353,47 @@ def untrained_lr_bound(regime: str, vals: dict[str, float],
         return sse([regime], {**vals, name: math.exp(z)}) - limit
 
     lo, hi = np.log(bounds_of(name, cfg))
-    if excess(hi) <= 0:
-        return math.inf
-    if excess(lo) > 0:
-        return float(np.exp(lo))
+    near, far = (hi, lo) if fixed_lr(regime, cfg) else (lo, hi)  # the fixed end first
+    if excess(far) <= 0:
+        return 0.0 if far == lo else math.inf
+    if excess(near) > 0:
+        return float(np.exp(near))
     return float(np.exp(brentq(excess, lo, hi, xtol=1e-3)))
+
+
+def plateau_check(regime: str, vals: dict[str, float],
+                  sse: Callable[..., float], cfg: FitConfig,
+                  budget: float) -> tuple[float, str]:
+    """(the 95% lower bound of the lr of a row trained onto its plateau, a note): the row's
+    SSE (`sse(rows, values, cfg)`) at half, all and twice its amount of training lr x steps
+    (twice: twice the steps), and whether it is on its
+    plateau (its lower bound at most half its lr: the data cannot tell half the training from
+    all of it; else more steps are needed, FitConfig.steps)."""
+    lr = fixed_lr(regime, cfg)
+    name = lr_name(regime, cfg, bounded=True)
+    assert lr and name is not None
+    bound = one_sided_lr_bound(regime, vals, sse, cfg, budget)
+    twice = replace(cfg, steps=2 * cfg.steps)
+    along = [sse([regime], {**vals, name: lr / 2}), sse([regime], vals),
+             sse([regime], vals, twice)]
+    tau = lr * cfg.effective_steps
+    plateau = bound <= lr / 2
+    return bound, (
+        f"{regime} is trained onto its plateau: lr = {lr:g}, the top of its range, for "
+        f"{cfg.effective_steps} steps (lr x steps = {tau:g}); its row's SSE at lr x steps = "
+        f"{tau / 2:g} / {tau:g} / {2 * tau:g}: " + " / ".join(f"{v:.4f}" for v in along)
+        + f"; the data bound its lr below only: lr >= {bound:.3g} (95%, profile: the row's "
+        "SSE may grow by 1.96^2 s^2)" + ("" if plateau else
+        "; NOT on its plateau (the bound is above half its lr): raise --steps"))
+
+
+def _bound_row(regime: str, cfg: FitConfig, low: float, high: float) -> pd.DataFrame:
+    """The parameter table's row of a fixed learning rate and its one-sided 95% bound
+    (`one_sided_lr_bound`): not free, not identified, trained at fit_model.fixed_lr."""
+    return pd.DataFrame([{"name": lr_name(regime, cfg, bounded=True),
+                          "value": fixed_lr(regime, cfg), "se": float("nan"),
+                          "ci_low": low, "ci_high": high, "identified": False,
+                          "at_bound": False, "free": False}])
 
 
 def _start_value(name: str) -> float:

@@ -18,7 +18,11 @@ from sim.model import Coupling, parse_coupling
 from sim.optim import SECOND_MOMENTS, OptimiserConfig
 
 TRANSFER_MODES = ("shared", "single", "per-regime")
-LR_MODES = ("per-regime", "sft-shared", "no-refl-bound")
+LR_MODES = ("per-regime", "sft-shared", "no-refl-bound", "sft-limits")
+# the learning-rate modes that leave SFT (no reflection) untrained (lr 0) and the one that
+# trains SFT (reflection) onto its plateau at its lr's upper bound (analysis.fit_model.fixed_lr)
+UNTRAINED_NO_REFLECTION_MODES = ("no-refl-bound", "sft-limits")
+CONVERGED_REFLECTION_MODES = ("sft-limits",)
 # search bounds of the free parameters (analysis.fit_model names them); Adam's step is about
 # lr per parameter and step, so lr near 1 moves p or q by more than 0.5 in a step (chaos);
 # SGD's lr_frac is the learning rate over the stability bound (sim.stability), at most 1
@@ -64,9 +68,11 @@ class FitConfig:
     q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
     length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
-    steps: int = field(default=1000, metadata=doc(
-        "training steps per regime (the lr is fitted); enough for the Table 1 rows' training "
-        "under max_adam_lr", "§2"))
+    steps: int = field(default=4000, metadata=doc(
+        "training steps per regime (the lr is fitted); with max_adam_lr they bound the amount "
+        "of training lr x steps: 4000 x 0.05 = 200 takes the Table 1 rows past their SSE "
+        "minimum (RL) and onto their plateau (SFT reflection); 1000 and 2000 did not "
+        "(docs/results/simulator/fit_settings_compared.md)", "§2"))
     optimiser: str = field(default="adam", metadata=doc("optimiser", "§2", ("sgd", "adam")))
     second_moment: str = field(default="shared", metadata=doc(
         "Adam's second moment: shared (one scalar) or per-parameter", "§2", SECOND_MOMENTS))
@@ -90,10 +96,14 @@ class FitConfig:
         "logaddexp(slope * (d_half - d(t)), logit(floor)), three parameters fitted to the "
         "untrained rows), linear (b_s = slope * (d_half - d(t)), two) or exact (solved per "
         "task from the Base row)", "§1", BASE_MODES))
-    lr_mode: str = field(default="no-refl-bound", metadata=doc(
-        "learning rates: one per regime; sft-shared (both SFT rows share lr[SFT]); or "
+    lr_mode: str = field(default="sft-limits", metadata=doc(
+        "learning rates: one per regime; sft-shared (both SFT rows share lr[SFT]); "
         "no-refl-bound (SFT no-reflection is not trained: its row is the base model's, and "
-        "the fit reports a 95% upper bound on its lr)", "§5", LR_MODES))
+        "the fit reports a 95% upper bound on its lr); or sft-limits (as no-refl-bound, and "
+        "SFT reflection is trained onto its plateau at its lr's upper bound (Adam: max_adam_lr; "
+        "SGD: the stability bound): the fit reports a 95% "
+        "lower bound on its lr; Table 1 bounds both SFT rows' training on one side only)",
+        "§4, §5", LR_MODES))
     max_nfev: int = field(default=40, metadata=doc("least-squares evaluations at most"))
     grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))
     starts: int = field(default=3, metadata=doc(
@@ -127,8 +137,8 @@ class FitConfig:
             raise ValueError(f"base (--base) must be one of {BASE_MODES}")
         if self.lr_mode not in LR_MODES:
             raise ValueError(f"lr_mode (--lr-mode) must be one of {LR_MODES}")
-        if self.lr_mode == "no-refl-bound" and self.transfer == "per-regime":
-            raise ValueError("lr_mode (--lr-mode) no-refl-bound needs transfer (--transfer) "
+        if self.lr_mode in UNTRAINED_NO_REFLECTION_MODES and self.transfer == "per-regime":
+            raise ValueError(f"lr_mode (--lr-mode) {self.lr_mode} needs transfer (--transfer) "
                              "shared or single: an untrained row has no length scale")
         object.__setattr__(self, "coupling", parse_coupling(self.coupling))
         self.optimiser_config(1.0)  # the update budget's own checks (DESIGN §2)

@@ -52,9 +52,9 @@ def fit_from_json(d: dict[str, Any]) -> FitResult:
         overflow = params["ci_high"].isna() & np.isfinite(params["se"])
         params.loc[overflow, "ci_high"] = np.inf
     if {"ci_low", "ci_high", "free"} <= set(params.columns):
-        # an untrained row's lr (0, bounded above: fit.untrained_lr_bound) with no bound
-        # inside the search range: inf, written as null
-        unbounded = ~params["free"].astype(bool) & (params["ci_low"] == 0) \
+        # a fixed lr's one-sided bound (fit.one_sided_lr_bound: a lower end, and no upper one
+        # inside the search range): inf, written as null
+        unbounded = ~params["free"].astype(bool) & params["ci_low"].notna() \
             & params["ci_high"].isna()
         params.loc[unbounded, "ci_high"] = np.inf
     return FitResult(params, _frame(d["curves"]), _float(d["rmse"]), _float(d["rmse_all"]),

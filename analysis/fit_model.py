@@ -13,7 +13,11 @@ Free parameters, by name (`free_parameter_names`):
                  (sim.stability, DESIGN §2), so no fitted SGD run is in chaos
   beta           the KL coefficient of RL (fit_beta only)
 With lr_mode "no-refl-bound" the SFT (no reflection) row has no free parameter: it is the
-untrained base model's (lr = 0), and analysis.fit reports an upper bound on its lr.
+untrained base model's (lr = 0), and analysis.fit reports an upper bound on its lr. With
+"sft-limits" (the default) the SFT (reflection) row has none either: Table 1 bounds its amount
+of training below only (its SSE stays on a plateau once trained past lr x steps ~ 50), so it
+is trained onto that plateau at its lr's upper bound and analysis.fit reports a lower bound
+(`fixed_lr`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import logit
 
-from analysis.fit_config import BOUNDS, FitConfig, FitError
+from analysis.fit_config import (
+    BOUNDS,
+    CONVERGED_REFLECTION_MODES,
+    UNTRAINED_NO_REFLECTION_MODES,
+    FitConfig,
+    FitError,
+)
 from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION
 from core.calibration import Z95
 from core.regimes import TRAINED
@@ -186,9 +196,9 @@ def sse_roughness(residuals: Callable[[np.ndarray], np.ndarray], x: np.ndarray, 
 
 def untrained_regimes(observed: Any, cfg: FitConfig) -> list[str]:
     """The rows the model says are the untrained base model's (DESIGN §1, §4): Base, and SFT
-    (no reflection) where lr_mode "no-refl-bound" leaves it untrained."""
+    (no reflection) where the lr_mode leaves it untrained (`fixed_lr`)."""
     present = set(observed["regime"])
-    return [BASE] + ([SFT_NO_REFLECTION] if cfg.lr_mode == "no-refl-bound"
+    return [BASE] + ([SFT_NO_REFLECTION] if fixed_lr(SFT_NO_REFLECTION, cfg) == 0
                      and SFT_NO_REFLECTION in present else [])
 
 
@@ -206,7 +216,7 @@ def base_offsets(observed: Any, ladder: Ladder, cfg: FitConfig
     notes = []
     if len(untrained) > 1:
         notes.append(f"the base shape is fitted to both untrained rows ({', '.join(untrained)})"
-                     f": with lr_mode no-refl-bound the {SFT_NO_REFLECTION} row is the base "
+                     f": with lr_mode {cfg.lr_mode} the {SFT_NO_REFLECTION} row is the base "
                      "model's")
     return b_s, sol, names, [*notes, BASE_NOTES[cfg.base]]
 
@@ -272,11 +282,22 @@ def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: F
     return out, jump
 
 
+def fixed_lr(regime: str, cfg: FitConfig) -> float | None:
+    """The learning rate of a row whose training Table 1 bounds on one side only (module
+    docstring): 0 for an untrained row, its lr's upper bound for a row trained onto its
+    plateau; None for a row whose lr is free."""
+    if regime == SFT_NO_REFLECTION and cfg.lr_mode in UNTRAINED_NO_REFLECTION_MODES:
+        return 0.0
+    if regime == SFT_REFLECTION and cfg.lr_mode in CONVERGED_REFLECTION_MODES:
+        return bounds_of(column("lr_frac" if cfg.optimiser == "sgd" else "lr", regime), cfg)[1]
+    return None
+
+
 def lr_name(regime: str, cfg: FitConfig, bounded: bool = False) -> str | None:
     """The free parameter that sets `regime`'s learning rate (module docstring); None for
-    a row that is not trained (lr_mode "no-refl-bound"), unless `bounded` (the name its
-    upper bound is reported under)."""
-    if cfg.lr_mode == "no-refl-bound" and regime == SFT_NO_REFLECTION and not bounded:
+    a row whose lr is fixed (`fixed_lr`), unless `bounded` (the name its one-sided bound is
+    reported under)."""
+    if fixed_lr(regime, cfg) is not None and not bounded:
         return None
     row = SHARED_SFT if cfg.lr_mode == "sft-shared" and regime in SFT_ROWS else regime
     return column("lr_frac" if cfg.optimiser == "sgd" else "lr", row)
@@ -294,31 +315,40 @@ def length_scales(regime: str, cfg: FitConfig, values: dict[str, float]) -> tupl
 def simulate_regime(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
                     values: dict[str, float]) -> np.ndarray:
     """(T, 4) array of p, q1, q2, Acc_K per task after training `regime` with `values`."""
-    name = None if regime == BASE else lr_name(regime, cfg, bounded=True)
-    # the base model, or a row that is not trained (lr_mode no-refl-bound: its lr is given
-    # only to compute its upper bound)
-    if name is None or (lr_name(regime, cfg) is None and name not in values):
+    lr = training_lr(regime, cfg, values)
+    if not lr:  # the base model, or a row that is not trained
         p = 1 / (1 + np.exp(-np.asarray(b_s)))
         q1, q2 = np.full_like(p, cfg.q1_base), np.full_like(p, cfg.q2_base)
         return np.column_stack([p, q1, q2, accuracy_forced_stop(p, q1, q2, cfg.max_attempts)])
-    return _run(regime, ladder, b_s, cfg, values, name)[0]
+    return _run(regime, ladder, b_s, cfg, values, lr)[0]
 
 
 def max_jump(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
              values: dict[str, float]) -> float:
     """The largest one-step move of p or q while training `regime` (0 if untrained)."""
+    lr = training_lr(regime, cfg, values)
+    return _run(regime, ladder, b_s, cfg, values, lr)[1] if lr else 0.0
+
+
+def training_lr(regime: str, cfg: FitConfig, values: dict[str, float]) -> float | None:
+    """The lr `regime` trains with: its value in `values` (a free parameter, or a fixed row's
+    lr given to search its one-sided bound), else its `fixed_lr`; None for the Base row."""
     name = None if regime == BASE else lr_name(regime, cfg, bounded=True)
-    if name is None or name not in values:
-        return 0.0
-    return _run(regime, ladder, b_s, cfg, values, name)[1]
+    if name is None:
+        return None
+    if name in values:
+        return values[name]
+    fixed = fixed_lr(regime, cfg)
+    if fixed is None:
+        raise KeyError(f"no value for {name}, the learning rate of {regime!r}")
+    return fixed
 
 
 def _run(regime: str, ladder: Ladder, b_s: np.ndarray, cfg: FitConfig,
-         values: dict[str, float], name: str) -> tuple[np.ndarray, float]:
+         values: dict[str, float], lr: float) -> tuple[np.ndarray, float]:
     ell_s, ell_d = length_scales(regime, cfg, values)
     return _simulate_cached(regime, ladder, tuple(round(float(b), 12) for b in b_s), cfg,
-                            _r(ell_s), _r(ell_d), _r(values[name]),
-                            _r(values.get("beta", cfg.beta)))
+                            _r(ell_s), _r(ell_d), _r(lr), _r(values.get("beta", cfg.beta)))
 
 
 def _r(x: float) -> float:
@@ -362,12 +392,19 @@ def grid_starts(regimes: list[str], cfg: FitConfig, start: dict[str, float],
             ell_cands = ([{column("ell", r): e for r in rows} for e in GRID_ELL]
                          if cfg.transfer == "per-regime" else [{}])
             cands = [(sse(rows, {**start, **ells, **ell, lr: v}), {lr: v, **ell})
-                     for v in GRID_LR[lr.split("[")[0]] for ell in ell_cands]
+                     for v in grid_lrs(lr, cfg) for ell in ell_cands]
             err, pick = min(cands, key=lambda c: c[0])
             total += err
             chosen |= pick
         ranked.append((total, chosen))
     return [c for _, c in sorted(ranked, key=lambda t: t[0])]
+
+
+def grid_lrs(name: str, cfg: FitConfig) -> tuple[float, ...]:
+    """The coarse grid's learning rates for `name` inside its search bounds (`bounds_of`):
+    GRID_LR, with the points above the top replaced by the top itself (Adam's max_adam_lr)."""
+    lo, hi = bounds_of(name, cfg)
+    return tuple(sorted({min(v, hi) for v in GRID_LR[name.split("[")[0]] if v >= lo}))
 
 
 def bounds_of(name: str, cfg: FitConfig) -> tuple[float, float]:

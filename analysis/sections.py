@@ -317,9 +317,13 @@ def trained_text(cfg: FitConfig) -> str:
     rl_text = (f"RL = surrogate + beta·KL ({beta}, {rl.kl_estimator} estimator "
                f"{_words(rl.kl_placement)}, {rl.token_model} model)")
     sft_refl = f"SFT (reflection) on data with an F→T share of {cfg.ft_share:g}"
+    untrained = ("SFT (no reflection) is not trained (its row is the base model's; the fit "
+                 "gives a 95% upper bound on its lr)")
+    if cfg.lr_mode == "sft-limits":
+        return (f"{rl_text} and {sft_refl}, trained onto its plateau (the fit gives a 95% lower "
+                f"bound on its lr); {untrained}")
     if cfg.lr_mode == "no-refl-bound":
-        return (f"{rl_text} and {sft_refl}; SFT (no reflection) is not trained (its row is "
-                "the base model's; the fit gives a 95% upper bound on its lr)")
+        return f"{rl_text} and {sft_refl}; {untrained}"
     shared = " (both SFT rows share one lr)" if cfg.lr_mode == "sft-shared" else ""
     return f"{rl_text}, {sft_refl} and SFT (no reflection){shared}"
 

@@ -1,6 +1,7 @@
 """Profile-likelihood intervals of a saved fit (analysis.fit_profile, DESIGN §4).
 
     python scripts/fit_profile.py outputs/fit/paper_table1 [--observed PATH] [--csv OUT]
+        [--offsets 0.1 0.25 0.5 ...]
 
 Reads the fit (fit.json, as `cli.py fit` writes it), re-minimises its SSE with each free
 training parameter fixed on a grid of log offsets, and prints the SSE per grid point and the
@@ -22,7 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis.fit_config import FitError  # noqa: E402
 from analysis.fit_io import load_saved_fit  # noqa: E402
 from analysis.fit_model import ROUGH_LIMIT  # noqa: E402
-from analysis.fit_profile import profile_fit, profile_spans  # noqa: E402
+from analysis.fit_profile import (  # noqa: E402
+    PROFILE_OFFSETS,
+    ProfileConfig,
+    profile_fit,
+    profile_spans,
+)
 
 
 def main() -> None:
@@ -31,13 +37,17 @@ def main() -> None:
     ap.add_argument("--observed", type=Path, default=None,
                     help="the table the fit was fitted to (default: the paper's Table 1)")
     ap.add_argument("--csv", type=Path, default=None, help="write the grid table here")
+    ap.add_argument("--offsets", type=float, nargs="+", default=list(PROFILE_OFFSETS),
+                    help="log offsets from the fit, both signs: a finer grid bounds a span "
+                    "more tightly (default: %(default)s)")
     args = ap.parse_args()
     try:
+        grid = ProfileConfig(offsets=tuple(args.offsets))
         result, observed = load_saved_fit(args.fit_dir, args.observed)
-    except FitError as exc:  # one line, not a traceback
+    except (FitError, ValueError) as exc:  # one line, not a traceback
         sys.exit(f"error: {exc}")
     t0 = time.time()
-    table, sse0, threshold = profile_fit(observed, result)
+    table, sse0, threshold = profile_fit(observed, result, grid)
     print(f"fit {args.fit_dir}: SSE* {sse0:.5f}, 95% threshold {threshold:.5f} "
           f"(RMSE {result.rmse * 100:.2f} pp; profile in {time.time() - t0:.0f} s)")
     for name, g in table.groupby("name", sort=False):

@@ -1,6 +1,6 @@
 """How rough is one trained row's SSE in its learning rate? (analysis.fit_model.sse_roughness)
 
-    python scripts/fit_roughness_scan.py outputs/fit/paper_table1 [--regime "SFT (reflection)"]
+    python scripts/fit_roughness_scan.py outputs/fit/paper_table1 [--regime RL]
         [--scales 0.5 1 2] [--max-grad-norm C] [--second-moment shared|per-parameter]
         [--steps N]
 
@@ -32,7 +32,7 @@ from analysis.fit_model import (  # noqa: E402
     sse_roughness,
 )
 from analysis.fit_profile import SavedFitProblem  # noqa: E402
-from analysis.observed import BASE, SFT_REFLECTION  # noqa: E402
+from analysis.observed import BASE, RL  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("fit_dir", type=Path, help="a fit's folder (with fit.json)")
     ap.add_argument("--observed", type=Path, default=None,
                     help="the table the fit was fitted to (default: the paper's Table 1)")
-    ap.add_argument("--regime", default=SFT_REFLECTION, help="the trained row to scan")
+    ap.add_argument("--regime", default=RL, help="a trained row with a free learning rate")
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     ap.add_argument("--max-grad-norm", type=float, default=None)
     ap.add_argument("--second-moment", default=None)
@@ -58,8 +58,9 @@ def main() -> None:
     cfg, names = problem.cfg, problem.names
     name = lr_name(args.regime, cfg)
     if name not in names:
-        sys.exit(f"error: {args.regime!r} is not a trained row of this fit (rows with a fitted "
-                 f"learning rate: {', '.join(n for n in names if n.startswith('lr'))})")
+        sys.exit(f"error: {args.regime!r} is not a trained row with a free learning rate in "
+                 f"this fit (lr_mode {cfg.lr_mode}; rows with a fitted learning rate: "
+                 f"{', '.join(n for n in names if n.startswith('lr'))})")
     i = names.index(name)
     residuals = problem.residuals(observed, [args.regime])
     # the fit's own budget (its SSE over its trained cells, whatever cfg now changes)

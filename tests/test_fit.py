@@ -55,6 +55,16 @@ def test_adams_learning_rate_is_searched_below_the_small_step_bound():
     assert bounds_of(f"lr_frac[{RL}]", FitConfig(optimiser="sgd"))[1] == 1.0
 
 
+def test_the_coarse_grid_stays_inside_the_learning_rate_bounds():
+    from analysis.fit_model import GRID_LR, grid_lrs
+
+    # Adam: the points above max_adam_lr become that bound, once
+    assert grid_lrs(f"lr[{RL}]", FitConfig()) == (0.003, 0.01, 0.03, 0.05)
+    assert grid_lrs(f"lr[{RL}]", FitConfig(max_adam_lr=1.0)) == GRID_LR["lr"]
+    assert grid_lrs(f"lr[{RL}]", FitConfig(max_adam_lr=0.001)) == (0.001,)
+    assert grid_lrs(f"lr_frac[{RL}]", FitConfig(optimiser="sgd")) == GRID_LR["lr_frac"]
+
+
 def _synthetic_observed(truth: dict[str, float], cfg: FitConfig) -> pd.DataFrame:
     ladder = Ladder(("T1", "T2", "T3", "T4"), (True, True, False, False))
     base = np.array([0.7, 0.4, 0.1, 0.03])

@@ -216,8 +216,8 @@ def test_untrained_no_reflection_row_and_its_upper_bound():
     from analysis.fit import fit_observed
     from analysis.observed import load_paper_table1
 
-    cfg = FitConfig(quick=True, max_adam_lr=1.0)  # ten steps: large ones, to train at all
-    assert cfg.lr_mode == "no-refl-bound"
+    # ten steps: large ones, to train at all
+    cfg = FitConfig(quick=True, max_adam_lr=1.0, lr_mode="no-refl-bound")
     assert f"lr[{SFT_NO_REFLECTION}]" not in free_parameter_names(REGIMES, cfg)
     b_s = _offsets(cfg)
     untrained = simulate_regime(SFT_NO_REFLECTION, LADDER, b_s, cfg, {"ell_s": 1, "ell_d": 1})
@@ -228,7 +228,69 @@ def test_untrained_no_reflection_row_and_its_upper_bound():
     assert not row["free"] and row["value"] == 0 and 0 < row["ci_high"] < np.inf
     assert "upper bound" in res.summary()
     with pytest.raises(ValueError, match="no-refl-bound"):
+        FitConfig(transfer="per-regime", lr_mode="no-refl-bound")
+
+
+def test_reflection_row_trained_onto_its_plateau_and_its_lower_bound():
+    """lr_mode sft-limits (the default): SFT (no reflection) untrained, SFT (reflection) trained
+    at the top of its lr range, its lr bounded below (DESIGN §4)."""
+    from analysis.fit import fit_observed
+    from analysis.fit_io import fit_from_json, fit_to_json
+    from analysis.fit_model import fixed_lr, max_jump
+    from analysis.observed import load_paper_table1
+
+    cfg = FitConfig(quick=True)
+    assert cfg.lr_mode == "sft-limits"
+    assert free_parameter_names(REGIMES, cfg) == ["ell_s", "ell_d", f"lr[{RL}]"]
+    assert fixed_lr(SFT_REFLECTION, cfg) == cfg.max_adam_lr
+    assert fixed_lr(SFT_NO_REFLECTION, cfg) == 0 and fixed_lr(RL, cfg) is None
+    # SGD's range tops out at its stability bound: lr_frac 1
+    assert fixed_lr(SFT_REFLECTION, FitConfig(optimiser="sgd", max_grad_norm=0.0)) == 1.0
+    b_s, ells = _offsets(cfg), {"ell_s": 1.0, "ell_d": 1.0}
+    plateau = simulate_regime(SFT_REFLECTION, LADDER, b_s, cfg, ells)
+    given = simulate_regime(SFT_REFLECTION, LADDER, b_s, cfg,
+                            {**ells, f"lr[{SFT_REFLECTION}]": cfg.max_adam_lr})
+    smaller = simulate_regime(SFT_REFLECTION, LADDER, b_s, cfg,
+                              {**ells, f"lr[{SFT_REFLECTION}]": cfg.max_adam_lr / 10})
+    np.testing.assert_array_equal(plateau, given)
+    assert not np.allclose(plateau, smaller)  # trained, and at the top lr
+    assert max_jump(SFT_REFLECTION, LADDER, b_s, cfg, ells) > 0
+    with pytest.raises(KeyError, match="lr\\[RL\\]"):  # a free lr must be given
+        simulate_regime(RL, LADDER, b_s, cfg, ells)
+    res = fit_observed(load_paper_table1(), cfg)
+    row = res.params.set_index("name").loc[f"lr[{SFT_REFLECTION}]"]
+    assert not row["free"] and row["value"] == cfg.max_adam_lr
+    assert 0 <= row["ci_low"] <= cfg.max_adam_lr and row["ci_high"] == np.inf
+    assert "95% lower bound" in res.summary()
+    assert any(n.startswith(f"{SFT_REFLECTION} is trained onto its plateau") for n in res.notes)
+    back = fit_from_json(fit_to_json(res)).params.set_index("name")
+    assert back.loc[f"lr[{SFT_REFLECTION}]", "ci_high"] == np.inf
+    assert np.isnan(back.loc["K", "ci_high"])  # a fixed setting stays without an interval
+    with pytest.raises(ValueError, match="sft-limits"):
         FitConfig(transfer="per-regime")
+
+
+def test_one_sided_bounds_on_a_known_sse():
+    """The bound is where the row's SSE has risen by the budget from its fixed end: upper for
+    an untrained row, lower for a row on its plateau; open where the range stays inside."""
+    from analysis.fit import one_sided_lr_bound
+
+    # a plateau above lr 0.01: SSE = 1 + (log(lr / 0.01))^2 below it, 1 above
+    def sse(rows, vals):
+        lr = vals.get(f"lr[{SFT_REFLECTION}]", FitConfig().max_adam_lr)
+        return 1 + max(0.0, np.log(0.01 / lr)) ** 2
+
+    bound = one_sided_lr_bound(SFT_REFLECTION, {}, sse, FitConfig(), budget=1.0)
+    assert bound == pytest.approx(0.01 / np.e, rel=1e-3)  # (log)^2 = 1
+    assert one_sided_lr_bound(SFT_REFLECTION, {}, sse, FitConfig(), budget=1e6) == 0.0
+
+    # an untrained row: SSE = 1 + (lr / 0.001)^2
+    def sse_up(rows, vals):
+        return 1 + (vals.get(f"lr[{SFT_NO_REFLECTION}]", 0.0) / 0.001) ** 2
+
+    up = one_sided_lr_bound(SFT_NO_REFLECTION, {}, sse_up, FitConfig(), budget=4.0)
+    assert up == pytest.approx(0.002, rel=1e-3)
+    assert one_sided_lr_bound(SFT_NO_REFLECTION, {}, sse_up, FitConfig(), 1e12) == np.inf
 
 
 def test_chaotic_training_is_flagged_not_identified():
@@ -258,8 +320,8 @@ def test_grid_start_with_the_default_parametrisation():
     from analysis.observed import load_paper_table1
 
     res = fit_observed(load_paper_table1(), FitConfig(steps=2, max_attempts=3, max_nfev=1))
-    # floored base (3) + ell_s, ell_d + lr of SFT (reflection) and RL; no-refl untrained
-    assert res.n_free == 7 and np.isfinite(res.rmse)
+    # floored base (3) + ell_s, ell_d + lr of RL; no-refl untrained, refl on its plateau
+    assert res.n_free == 6 and np.isfinite(res.rmse)
     assert list(res.params["name"][:3]) == ["base_d_half", "base_slope", "base_floor"]
 
 
@@ -278,7 +340,7 @@ def test_grid_starts_are_ranked_by_their_sse():
     from analysis.fit_model import GRID_ELL, GRID_ELL_D, grid_starts
 
     cfg = FitConfig()
-    target = {"ell_s": 2.0, "ell_d": 16.0, f"lr[{RL}]": 0.1}
+    target = {"ell_s": 2.0, "ell_d": 16.0, f"lr[{RL}]": 0.01}
 
     def sse(rows: list[str], vals: dict[str, float]) -> float:
         return sum((np.log(vals[n]) - np.log(v))**2 for n, v in target.items())
@@ -287,7 +349,7 @@ def test_grid_starts_are_ranked_by_their_sse():
     assert len(starts) == len(GRID_ELL) * len(GRID_ELL_D)
     assert starts[0] == target
     errs = [sse([RL], s) for s in starts]
-    assert errs == sorted(errs) and all(s[f"lr[{RL}]"] == 0.1 for s in starts)
+    assert errs == sorted(errs) and all(s[f"lr[{RL}]"] == 0.01 for s in starts)
 
 
 def test_several_starts_keep_the_lowest_sse():

@@ -20,7 +20,7 @@ def test_profile_starts_at_the_fits_own_sse_and_never_rises_above_holding_the_ot
                                                                       max_nfev=2))
     trained = res.curves[res.curves["regime"] != "Base"]["residual"].dropna()
     assert sse0 == pytest.approx(float(trained @ trained), rel=1e-9)  # the fit's SSE
-    n_free = 4  # ell_s, ell_d, lr[SFT (reflection)], lr[RL] (no-refl untrained)
+    n_free = 3  # ell_s, ell_d, lr[RL] (no-refl untrained, refl on its plateau)
     assert threshold == pytest.approx(sse0 * (1 + 1.959963984540054**2 / (21 - n_free)))
     assert table["name"].nunique() == n_free
     at_zero = table[table["offset"] == 0]
@@ -62,6 +62,10 @@ def test_the_script_says_what_is_wrong_in_one_line(tmp_path):
                          text=True)
     assert bad.returncode == 1 and "is not a fit.json" in bad.stderr
     assert "Traceback" not in bad.stderr
+    grid = subprocess.run([sys.executable, str(script), str(tmp_path), "--offsets", "0.5",
+                           "0.2"], capture_output=True, text=True)
+    assert grid.returncode == 1 and "increasing" in grid.stderr
+    assert "Traceback" not in grid.stderr
 
 
 def test_the_roughness_scan_reads_a_saved_fit_and_refuses_an_untrained_row(tmp_path):
@@ -89,3 +93,7 @@ def test_the_roughness_scan_reads_a_saved_fit_and_refuses_an_untrained_row(tmp_p
                           capture_output=True, text=True)
     assert base.returncode == 1 and "not a trained row" in base.stderr
     assert "Traceback" not in base.stderr
+    # the default fit trains SFT (reflection) onto its plateau: no free lr to scan
+    plateau = subprocess.run([sys.executable, str(script), str(tmp_path), "--regime",
+                              "SFT (reflection)"], capture_output=True, text=True)
+    assert plateau.returncode == 1 and "lr_mode sft-limits" in plateau.stderr
