@@ -19,7 +19,7 @@ Model (DESIGN.md §1, §2, §4):
 2. Trained regimes. Each trained row is reproduced by training the agent from phi = 0 with the
    matching objective on the ID tasks, deterministically on exact expected gradients
    (`sim.dynamics.train_expected`) with the update budget of DESIGN §2 (default: Adam with a
-   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 4000 steps at a
+   shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 2000 steps at a
    learning rate of at most 0.05 (fit_config.ADAM_SMALL_STEP_LR: larger steps make the trained
    endpoint sensitive to its parameters), K = 16: the paper does not fix K,
    FitConfig.max_attempts says how 16 was chosen):
@@ -35,13 +35,14 @@ Model (DESIGN.md §1, §2, §4):
    observed accuracy over all (trained regime, task) cells. Free: ell_s, ell_d and a learning
    rate per trained regime (the "amount of training" at a fixed number of steps; SGD: a
    fraction of its stability bound), analysis.fit_model names them; optionally beta.
-   `lr_mode = "no-refl-bound"`: the SFT (no reflection) row, equal to the Base row within its
-   intervals, identifies no learning rate, only an upper bound; it is not trained and the
-   bound is reported (`one_sided_lr_bound`). `lr_mode = "sft-limits"` (default): that, and the
-   SFT (reflection) row, whose SSE stays on a plateau once trained past lr x steps ~ 50 (it
-   identifies a lower bound only), is trained onto the plateau at the top of its lr range
-   and the bound is reported with the row's SSE at half and twice the training
-   (`plateau_check`). Uncertainty: cov = s^2 (J^T J)^+ in log
+   `lr_mode = "no-refl-bound"` (default): the SFT (no reflection) row, equal to the Base row
+   within its intervals, identifies no learning rate, only an upper bound; it is not trained
+   and the bound is reported (`one_sided_lr_bound`). `lr_mode = "sft-limits"`: that, and the
+   SFT (reflection) row, whose SSE falls only slowly once trained past lr x steps ~ 50 (its
+   free lr's interval spans 10^4x and more), is trained at the top of its lr range, the
+   lower bound is reported with the row's SSE at half and twice the training
+   (`plateau_check`); the other parameters' intervals then hold at that amount of training
+   only (ell_d trades against it). Uncertainty: cov = s^2 (J^T J)^+ in log
    space (J by central differences at the optimum, at each of JAC_STEPS, the widest interval
    kept; s^2 = SSR / (n - k)), a standard error by the delta method and a 95% interval
    exp(log x ± 1.96 se); a parameter at its bound has no standard error. Identified: inside
@@ -131,7 +132,7 @@ class FitResult:
             if not r.free:  # a fixed setting, or a fixed lr with its one-sided bound
                 what = ("(fixed)" if np.isnan(r.ci_high)
                         else f"(not trained; 95% upper bound {r.ci_high:.3g})" if r.value == 0
-                        else f"(trained onto its plateau; 95% lower bound {r.ci_low:.3g})")
+                        else f"(trained at the top of its range; 95% lower bound {r.ci_low:.3g})")
                 lines.append(f"  {r.name:<26} {r.value:.4g} {what}")
                 continue
             if r.at_bound or not np.isfinite(r.se):
@@ -379,12 +380,12 @@ def plateau_check(regime: str, vals: dict[str, float],
     tau = lr * cfg.effective_steps
     plateau = bound <= lr / 2
     return bound, (
-        f"{regime} is trained onto its plateau: lr = {lr:g}, the top of its range, for "
+        f"{regime} is trained at the top of its lr range (lr_mode {cfg.lr_mode}): lr = {lr:g} for "
         f"{cfg.effective_steps} steps (lr x steps = {tau:g}); its row's SSE at lr x steps = "
         f"{tau / 2:g} / {tau:g} / {2 * tau:g}: " + " / ".join(f"{v:.4f}" for v in along)
         + f"; the data bound its lr below only: lr >= {bound:.3g} (95%, profile: the row's "
         "SSE may grow by 1.96^2 s^2)" + ("" if plateau else
-        "; NOT on its plateau (the bound is above half its lr): raise --steps"))
+        "; NOT on a plateau (the bound is above half its lr): raise --steps"))
 
 
 def _bound_row(regime: str, cfg: FitConfig, low: float, high: float) -> pd.DataFrame:

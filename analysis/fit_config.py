@@ -20,7 +20,7 @@ from sim.optim import SECOND_MOMENTS, OptimiserConfig
 TRANSFER_MODES = ("shared", "single", "per-regime")
 LR_MODES = ("per-regime", "sft-shared", "no-refl-bound", "sft-limits")
 # the learning-rate modes that leave SFT (no reflection) untrained (lr 0) and the one that
-# trains SFT (reflection) onto its plateau at its lr's upper bound (analysis.fit_model.fixed_lr)
+# trains SFT (reflection) at its lr's upper bound (analysis.fit_model.fixed_lr)
 UNTRAINED_NO_REFLECTION_MODES = ("no-refl-bound", "sft-limits")
 CONVERGED_REFLECTION_MODES = ("sft-limits",)
 # search bounds of the free parameters (analysis.fit_model names them); Adam's step is about
@@ -68,11 +68,11 @@ class FitConfig:
     q1_base: float = field(default=0.9, metadata=doc("base model's q1 (fixed), in (0, 1)", "§4"))
     q2_base: float = field(default=0.1, metadata=doc("base model's q2 (fixed), in (0, 1)", "§4"))
     length: float = field(default=100.0, metadata=doc("L_C = L_W, tokens per answer", "§2"))
-    steps: int = field(default=4000, metadata=doc(
+    steps: int = field(default=2000, metadata=doc(
         "training steps per regime (the lr is fitted); with max_adam_lr they bound the amount "
-        "of training lr x steps: 4000 x 0.05 = 200 takes the Table 1 rows past their SSE "
-        "minimum (RL) and onto their plateau (SFT reflection); 1000 and 2000 did not "
-        "(docs/results/simulator/fit_settings_compared.md)", "§2"))
+        "of training lr x steps: 2000 x 0.05 = 100 puts the Table 1 rows' best fits inside "
+        "the range (1000 x 0.05 did not: lr[SFT reflection] stopped at the bound; "
+        "docs/results/simulator/fit_settings_compared.md)", "§2"))
     optimiser: str = field(default="adam", metadata=doc("optimiser", "§2", ("sgd", "adam")))
     second_moment: str = field(default="shared", metadata=doc(
         "Adam's second moment: shared (one scalar) or per-parameter", "§2", SECOND_MOMENTS))
@@ -96,13 +96,14 @@ class FitConfig:
         "logaddexp(slope * (d_half - d(t)), logit(floor)), three parameters fitted to the "
         "untrained rows), linear (b_s = slope * (d_half - d(t)), two) or exact (solved per "
         "task from the Base row)", "§1", BASE_MODES))
-    lr_mode: str = field(default="sft-limits", metadata=doc(
+    lr_mode: str = field(default="no-refl-bound", metadata=doc(
         "learning rates: one per regime; sft-shared (both SFT rows share lr[SFT]); "
         "no-refl-bound (SFT no-reflection is not trained: its row is the base model's, and "
         "the fit reports a 95% upper bound on its lr); or sft-limits (as no-refl-bound, and "
-        "SFT reflection is trained onto its plateau at its lr's upper bound (Adam: max_adam_lr; "
+        "SFT reflection is trained at its lr's upper bound (Adam: max_adam_lr; "
         "SGD: the stability bound): the fit reports a 95% "
-        "lower bound on its lr; Table 1 bounds both SFT rows' training on one side only)",
+        "lower bound on its lr, and the other parameters' intervals hold at that amount of "
+        "training only)",
         "§4, §5", LR_MODES))
     max_nfev: int = field(default=40, metadata=doc("least-squares evaluations at most"))
     grid_start: bool = field(default=True, metadata=doc("start from a coarse grid's best point"))

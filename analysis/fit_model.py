@@ -14,10 +14,9 @@ Free parameters, by name (`free_parameter_names`):
   beta           the KL coefficient of RL (fit_beta only)
 With lr_mode "no-refl-bound" the SFT (no reflection) row has no free parameter: it is the
 untrained base model's (lr = 0), and analysis.fit reports an upper bound on its lr. With
-"sft-limits" (the default) the SFT (reflection) row has none either: Table 1 bounds its amount
-of training below only (its SSE stays on a plateau once trained past lr x steps ~ 50), so it
-is trained onto that plateau at its lr's upper bound and analysis.fit reports a lower bound
-(`fixed_lr`).
+"sft-limits" the SFT (reflection) row has none either: Table 1 bounds its amount of training
+below only (its SSE falls only slowly once trained past lr x steps ~ 50), so it is trained at
+its lr's upper bound and analysis.fit reports a lower bound (`fixed_lr`).
 """
 
 from __future__ import annotations
@@ -285,7 +284,7 @@ def _simulate_cached(regime: str, ladder: Ladder, b_s: tuple[float, ...], cfg: F
 def fixed_lr(regime: str, cfg: FitConfig) -> float | None:
     """The learning rate of a row whose training Table 1 bounds on one side only (module
     docstring): 0 for an untrained row, its lr's upper bound for a row trained onto its
-    plateau; None for a row whose lr is free."""
+    range (lr_mode sft-limits); None for a row whose lr is free."""
     if regime == SFT_NO_REFLECTION and cfg.lr_mode in UNTRAINED_NO_REFLECTION_MODES:
         return 0.0
     if regime == SFT_REFLECTION and cfg.lr_mode in CONVERGED_REFLECTION_MODES:

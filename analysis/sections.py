@@ -320,8 +320,8 @@ def trained_text(cfg: FitConfig) -> str:
     untrained = ("SFT (no reflection) is not trained (its row is the base model's; the fit "
                  "gives a 95% upper bound on its lr)")
     if cfg.lr_mode == "sft-limits":
-        return (f"{rl_text} and {sft_refl}, trained onto its plateau (the fit gives a 95% lower "
-                f"bound on its lr); {untrained}")
+        return (f"{rl_text} and {sft_refl}, trained at the top of its lr range (the fit "
+                f"gives a 95% lower bound on its lr); {untrained}")
     if cfg.lr_mode == "no-refl-bound":
         return f"{rl_text} and {sft_refl}; {untrained}"
     shared = " (both SFT rows share one lr)" if cfg.lr_mode == "sft-shared" else ""

@@ -217,7 +217,8 @@ def test_untrained_no_reflection_row_and_its_upper_bound():
     from analysis.observed import load_paper_table1
 
     # ten steps: large ones, to train at all
-    cfg = FitConfig(quick=True, max_adam_lr=1.0, lr_mode="no-refl-bound")
+    cfg = FitConfig(quick=True, max_adam_lr=1.0)
+    assert cfg.lr_mode == "no-refl-bound"
     assert f"lr[{SFT_NO_REFLECTION}]" not in free_parameter_names(REGIMES, cfg)
     b_s = _offsets(cfg)
     untrained = simulate_regime(SFT_NO_REFLECTION, LADDER, b_s, cfg, {"ell_s": 1, "ell_d": 1})
@@ -232,20 +233,20 @@ def test_untrained_no_reflection_row_and_its_upper_bound():
 
 
 def test_reflection_row_trained_onto_its_plateau_and_its_lower_bound():
-    """lr_mode sft-limits (the default): SFT (no reflection) untrained, SFT (reflection) trained
-    at the top of its lr range, its lr bounded below (DESIGN §4)."""
+    """lr_mode sft-limits: SFT (no reflection) untrained, SFT (reflection) trained at the top of
+    its lr range, its lr bounded below (DESIGN §4)."""
     from analysis.fit import fit_observed
     from analysis.fit_io import fit_from_json, fit_to_json
     from analysis.fit_model import fixed_lr, max_jump
     from analysis.observed import load_paper_table1
 
-    cfg = FitConfig(quick=True)
-    assert cfg.lr_mode == "sft-limits"
+    cfg = FitConfig(quick=True, lr_mode="sft-limits")
     assert free_parameter_names(REGIMES, cfg) == ["ell_s", "ell_d", f"lr[{RL}]"]
     assert fixed_lr(SFT_REFLECTION, cfg) == cfg.max_adam_lr
     assert fixed_lr(SFT_NO_REFLECTION, cfg) == 0 and fixed_lr(RL, cfg) is None
     # SGD's range tops out at its stability bound: lr_frac 1
-    assert fixed_lr(SFT_REFLECTION, FitConfig(optimiser="sgd", max_grad_norm=0.0)) == 1.0
+    assert fixed_lr(SFT_REFLECTION, FitConfig(optimiser="sgd", max_grad_norm=0.0,
+                                              lr_mode="sft-limits")) == 1.0
     b_s, ells = _offsets(cfg), {"ell_s": 1.0, "ell_d": 1.0}
     plateau = simulate_regime(SFT_REFLECTION, LADDER, b_s, cfg, ells)
     given = simulate_regime(SFT_REFLECTION, LADDER, b_s, cfg,
@@ -262,12 +263,13 @@ def test_reflection_row_trained_onto_its_plateau_and_its_lower_bound():
     assert not row["free"] and row["value"] == cfg.max_adam_lr
     assert 0 <= row["ci_low"] <= cfg.max_adam_lr and row["ci_high"] == np.inf
     assert "95% lower bound" in res.summary()
-    assert any(n.startswith(f"{SFT_REFLECTION} is trained onto its plateau") for n in res.notes)
+    top = f"{SFT_REFLECTION} is trained at the top of its lr range"
+    assert any(n.startswith(top) for n in res.notes)
     back = fit_from_json(fit_to_json(res)).params.set_index("name")
     assert back.loc[f"lr[{SFT_REFLECTION}]", "ci_high"] == np.inf
     assert np.isnan(back.loc["K", "ci_high"])  # a fixed setting stays without an interval
     with pytest.raises(ValueError, match="sft-limits"):
-        FitConfig(transfer="per-regime")
+        FitConfig(transfer="per-regime", lr_mode="sft-limits")
 
 
 def test_one_sided_bounds_on_a_known_sse():
@@ -280,9 +282,10 @@ def test_one_sided_bounds_on_a_known_sse():
         lr = vals.get(f"lr[{SFT_REFLECTION}]", FitConfig().max_adam_lr)
         return 1 + max(0.0, np.log(0.01 / lr)) ** 2
 
-    bound = one_sided_lr_bound(SFT_REFLECTION, {}, sse, FitConfig(), budget=1.0)
+    limits = FitConfig(lr_mode="sft-limits")
+    bound = one_sided_lr_bound(SFT_REFLECTION, {}, sse, limits, budget=1.0)
     assert bound == pytest.approx(0.01 / np.e, rel=1e-3)  # (log)^2 = 1
-    assert one_sided_lr_bound(SFT_REFLECTION, {}, sse, FitConfig(), budget=1e6) == 0.0
+    assert one_sided_lr_bound(SFT_REFLECTION, {}, sse, limits, budget=1e6) == 0.0
 
     # an untrained row: SSE = 1 + (lr / 0.001)^2
     def sse_up(rows, vals):
@@ -320,8 +323,8 @@ def test_grid_start_with_the_default_parametrisation():
     from analysis.observed import load_paper_table1
 
     res = fit_observed(load_paper_table1(), FitConfig(steps=2, max_attempts=3, max_nfev=1))
-    # floored base (3) + ell_s, ell_d + lr of RL; no-refl untrained, refl on its plateau
-    assert res.n_free == 6 and np.isfinite(res.rmse)
+    # floored base (3) + ell_s, ell_d + lr of SFT (reflection) and RL; no-refl untrained
+    assert res.n_free == 7 and np.isfinite(res.rmse)
     assert list(res.params["name"][:3]) == ["base_d_half", "base_slope", "base_floor"]
 
 

@@ -20,7 +20,7 @@ def test_profile_starts_at_the_fits_own_sse_and_never_rises_above_holding_the_ot
                                                                       max_nfev=2))
     trained = res.curves[res.curves["regime"] != "Base"]["residual"].dropna()
     assert sse0 == pytest.approx(float(trained @ trained), rel=1e-9)  # the fit's SSE
-    n_free = 3  # ell_s, ell_d, lr[RL] (no-refl untrained, refl on its plateau)
+    n_free = 4  # ell_s, ell_d, lr[SFT (reflection)], lr[RL] (no-refl untrained)
     assert threshold == pytest.approx(sse0 * (1 + 1.959963984540054**2 / (21 - n_free)))
     assert table["name"].nunique() == n_free
     at_zero = table[table["offset"] == 0]
@@ -93,7 +93,11 @@ def test_the_roughness_scan_reads_a_saved_fit_and_refuses_an_untrained_row(tmp_p
                           capture_output=True, text=True)
     assert base.returncode == 1 and "not a trained row" in base.stderr
     assert "Traceback" not in base.stderr
-    # the default fit trains SFT (reflection) onto its plateau: no free lr to scan
-    plateau = subprocess.run([sys.executable, str(script), str(tmp_path), "--regime",
-                              "SFT (reflection)"], capture_output=True, text=True)
-    assert plateau.returncode == 1 and "lr_mode sft-limits" in plateau.stderr
+    # a fit with lr_mode sft-limits trains SFT (reflection) at its lr's top: no free lr to scan
+    limits = tmp_path / "limits"
+    save_fit(fit_observed(load_paper_table1(), FitConfig(steps=3, max_attempts=3, max_nfev=2,
+                                                         starts=1, lr_mode="sft-limits")),
+             limits)
+    fixed = subprocess.run([sys.executable, str(script), str(limits), "--regime",
+                            "SFT (reflection)"], capture_output=True, text=True)
+    assert fixed.returncode == 1 and "lr_mode sft-limits" in fixed.stderr
