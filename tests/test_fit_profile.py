@@ -101,3 +101,32 @@ def test_the_roughness_scan_reads_a_saved_fit_and_refuses_an_untrained_row(tmp_p
     fixed = subprocess.run([sys.executable, str(script), str(limits), "--regime",
                             "SFT (reflection)"], capture_output=True, text=True)
     assert fixed.returncode == 1 and "lr_mode sft-limits" in fixed.stderr
+
+
+def test_the_training_scan_reproduces_the_fit_and_says_what_is_wrong(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from analysis.fit_io import save_fit
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fit_training_scan.py"
+    res = fit_observed(load_paper_table1(), FitConfig(steps=3, max_attempts=3, max_nfev=2,
+                                                      starts=1))
+    save_fit(res, tmp_path)
+    lr = float(res.params.set_index("name").loc["lr[RL]", "value"])
+    ok = subprocess.run([sys.executable, str(script), str(tmp_path), "--regime", "RL",
+                         "--amounts", repr(lr * 3), "1e3"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert len(lines) == 3 and "3 steps" in lines[0]
+    # at the fit's own amount of training the row's SSE is the fit's
+    rl = res.curves[res.curves["regime"] == "RL"]["residual"].dropna()
+    assert f"SSE {float(rl @ rl):.4f}" in lines[1] and "max_adam_lr" not in lines[1]
+    assert lines[2].endswith("(lr above the fit's max_adam_lr)")
+    for args, msg in ((["--regime", "Base"], "not a trained row"),
+                      (["--amounts", "0"], "positive"),
+                      (["--regime", "SFT (no reflection)"], "not a trained row")):
+        bad = subprocess.run([sys.executable, str(script), str(tmp_path), *args],
+                             capture_output=True, text=True)
+        assert bad.returncode == 1 and msg in bad.stderr and "Traceback" not in bad.stderr
