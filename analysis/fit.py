@@ -37,11 +37,11 @@ Model (DESIGN.md §1, §2, §4):
    fraction of its stability bound), analysis.fit_model names them; optionally beta.
    `lr_mode = "no-refl-bound"` (default): the SFT (no reflection) row, equal to the Base row
    within its intervals, identifies no learning rate, only an upper bound; it is not trained
-   and the bound is reported (`one_sided_lr_bound`). `lr_mode = "sft-limits"`: that, and the
+   and the bound is reported (analysis.fit_bounds). `lr_mode = "sft-limits"`: that, and the
    SFT (reflection) row, whose SSE falls only slowly once trained past lr x steps ~ 50 (its
    free lr's interval spans 10^4x and more), is trained at the top of its lr range, the
    lower bound is reported with the row's SSE at half and twice the training
-   (`plateau_check`); the other parameters' intervals then hold at that amount of training
+   (fit_bounds.plateau_check); the other parameters' intervals then hold at that amount of training
    only (ell_d trades against it). Uncertainty: cov = s^2 (J^T J)^+ in log
    space (J by central differences at the optimum, at each of JAC_STEPS, the widest interval
    kept; s^2 = SSR / (n - k)), a standard error by the delta method and a 95% interval
@@ -60,12 +60,13 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import brentq, least_squares
+from scipy.optimize import least_squares
 
+from analysis.fit_bounds import fixed_lr_rows
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
 from analysis.fit_model import (
     FITTED_BASES,
@@ -76,7 +77,6 @@ from analysis.fit_model import (
     base_offsets,
     base_sampling_logits,
     bounds_of,
-    fixed_lr,
     free_parameter_names,
     grid_starts,
     lr_name,
@@ -88,7 +88,7 @@ from analysis.fit_model import (
     sse_roughness,
     trained_residuals,
 )
-from analysis.observed import BASE, RL, SFT_NO_REFLECTION, SFT_REFLECTION, check_observed
+from analysis.observed import BASE, RL, SFT_REFLECTION, check_observed
 from core.calibration import Z95
 
 __all__ = ["BOUNDS", "FitConfig", "FitError", "FitResult", "Ladder", "base_sampling_logits",
@@ -257,25 +257,11 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
         base_hi = np.log([BOUNDS[n][1] for n in base_names])
         base_rows = parameter_table(list(base_names), base_sol, base_lo, base_hi, cfg)
         params = pd.concat([base_rows[base_rows["free"]], params], ignore_index=True)
-    if fixed_lr(SFT_NO_REFLECTION, cfg) == 0 and SFT_NO_REFLECTION in regimes:
-        bound = one_sided_lr_bound(SFT_NO_REFLECTION, values_of(sol.x), sse, cfg, budget)
-        params = pd.concat([params, _bound_row(SFT_NO_REFLECTION, cfg, 0.0, bound)],
-                           ignore_index=True)
-        row = observed[observed["regime"] == SFT_NO_REFLECTION].set_index("task")
-        outside = [t for t, a in zip(ladder.names, base_acc, strict=True) if t in row.index
-                   and not row.loc[t, "ci_low"] <= a <= row.loc[t, "ci_high"]]
-        notes.append(f"{SFT_NO_REFLECTION} is not trained (lr = 0: the row is the base "
-                     "model's; the observed Base row lies "
-                     + (f"outside this row's 95% intervals on {outside}" if outside else
-                        "inside this row's 95% intervals on every task")
-                     + f"); the data bound its lr above only: lr <= {bound:.3g} (95%, "
-                     "profile: the row's SSE may grow by 1.96^2 s^2)")
     vals = values_of(sol.x)
-    if fixed_lr(SFT_REFLECTION, cfg) and SFT_REFLECTION in regimes:
-        bound, note = plateau_check(SFT_REFLECTION, vals, sse, cfg, budget)
-        params = pd.concat([params, _bound_row(SFT_REFLECTION, cfg, bound, math.inf)],
-                           ignore_index=True)
-        notes.append(note)
+    rows, bound_notes = fixed_lr_rows(regimes, observed, ladder, base_acc, vals, sse, cfg,
+                                      budget)
+    params = pd.concat([params, *rows], ignore_index=True)
+    notes.extend(bound_notes)
     jumps = {r: max_jump(r, ladder, b_s, cfg, vals) for r in regimes}
     notes.append("largest one-step move of p or q while training: " + ", ".join(
         f"{r} {j:.2f}" for r, j in jumps.items()))
@@ -335,66 +321,6 @@ def best_solution(sols: list, chaotic: Callable[[np.ndarray], bool]) -> object:
     """The local fit with the lowest SSE among those whose training is not chaos (DESIGN §2:
     a run in chaos is not a result); the lowest SSE overall if every one is chaos."""
     return min(sols, key=lambda s: (chaotic(s.x), float(s.fun @ s.fun)))
-
-
-def one_sided_lr_bound(regime: str, vals: dict[str, float],
-                       sse: Callable[[list[str], dict[str, float]], float], cfg: FitConfig,
-                       budget: float) -> float:
-    """The 95% bound of the learning rate of a row whose lr is fixed at one end of its range
-    (fit_model.fixed_lr; DESIGN §4: a one-parameter profile, the other values held at the
-    fit): the lr at which the row's SSE has risen by `budget` (fit_model.sse_budget) over its
-    SSE at the fixed lr. An untrained row (lr 0): the upper bound, inf where even the search
-    range's top stays within the budget. A row trained onto its plateau (lr at the top of its
-    range): the lower bound, 0 where even the range's bottom stays within it."""
-    name = lr_name(regime, cfg, bounded=True)
-    assert name is not None
-    limit = sse([regime], vals) + budget
-
-    def excess(z: float) -> float:
-        return sse([regime], {**vals, name: math.exp(z)}) - limit
-
-    lo, hi = np.log(bounds_of(name, cfg))
-    near, far = (hi, lo) if fixed_lr(regime, cfg) else (lo, hi)  # the fixed end first
-    if excess(far) <= 0:
-        return 0.0 if far == lo else math.inf
-    if excess(near) > 0:
-        return float(np.exp(near))
-    return float(np.exp(brentq(excess, lo, hi, xtol=1e-3)))
-
-
-def plateau_check(regime: str, vals: dict[str, float],
-                  sse: Callable[..., float], cfg: FitConfig,
-                  budget: float) -> tuple[float, str]:
-    """(the 95% lower bound of the lr of a row trained onto its plateau, a note): the row's
-    SSE (`sse(rows, values, cfg)`) at half, all and twice its amount of training lr x steps
-    (twice: twice the steps), and whether it is on its
-    plateau (its lower bound at most half its lr: the data cannot tell half the training from
-    all of it; else more steps are needed, FitConfig.steps)."""
-    lr = fixed_lr(regime, cfg)
-    name = lr_name(regime, cfg, bounded=True)
-    assert lr and name is not None
-    bound = one_sided_lr_bound(regime, vals, sse, cfg, budget)
-    twice = replace(cfg, steps=2 * cfg.steps)
-    along = [sse([regime], {**vals, name: lr / 2}), sse([regime], vals),
-             sse([regime], vals, twice)]
-    tau = lr * cfg.effective_steps
-    plateau = bound <= lr / 2
-    return bound, (
-        f"{regime} is trained at the top of its lr range (lr_mode {cfg.lr_mode}): lr = {lr:g} for "
-        f"{cfg.effective_steps} steps (lr x steps = {tau:g}); its row's SSE at lr x steps = "
-        f"{tau / 2:g} / {tau:g} / {2 * tau:g}: " + " / ".join(f"{v:.4f}" for v in along)
-        + f"; the data bound its lr below only: lr >= {bound:.3g} (95%, profile: the row's "
-        "SSE may grow by 1.96^2 s^2)" + ("" if plateau else
-        "; NOT on a plateau (the bound is above half its lr): raise --steps"))
-
-
-def _bound_row(regime: str, cfg: FitConfig, low: float, high: float) -> pd.DataFrame:
-    """The parameter table's row of a fixed learning rate and its one-sided 95% bound
-    (`one_sided_lr_bound`): not free, not identified, trained at fit_model.fixed_lr."""
-    return pd.DataFrame([{"name": lr_name(regime, cfg, bounded=True),
-                          "value": fixed_lr(regime, cfg), "se": float("nan"),
-                          "ci_low": low, "ci_high": high, "identified": False,
-                          "at_bound": False, "free": False}])
 
 
 def _start_value(name: str) -> float:

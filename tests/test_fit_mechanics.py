@@ -275,7 +275,7 @@ def test_reflection_row_trained_onto_its_plateau_and_its_lower_bound():
 def test_one_sided_bounds_on_a_known_sse():
     """The bound is where the row's SSE has risen by the budget from its fixed end: upper for
     an untrained row, lower for a row on its plateau; open where the range stays inside."""
-    from analysis.fit import one_sided_lr_bound
+    from analysis.fit_bounds import one_sided_lr_bound
 
     # a plateau above lr 0.01: SSE = 1 + (log(lr / 0.01))^2 below it, 1 above
     def sse(rows, vals):
