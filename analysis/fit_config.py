@@ -22,7 +22,7 @@ LR_MODES = ("per-regime", "sft-shared", "no-refl-bound", "sft-limits")
 # the learning-rate modes that leave SFT (no reflection) untrained (lr 0) and the one that
 # trains SFT (reflection) at its lr's upper bound (analysis.fit_model.fixed_lr)
 UNTRAINED_NO_REFLECTION_MODES = ("no-refl-bound", "sft-limits")
-CONVERGED_REFLECTION_MODES = ("sft-limits",)
+REFLECTION_AT_TOP_LR_MODES = ("sft-limits",)
 # search bounds of the free parameters (analysis.fit_model names them); Adam's step is about
 # lr per parameter and step, so lr near 1 moves p or q by more than 0.5 in a step (chaos);
 # SGD's lr_frac is the learning rate over the stability bound (sim.stability), at most 1

@@ -52,7 +52,7 @@ def fit_from_json(d: dict[str, Any]) -> FitResult:
         overflow = params["ci_high"].isna() & np.isfinite(params["se"])
         params.loc[overflow, "ci_high"] = np.inf
     if {"ci_low", "ci_high", "free"} <= set(params.columns):
-        # a fixed lr's one-sided bound (fit.one_sided_lr_bound: a lower end, and no upper one
+        # a fixed lr's one-sided bound (fit_bounds.one_sided_lr_bound: a lower end, no upper one
         # inside the search range): inf, written as null
         unbounded = ~params["free"].astype(bool) & params["ci_low"].notna() \
             & params["ci_high"].isna()

@@ -33,7 +33,7 @@ from scipy.special import logit
 
 from analysis.fit_config import (
     BOUNDS,
-    CONVERGED_REFLECTION_MODES,
+    REFLECTION_AT_TOP_LR_MODES,
     UNTRAINED_NO_REFLECTION_MODES,
     FitConfig,
     FitError,
@@ -287,7 +287,7 @@ def fixed_lr(regime: str, cfg: FitConfig) -> float | None:
     range (lr_mode sft-limits); None for a row whose lr is free."""
     if regime == SFT_NO_REFLECTION and cfg.lr_mode in UNTRAINED_NO_REFLECTION_MODES:
         return 0.0
-    if regime == SFT_REFLECTION and cfg.lr_mode in CONVERGED_REFLECTION_MODES:
+    if regime == SFT_REFLECTION and cfg.lr_mode in REFLECTION_AT_TOP_LR_MODES:
         return bounds_of(column("lr_frac" if cfg.optimiser == "sgd" else "lr", regime), cfg)[1]
     return None
 

@@ -25,16 +25,18 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.fit import FitConfig, FitResult, Ladder, ladder_of
-from analysis.fit_config import MAX_CI_RATIO
+from analysis.fit_config import MAX_CI_RATIO, FitError
 from analysis.fit_model import (
     TRAINED_REGIMES,
     base_offsets,
     bounds_of,
     free_parameter_names,
+    lr_name,
     observed_rows,
     sse_budget,
     trained_residuals,
 )
+from analysis.observed import BASE
 
 # log offsets from the optimum (both signs): factors 1.1 ... 5
 PROFILE_OFFSETS = (0.1, 0.25, 0.5, 0.8, 1.15, 1.6)
@@ -58,7 +60,8 @@ class ProfileConfig:
 class SavedFitProblem:
     """A saved fit's least-squares problem, rebuilt: its settings (cfg, possibly changed from
     the fit's), the trained regimes and free parameters, the fitted point x0 and the search
-    bounds (log space), and the base offsets b_s the training starts from."""
+    bounds (log space), the base offsets b_s the training starts from, and the fit's own 95%
+    SSE budget (sse_budget of its SSE over its trained cells, whatever cfg changes)."""
 
     cfg: FitConfig
     ladder: Ladder
@@ -68,6 +71,7 @@ class SavedFitProblem:
     x0: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    budget: float
 
     @classmethod
     def of(cls, observed: pd.DataFrame, result: FitResult,
@@ -77,10 +81,22 @@ class SavedFitProblem:
         regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
         names = free_parameter_names(regimes, cfg)
         fitted = result.params.set_index("name")["value"]
+        n_cells = int(result.curves["residual"].notna()[result.curves["regime"] != BASE].sum())
         return cls(cfg, ladder, base_offsets(observed, ladder, cfg)[0], regimes, names,
                    np.log([float(fitted[n]) for n in names]),
                    np.log([bounds_of(n, cfg)[0] for n in names]),
-                   np.log([bounds_of(n, cfg)[1] for n in names]))
+                   np.log([bounds_of(n, cfg)[1] for n in names]),
+                   sse_budget(result.rmse**2 * n_cells, n_cells, len(names)))
+
+    def lr_index(self, regime: str) -> int:
+        """The position in `names` of `regime`'s free learning rate; FitError (one line)
+        for a row without one (Base, or a row whose lr the lr_mode fixes)."""
+        name = None if regime == BASE else lr_name(regime, self.cfg)
+        if name not in self.names:
+            raise FitError(f"{regime!r} is not a trained row with a free learning rate in this "
+                           f"fit (lr_mode {self.cfg.lr_mode}; rows with a fitted learning "
+                           f"rate: {', '.join(n for n in self.names if n.startswith('lr'))})")
+        return self.names.index(name)
 
     def residuals(self, observed: pd.DataFrame, regimes: list[str] | None = None
                   ) -> Callable[[np.ndarray], np.ndarray]:

@@ -26,13 +26,11 @@ from analysis.fit_config import FitError  # noqa: E402
 from analysis.fit_io import load_saved_fit  # noqa: E402
 from analysis.fit_model import (  # noqa: E402
     ROUGH_OFFSETS,
-    lr_name,
     max_jump,
-    sse_budget,
     sse_roughness,
 )
 from analysis.fit_profile import SavedFitProblem  # noqa: E402
-from analysis.observed import BASE, RL  # noqa: E402
+from analysis.observed import RL  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +42,7 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     ap.add_argument("--max-grad-norm", type=float, default=None)
     ap.add_argument("--second-moment", default=None)
-    ap.add_argument("--steps", type=int, default=None, help="training steps (the fit's: 200)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the fit's)")
     args = ap.parse_args()
     try:
         result, observed = load_saved_fit(args.fit_dir, args.observed)
@@ -53,19 +51,11 @@ def main() -> None:
                                      ("steps", args.steps)) if v is not None}
         problem = SavedFitProblem.of(observed, result,
                                      dataclasses.replace(FitConfig(**result.config), **changes))
+        i = problem.lr_index(args.regime)
     except (FitError, OSError, ValueError, TypeError) as exc:  # one line, not a traceback
         sys.exit(f"error: {exc}")
-    cfg, names = problem.cfg, problem.names
-    name = lr_name(args.regime, cfg)
-    if name not in names:
-        sys.exit(f"error: {args.regime!r} is not a trained row with a free learning rate in "
-                 f"this fit (lr_mode {cfg.lr_mode}; rows with a fitted learning rate: "
-                 f"{', '.join(n for n in names if n.startswith('lr'))})")
-    i = names.index(name)
+    cfg, names, budget = problem.cfg, problem.names, problem.budget
     residuals = problem.residuals(observed, [args.regime])
-    # the fit's own budget (its SSE over its trained cells, whatever cfg now changes)
-    n = int(result.curves["residual"].notna()[result.curves["regime"] != BASE].sum())
-    budget = sse_budget(result.rmse**2 * n, n, len(names))
     print(f"{args.regime}, {cfg.optimiser_config(1.0).label}, {cfg.effective_steps} steps: "
           f"SSE budget {budget:.4f}")
     for scale in args.scales:

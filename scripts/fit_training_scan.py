@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis.fit import FitConfig  # noqa: E402
 from analysis.fit_config import FitError  # noqa: E402
 from analysis.fit_io import load_saved_fit  # noqa: E402
-from analysis.fit_model import lr_name, sse_budget  # noqa: E402
 from analysis.fit_profile import SavedFitProblem  # noqa: E402
-from analysis.observed import BASE, SFT_REFLECTION  # noqa: E402
+from analysis.observed import SFT_REFLECTION  # noqa: E402
 
 
 def main() -> None:
@@ -51,16 +50,11 @@ def main() -> None:
         steps = args.steps or fitted.effective_steps
         cfg = dataclasses.replace(fitted, steps=steps, max_adam_lr=1.0)
         problem = SavedFitProblem.of(observed, result, cfg)
+        i = problem.lr_index(args.regime)
     except (FitError, OSError, ValueError, TypeError) as exc:  # one line, not a traceback
         sys.exit(f"error: {exc}")
-    name = lr_name(args.regime, cfg)
-    if args.regime == BASE or name not in problem.names:
-        sys.exit(f"error: {args.regime!r} is not a trained row with a free learning rate in "
-                 f"this fit (lr_mode {cfg.lr_mode})")
-    i = problem.names.index(name)
     residuals = problem.residuals(observed, [args.regime])
-    n = int(result.curves["residual"].notna()[result.curves["regime"] != BASE].sum())
-    budget = sse_budget(result.rmse**2 * n, n, len(problem.names))
+    budget = problem.budget
     print(f"{args.regime}, {cfg.optimiser_config(1.0).label}, {steps} steps; the fit's "
           f"lr {np.exp(problem.x0[i]):.4g} x {fitted.effective_steps} steps = "
           f"{np.exp(problem.x0[i]) * fitted.effective_steps:.4g}; SSE budget {budget:.4f}")
