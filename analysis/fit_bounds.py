@@ -57,8 +57,8 @@ def one_sided_lr_bound(regime: str, vals: dict[str, float],
     (fit_model.fixed_lr; DESIGN §4: a one-parameter profile, the other values held at the
     fit): the lr at which the row's SSE has risen by `budget` (fit_model.sse_budget) over its
     SSE at the fixed lr. An untrained row (lr 0): the upper bound, inf where even the search
-    range's top stays within the budget. A row trained onto its plateau (lr at the top of its
-    range): the lower bound, 0 where even the range's bottom stays within it."""
+    range's top stays within the budget. A row trained at the top of its lr range (lr_mode
+    sft-limits): the lower bound, 0 where even the range's bottom stays within it."""
     name = lr_name(regime, cfg, bounded=True)
     assert name is not None
     limit = sse([regime], vals) + budget
@@ -78,16 +78,17 @@ def one_sided_lr_bound(regime: str, vals: dict[str, float],
 def plateau_check(regime: str, vals: dict[str, float],
                   sse: Callable[..., float], cfg: FitConfig,
                   budget: float) -> tuple[float, str]:
-    """(the 95% lower bound of the lr of a row trained onto its plateau, a note): the row's
-    SSE (`sse(rows, values, cfg)`) at half, all and twice its amount of training lr x steps
-    (twice: twice the steps), and whether it is on its
-    plateau (its lower bound at most half its lr: the data cannot tell half the training from
-    all of it; else more steps are needed, FitConfig.steps)."""
+    """(the 95% lower bound of the lr of a row trained at the top of its lr range, a note):
+    the row's SSE (`sse(rows, values, cfg)`) at half, all and twice its amount of training
+    lr x steps (twice: twice the steps), and whether it is on a plateau (its lower bound at
+    most half its lr: the data cannot tell half the training from all of it; else more steps
+    are needed, FitConfig.steps)."""
     lr = fixed_lr(regime, cfg)
     name = lr_name(regime, cfg, bounded=True)
     assert lr and name is not None
     bound = one_sided_lr_bound(regime, vals, sse, cfg, budget)
-    twice = replace(cfg, steps=2 * cfg.steps)
+    # twice the steps actually run (quick mode caps steps, so it is switched off here)
+    twice = replace(cfg, steps=2 * cfg.effective_steps, quick=False)
     along = [sse([regime], {**vals, name: lr / 2}), sse([regime], vals),
              sse([regime], vals, twice)]
     tau = lr * cfg.effective_steps
