@@ -17,7 +17,7 @@ from core.regimes import PAPER_RL_KL
 from sim.model import Coupling, parse_coupling
 from sim.optim import SECOND_MOMENTS, OptimiserConfig
 
-TRANSFER_MODES = ("shared", "single", "per-regime")
+TRANSFER_MODES = ("shared", "single", "per-regime", "global-decisions")
 LR_MODES = ("per-regime", "sft-shared", "no-refl-bound", "sft-limits")
 # the learning-rate modes that leave SFT (no reflection) untrained (lr 0) and the one that
 # trains SFT (reflection) at its lr's upper bound (analysis.fit_model.fixed_lr)
@@ -86,11 +86,15 @@ class FitConfig:
     beta: float = field(default=PAPER_RL_KL.beta, metadata=doc("KL coefficient of RL", "§2"))
     fit_beta: bool = field(default=False, metadata=doc("fit beta too"))
     ft_share: float = field(default=0.5, metadata=doc("F->T share of reflection SFT data", "§2"))
+    mask_wrong_attempts: bool = field(default=False, metadata=doc(
+        "no SFT loss on the reflection data's wrong first attempts (sim.objectives.SFTData); "
+        "trained on, they pin SFT reflection's ID p near 1/(1 + F->T share)", "§2"))
     acc_floor: float = field(default=0.005, metadata=doc(
         "observed accuracies are clipped to [floor, 1 - floor] to solve b_s; in (0, 0.5)", "§1"))
     transfer: str = field(default="shared", metadata=doc(
-        "length scales: shared (ell_s, ell_d), single (one ell: ell_d = ell_s) or per-regime "
-        "(one ell each)", "§1", TRANSFER_MODES))
+        "length scales: shared (ell_s, ell_d), single (one ell: ell_d = ell_s), per-regime "
+        "(one ell each) or global-decisions (ell_s; ell_d = inf: each decision is one logit "
+        "shared by every task, sim.model's logit agent)", "§1", TRANSFER_MODES))
     base: str = field(default="floored", metadata=doc(
         "base offsets b_s(t): floored (p falls linearly in logit down to a floor: b_s = "
         "logaddexp(slope * (d_half - d(t)), logit(floor)), three parameters fitted to the "

@@ -7,6 +7,8 @@ Free parameters, by name (`free_parameter_names`):
   ell_s, ell_d   length scales of sampling and decisions (transfer "shared")
   ell            one length scale for both (transfer "single": ell_d = ell_s)
   ell[<row>]     one length scale per regime (transfer "per-regime")
+  ell_s          alone with transfer "global-decisions": ell_d = inf, each decision (q1, q2)
+                 is one trained logit shared by every task (sim.model's logit agent)
   lr[<row>]      Adam's learning rate of a regime; with lr_mode "sft-shared" the two SFT rows
                  share lr[SFT] (the paper trains both with one SFT recipe, DESIGN §5)
   lr_frac[<row>] plain SGD: the learning rate as a fraction of the regime's stability bound
@@ -233,7 +235,8 @@ def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
         raise FitError(f"no simulator objective for regime {regime!r}")
     extra: dict[str, Any] = {}
     if found.sft_data is not None:
-        extra["sft_data"] = SFTData(found.sft_data, ft_share=cfg.ft_share)
+        extra["sft_data"] = SFTData(found.sft_data, ft_share=cfg.ft_share,
+                                    mask_wrong_attempts=cfg.mask_wrong_attempts)
     if found.kl is not None:
         extra["kl_estimator"] = found.kl.estimator
         extra["kl_placement"] = found.kl.placement
@@ -243,14 +246,16 @@ def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
 def agent_spec(ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig, ell_s: float,
                ell_d: float) -> Any:
     """The fit's agent (DESIGN §1): difficulty = position, shared w_x frozen, per-ID-task
-    u_x trained, base offsets (b_s(t), logit q1_base, logit q2_base)."""
+    u_x trained (a component with ell = inf: its shared w_x alone, trained), base offsets
+    (b_s(t), logit q1_base, logit q2_base)."""
     from sim.model import AgentSpec, TaskLadder, TransferConfig
 
     b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
     lad = TaskLadder(ladder.names, tuple(float(i + 1) for i in range(len(ladder.names))),
                      ladder.in_distribution, tuple((b, b1, b2) for b in b_s))
-    return AgentSpec(ladder=lad, transfer=TransferConfig((ell_s, ell_d, ell_d),
-                                                         (False, False, False)),
+    scales = (ell_s, ell_d, ell_d)  # ell = inf: one shared logit, trained (sim.model)
+    return AgentSpec(ladder=lad, transfer=TransferConfig(scales,
+                                                         tuple(math.isinf(e) for e in scales)),
                      max_attempts=cfg.max_attempts, len_correct=cfg.length,
                      len_wrong=cfg.length, coupling=cfg.coupling)
 
@@ -308,6 +313,8 @@ def length_scales(regime: str, cfg: FitConfig, values: dict[str, float]) -> tupl
         return values[column("ell", regime)], values[column("ell", regime)]
     if cfg.transfer == "single":
         return values["ell"], values["ell"]
+    if cfg.transfer == "global-decisions":
+        return values["ell_s"], math.inf
     return values["ell_s"], values["ell_d"]
 
 
@@ -360,6 +367,8 @@ def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
         names = [column("ell", r) for r in regimes if lr_name(r, cfg) is not None]
     elif cfg.transfer == "single":
         names = ["ell"]
+    elif cfg.transfer == "global-decisions":
+        names = ["ell_s"]
     else:
         names = ["ell_s", "ell_d"]
     names += [n for n in dict.fromkeys(lr_name(r, cfg) for r in regimes) if n is not None]
@@ -382,6 +391,8 @@ def grid_starts(regimes: list[str], cfg: FitConfig, start: dict[str, float],
         combos = [{"ell_s": a, "ell_d": b} for a in GRID_ELL for b in GRID_ELL_D]
     elif cfg.transfer == "single":
         combos = [{"ell": a} for a in (*GRID_ELL, GRID_ELL_D[-1])]
+    elif cfg.transfer == "global-decisions":
+        combos = [{"ell_s": a} for a in GRID_ELL]
     else:
         combos = [{}]
     ranked = []

@@ -1,0 +1,93 @@
+"""The fit's SFT-data and decision-transfer options (DESIGN §1, §2): masked wrong attempts
+and decisions shared by every task (transfer "global-decisions")."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from analysis.fit import FitConfig, Ladder, base_sampling_logits
+from analysis.fit_model import (
+    agent_spec,
+    free_parameter_names,
+    grid_starts,
+    length_scales,
+    regime_objective,
+    simulate_regime,
+)
+from analysis.observed import RL, SFT_NO_REFLECTION, SFT_REFLECTION
+
+LADDER = Ladder(("T1", "T2", "T3", "T4", "T5"), (True, True, False, False, False))
+REGIMES = [SFT_NO_REFLECTION, SFT_REFLECTION, RL]
+
+
+def _offsets(cfg: FitConfig) -> np.ndarray:
+    return base_sampling_logits(np.array([0.7, 0.4, 0.1, 0.03, 0.01]), cfg)
+
+
+def test_masked_wrong_attempts_reach_the_sft_objective():
+    masked = regime_objective(SFT_REFLECTION, FitConfig(mask_wrong_attempts=True), 0.001)
+    assert masked.sft_data.mask_wrong_attempts is True
+    assert regime_objective(SFT_REFLECTION, FitConfig(), 0.001).sft_data.mask_wrong_attempts \
+        is False
+
+
+def test_masked_wrong_attempts_free_p_from_its_pin():
+    """Trained on wrong first attempts, SFT reflection's ID p stays near 1/(1 + f) (f = the
+    F->T share); masked, the sampling loss sees correct answers only and p climbs past it."""
+    vals = {"ell_s": 1.0, "ell_d": 2.0, f"lr[{SFT_REFLECTION}]": 0.05}
+    ps = {}
+    for mask in (False, True):
+        cfg = FitConfig(steps=600, mask_wrong_attempts=mask, ft_share=0.5)
+        ps[mask] = simulate_regime(SFT_REFLECTION, LADDER, _offsets(cfg), cfg, vals)[0, 0]
+    assert abs(ps[False] - 1 / 1.5) < 0.03
+    assert ps[True] > 0.9
+
+
+def test_global_decisions_parameters_and_agent():
+    cfg = FitConfig(transfer="global-decisions")
+    assert free_parameter_names(REGIMES, cfg) == ["ell_s", f"lr[{SFT_REFLECTION}]", "lr[RL]"]
+    assert length_scales(RL, cfg, {"ell_s": 2.0}) == (2.0, math.inf)
+    spec = agent_spec(LADDER, tuple(_offsets(cfg)), cfg, 2.0, math.inf)
+    assert spec.transfer.shared_trainable == (False, True, True)
+    # sampling: w_s (frozen) and one u_s per ID task; each decision: one trained logit w
+    assert spec.n_params == (1 + 2) + 1 + 1
+    starts = grid_starts(REGIMES, FitConfig(transfer="global-decisions", steps=2), {},
+                         lambda rows, vals: float(len(rows)) + vals["ell_s"])
+    assert [set(s) for s in starts] == [{"ell_s", f"lr[{SFT_REFLECTION}]", "lr[RL]"}] * 3
+
+
+def test_global_decisions_are_the_same_on_every_task():
+    """ell_d = inf: q1 and q2 move together on every task (in distribution and out of it),
+    while p still falls off with distance through ell_s."""
+    cfg = FitConfig(transfer="global-decisions", steps=50)
+    out = simulate_regime(RL, LADDER, _offsets(cfg), cfg, {"ell_s": 1.0, "lr[RL]": 0.05})
+    np.testing.assert_allclose(out[:, 1], out[0, 1], atol=1e-12)
+    np.testing.assert_allclose(out[:, 2], out[0, 2], atol=1e-12)
+    assert out[0, 2] != pytest.approx(FitConfig().q2_base, abs=1e-3)  # trained, not the base
+    # the same run with a finite ell_d decays off the ladder: the mode is not a no-op
+    finite = simulate_regime(RL, LADDER, _offsets(cfg), FitConfig(steps=50),
+                             {"ell_s": 1.0, "ell_d": 1.0, "lr[RL]": 0.05})
+    assert abs(finite[-1, 2] - finite[0, 2]) > 1e-3
+
+
+def test_fit_options_reach_the_config(tmp_path, monkeypatch):
+    from cli import main
+
+    seen = {}
+
+    def fake_fit(observed, cfg, out, path):
+        seen["cfg"] = cfg
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("analysis.fit_io.fit_and_save", fake_fit)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["fit", "--mask-wrong-attempts", "--transfer",
+                                    "global-decisions", "--name", "g"])
+    assert "stop here" in res.output
+    assert seen["cfg"].mask_wrong_attempts and seen["cfg"].transfer == "global-decisions"
+    bad = CliRunner().invoke(main, ["fit", "--transfer", "nope", "--name", "g"])
+    assert bad.exit_code != 0 and "global-decisions" in bad.output
