@@ -68,6 +68,7 @@ from scipy.optimize import least_squares
 
 from analysis.fit_bounds import fixed_lr_rows
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
+from analysis.fit_decomposition import fit_residuals
 from analysis.fit_model import (
     FITTED_BASES,
     ROUGH_LIMIT,
@@ -86,7 +87,6 @@ from analysis.fit_model import (
     simulate_regime,
     sse_budget,
     sse_roughness,
-    trained_residuals,
 )
 from analysis.observed import BASE, RL, SFT_REFLECTION, check_observed
 from core.calibration import Z95
@@ -123,6 +123,9 @@ class FitResult:
     wall_s: float = 0.0
     observed_source: str = ""
     observed_sha256: str = ""  # observed_digest of the fitted table (the cache key's data part)
+    # the 95% SSE budget (fit_model.sse_budget) over every residual the fit minimised, accuracy
+    # and (FitConfig.decomposition) p, q1, q2 cells; NaN in fits saved before it was recorded
+    budget: float = math.nan
 
     def summary(self) -> str:
         """Plain-text report: parameters with uncertainty, residuals, RMSE, parameter count."""
@@ -222,7 +225,7 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     lo = np.log([bounds_of(n, cfg)[0] for n in names])
     hi = np.log([bounds_of(n, cfg)[1] for n in names])
     y = observed_rows(observed, ladder, regimes)
-    residuals = trained_residuals(regimes, ladder, b_s, cfg, names, y)
+    residuals = fit_residuals(observed, ladder, regimes, b_s, cfg, names)
 
     def values_of(x: np.ndarray) -> dict[str, float]:
         return {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
@@ -302,7 +305,7 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
                      config=asdict(cfg), notes=notes, wall_s=time.time() - t0,
                      observed_source=str(observed["source"].iloc[0])
                      if "source" in observed.columns else "",
-                     observed_sha256=observed_digest(observed))
+                     observed_sha256=observed_digest(observed), budget=budget)
 
 
 def central_jacobian(fun: Callable[[np.ndarray], np.ndarray], x: np.ndarray, lo: np.ndarray,

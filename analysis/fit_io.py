@@ -41,7 +41,7 @@ def fit_to_json(result: FitResult) -> dict[str, Any]:
                         "n_params": result.n_params, "n_obs": result.n_obs,
                         "config": result.config, "notes": result.notes,
                         "wall_s": result.wall_s, "observed_source": result.observed_source,
-                        "observed_sha256": result.observed_sha256})
+                        "observed_sha256": result.observed_sha256, "budget": result.budget})
 
 
 def fit_from_json(d: dict[str, Any]) -> FitResult:
@@ -60,7 +60,8 @@ def fit_from_json(d: dict[str, Any]) -> FitResult:
     return FitResult(params, _frame(d["curves"]), _float(d["rmse"]), _float(d["rmse_all"]),
                      d["n_free"], d["n_params"], d["n_obs"], d["config"],
                      list(d.get("notes", [])), d.get("wall_s", 0.0),
-                     d.get("observed_source", ""), d.get("observed_sha256", ""))
+                     d.get("observed_source", ""), d.get("observed_sha256", ""),
+                     _float(d.get("budget")))
 
 
 def _float(v: float | None) -> float:

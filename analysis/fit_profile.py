@@ -26,15 +26,14 @@ from scipy.optimize import least_squares
 
 from analysis.fit import FitConfig, FitResult, Ladder, ladder_of
 from analysis.fit_config import MAX_CI_RATIO, FitError
+from analysis.fit_decomposition import fit_residuals
 from analysis.fit_model import (
     TRAINED_REGIMES,
     base_offsets,
     bounds_of,
     free_parameter_names,
     lr_name,
-    observed_rows,
     sse_budget,
-    trained_residuals,
 )
 from analysis.observed import BASE
 
@@ -61,7 +60,7 @@ class SavedFitProblem:
     """A saved fit's least-squares problem, rebuilt: its settings (cfg, possibly changed from
     the fit's), the trained regimes and free parameters, the fitted point x0 and the search
     bounds (log space), the base offsets b_s the training starts from, and the fit's own 95%
-    SSE budget (sse_budget of its SSE over its trained cells, whatever cfg changes)."""
+    SSE budget (FitResult.budget, whatever cfg changes)."""
 
     cfg: FitConfig
     ladder: Ladder
@@ -82,11 +81,13 @@ class SavedFitProblem:
         names = free_parameter_names(regimes, cfg)
         fitted = result.params.set_index("name")["value"]
         n_cells = int(result.curves["residual"].notna()[result.curves["regime"] != BASE].sum())
+        budget = (result.budget if math.isfinite(result.budget)  # older fits: accuracy only
+                  else sse_budget(result.rmse**2 * n_cells, n_cells, len(names)))
         return cls(cfg, ladder, base_offsets(observed, ladder, cfg)[0], regimes, names,
                    np.log([float(fitted[n]) for n in names]),
                    np.log([bounds_of(n, cfg)[0] for n in names]),
                    np.log([bounds_of(n, cfg)[1] for n in names]),
-                   sse_budget(result.rmse**2 * n_cells, n_cells, len(names)))
+                   budget)
 
     def lr_index(self, regime: str) -> int:
         """The position in `names` of `regime`'s free learning rate; FitError (one line)
@@ -102,8 +103,7 @@ class SavedFitProblem:
                   ) -> Callable[[np.ndarray], np.ndarray]:
         """The fit's residual function over `regimes`' cells (default: every trained one)."""
         regimes = regimes or self.regimes
-        return trained_residuals(regimes, self.ladder, self.b_s, self.cfg, self.names,
-                                 observed_rows(observed, self.ladder, regimes))
+        return fit_residuals(observed, self.ladder, regimes, self.b_s, self.cfg, self.names)
 
 
 def profile_fit(observed: pd.DataFrame, result: FitResult,

@@ -39,6 +39,9 @@ REGIMES = tuple(r.paper_row for r in REGIME_TABLE)
 
 # the accuracy column of an accuracy table, first found (percent where the name ends in pct)
 ACCURACY_COLUMNS = ("accuracy_pct", "accuracy", "observed_accuracy", "acc")
+# optional columns of an accuracy table: the measured decomposition per task (DESIGN §4; a
+# calibration's p_hat, q1_hat, q2_hat), fractions, used by the fit with --decomposition
+DECOMPOSITION = ("p", "q1", "q2")
 CALIBRATION_STATS = ("observed_accuracy", "p_hat", "p_pooled", "q1_hat", "q2_hat",
                      "predicted_accuracy", "echo_p_ft")
 
@@ -129,6 +132,10 @@ def load_accuracy_table(path: str | Path, source: str | None = None) -> pd.DataF
         "ci_high": _fraction(raw[hi_col], is_pct) if hi_col else np.nan,
         "n": pd.to_numeric(raw[cols["n"]], errors="coerce") if "n" in cols else np.nan,
     })
+    for name in DECOMPOSITION:  # optional measured p, q1, q2 (fractions)
+        col = cols.get(name) or cols.get(f"{name}_hat")
+        if col is not None:
+            out[name] = pd.to_numeric(raw[col], errors="coerce")
     if "in_distribution" in cols:
         out["in_distribution"] = raw[cols["in_distribution"]].map(_truthy)
     else:
@@ -186,7 +193,8 @@ def _raw_accuracy(path: Path) -> tuple[pd.Series, bool] | None:
 def check_observed(observed: pd.DataFrame, path: str | Path | None = None) -> None:
     """Refuse an observed accuracy table the fit (analysis.fit) cannot use (DESIGN §4, §6):
     an accuracy that is not a number or lies outside [0, 1] (outside [0, 100] in a percent
-    table), a Base row without an accuracy for every task, a (regime, task) given twice. A
+    table), a measured p, q1 or q2 outside [0, 1], a Base row without an accuracy for every
+    task, a (regime, task) given twice. A
     one-line ObservedDataError naming the file (`path`, else the table's source), the row
     and the value; rows are counted from 1 below the header of a CSV table."""
     path = Path(path) if path is not None else None
@@ -222,6 +230,12 @@ def check_observed(observed: pd.DataFrame, path: str | Path | None = None) -> No
             shown = written or (f"{value * 100:.4g}" if pct else f"{value:.4g}")
             unit = "[0, 100] (the table is in percent)" if pct else "[0, 1]"
             raise ObservedDataError(f"{where(i)}: accuracy {shown} is outside {unit}")
+    for name in (n for n in DECOMPOSITION if n in observed.columns):
+        values = observed[name].to_numpy(float)
+        bad = np.flatnonzero(~((values >= 0) & (values <= 1)) & ~np.isnan(values))
+        if len(bad):
+            raise ObservedDataError(f"{where(int(bad[0]))}: {name} {values[bad[0]]:.4g} is "
+                                    "outside [0, 1] (a proportion)")
     dup = observed.duplicated(["regime", "task"], keep=False).to_numpy()
     if dup.any():
         i = int(np.argmax(dup))
@@ -326,7 +340,8 @@ def calibration_accuracy(cal: pd.DataFrame) -> pd.DataFrame:
         "regime": cal["regime"], "task": cal["task"], "task_index": cal["task_index"],
         "in_distribution": cal["in_distribution"], "accuracy": cal["observed_accuracy"],
         "ci_low": cal["observed_accuracy_ci_low"], "ci_high": cal["observed_accuracy_ci_high"],
-        "n": cal.get("n", np.nan), "source": cal["source"]})
+        "n": cal.get("n", np.nan), "source": cal["source"],
+        **{name: cal[f"{name}_hat"] for name in DECOMPOSITION}})
 
 
 def load_observed(path: str | Path) -> pd.DataFrame:

@@ -1,0 +1,148 @@
+"""The fit's measured decomposition (analysis.fit_decomposition, DESIGN §4): observed p, q1, q2
+per task as residuals, their loaders, and the recovery script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.fit import FitConfig, fit_observed, ladder_of
+from analysis.fit_config import FitError
+from analysis.fit_decomposition import fit_residuals, observed_components
+from analysis.fit_io import fit_from_json, fit_to_json, save_fit
+from analysis.fit_model import (
+    TRAINED_REGIMES,
+    base_offsets,
+    free_parameter_names,
+    observed_rows,
+    simulate_regime,
+    trained_residuals,
+)
+from analysis.fit_profile import SavedFitProblem
+from analysis.observed import (
+    RL,
+    ObservedDataError,
+    calibration_accuracy,
+    check_observed,
+    load_accuracy_table,
+    load_paper_table1,
+)
+
+SMALL = dict(steps=3, max_attempts=3, max_nfev=2, starts=1)
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fit_recovery.py"
+
+
+def _with_rl_components(observed: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 with a measured (p, q1, q2) on RL's first two tasks, NaN elsewhere."""
+    out = observed.copy()
+    for c in ("p", "q1", "q2"):
+        out[c] = np.nan
+    rl = out.index[(out["regime"] == RL) & (out["task"].isin(["T1", "T2"]))]
+    out.loc[rl, ["p", "q1", "q2"]] = [[0.8, 0.95, 0.5], [0.6, 0.9, 0.4]]
+    return out
+
+
+def _problem(observed: pd.DataFrame, cfg: FitConfig):
+    ladder = ladder_of(observed)
+    regimes = [r for r in TRAINED_REGIMES if r in set(observed["regime"])]
+    return ladder, regimes, base_offsets(observed, ladder, cfg)[0], \
+        free_parameter_names(regimes, cfg)
+
+
+def test_without_the_option_the_residuals_are_the_accuracy_cells():
+    observed = _with_rl_components(load_paper_table1())
+    cfg = FitConfig(**SMALL)
+    ladder, regimes, b_s, names = _problem(observed, cfg)
+    x = np.log([2.0, 3.0, 0.01, 0.02])
+    ours = fit_residuals(observed, ladder, regimes, b_s, cfg, names)(x)
+    plain = trained_residuals(regimes, ladder, b_s, cfg, names,
+                              observed_rows(observed, ladder, regimes))(x)
+    np.testing.assert_array_equal(ours, plain)
+
+
+def test_with_the_option_each_measured_cell_is_a_residual():
+    observed = _with_rl_components(load_paper_table1())
+    cfg = FitConfig(decomposition=True, **SMALL)
+    ladder, regimes, b_s, names = _problem(observed, cfg)
+    x = np.log([2.0, 3.0, 0.01, 0.02])
+    res = fit_residuals(observed, ladder, regimes, b_s, cfg, names)(x)
+    n_acc = 21  # three trained rows x seven tasks
+    assert res.size == n_acc + 6
+    vals = dict(zip(names, np.exp(x), strict=True))
+    sim = simulate_regime(RL, ladder, b_s, cfg, vals)[:2, :3]
+    np.testing.assert_allclose(res[n_acc:], (sim - [[0.8, 0.95, 0.5], [0.6, 0.9, 0.4]]).ravel())
+    comp = observed_components(observed, ladder, [RL])[RL]
+    assert comp.shape == (7, 3) and np.isnan(comp[2:]).all()
+
+
+def test_the_option_without_measurements_is_a_one_line_error():
+    with pytest.raises(FitError, match="--decomposition needs observed p"):
+        fit_observed(load_paper_table1(), FitConfig(decomposition=True, **SMALL))
+
+
+def test_measured_columns_are_loaded_and_checked(tmp_path):
+    table = pd.read_csv(Path(__file__).resolve().parent.parent / "analysis" / "data"
+                        / "paper_table1.csv")
+    table["p_hat"] = 0.5
+    path = tmp_path / "t.csv"
+    table.to_csv(path, index=False)
+    loaded = load_accuracy_table(path)
+    assert (loaded["p"] == 0.5).all() and "q2" not in loaded.columns
+    check_observed(loaded, path)
+    table.loc[3, "p_hat"] = 1.5
+    table.to_csv(path, index=False)
+    with pytest.raises(ObservedDataError, match=r"row 4 \(Base, T4\): p 1.5 is outside"):
+        check_observed(load_accuracy_table(path), path)
+    cal = pd.DataFrame({"regime": ["RL"], "task": ["1x1"], "task_index": [1],
+                        "in_distribution": [True], "observed_accuracy": [0.7],
+                        "observed_accuracy_ci_low": [0.6], "observed_accuracy_ci_high": [0.8],
+                        "p_hat": [0.6], "q1_hat": [0.9], "q2_hat": [0.3], "source": ["run"]})
+    tidy = calibration_accuracy(cal)
+    assert tidy.loc[0, ["p", "q1", "q2"]].tolist() == [0.6, 0.9, 0.3]
+
+
+def test_the_budget_is_the_fits_own_and_survives_json():
+    observed = _with_rl_components(load_paper_table1())
+    res = fit_observed(observed, FitConfig(decomposition=True, **SMALL))
+    back = fit_from_json(fit_to_json(res))
+    assert back.budget == pytest.approx(res.budget) and np.isfinite(res.budget)
+    assert SavedFitProblem.of(observed, back).budget == pytest.approx(res.budget)
+    # older fits, saved without it: the accuracy cells' budget, as before
+    d = fit_to_json(res)
+    del d["budget"]
+    old = fit_from_json(d)
+    assert np.isnan(old.budget)
+    assert np.isfinite(SavedFitProblem.of(observed, old).budget)
+
+
+def test_the_recovery_script_writes_a_measured_table_and_compares(tmp_path):
+    res = fit_observed(load_paper_table1(), FitConfig(**SMALL))
+    save_fit(res, tmp_path / "truth")
+    out = tmp_path / "synth.csv"
+    ok = subprocess.run([sys.executable, str(SCRIPT), "write", str(tmp_path / "truth"),
+                         str(out), "--n", "50", "--seed", "3"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    table = load_accuracy_table(out)
+    check_observed(table, out)
+    assert len(table) == 28 and (table["n"] == 50).all()
+    assert (table["accuracy"] * 50).round(9).mod(1).eq(0).all()  # whole counts of 50
+    assert table["p"].notna().all()
+    again = subprocess.run([sys.executable, str(SCRIPT), "write", str(tmp_path / "truth"),
+                            str(tmp_path / "again.csv"), "--n", "50", "--seed", "3"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and (tmp_path / "again.csv").read_text() == out.read_text()
+    refit = fit_observed(table, FitConfig(decomposition=True, **SMALL))
+    save_fit(refit, tmp_path / "dec")
+    cmp = subprocess.run([sys.executable, str(SCRIPT), "compare", str(tmp_path / "truth"),
+                          str(tmp_path / "dec")], capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stderr
+    assert cmp.stdout.splitlines()[0].split()[:2] == ["parameter", "truth"]
+    assert sum(line.startswith(("ell_", "lr[")) for line in cmp.stdout.splitlines()) == 4
+    bad = subprocess.run([sys.executable, str(SCRIPT), "write", str(tmp_path / "nope"),
+                          str(out)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
