@@ -24,15 +24,20 @@ Model (DESIGN.md §1, §2, §4):
    endpoint sensitive to its parameters), K = 16: the paper does not fix K,
    FitConfig.max_attempts says how 16 was chosen):
    SFT (no reflection) = sft on SFTData("no-reflection"), SFT (reflection) = sft on
-   SFTData("reflection", ft_share), RL = the paper's run, surrogate + beta * KL with verl's
+   SFTData("reflection", ft_share; `mask_wrong_attempts`: no loss on the wrong first
+   attempts, which otherwise pin p near 1/(1 + ft_share)), RL = the paper's run,
+   surrogate + beta * KL with verl's
    low_var_kl (k3) in the loss, beta = 0.001 (core.regimes.PAPER_RL_KL). Transfer to OOD tasks
    goes only through the kernel of §1 (shared w_x frozen), with one length scale for sampling
    (ell_s) and one for both decisions (ell_d = ell_1 = ell_2), shared by all regimes: the
-   network is the same, the objectives differ. A run in which a step moves p or q by more
+   network is the same, the objectives differ. `transfer = "global-decisions"`: ell_d = inf,
+   each decision one trained logit shared by every task. A run in which a step moves p or q by more
    than 0.5 is chaos, not a result (DESIGN §2): it is flagged and its lr is not identified.
 3. Least squares (scipy.optimize.least_squares, bounded, in log space, from the coarse grid's
    three best starts, keeping the best whose training is not chaos) of Acc_K against the
-   observed accuracy over all (trained regime, task) cells. Free: ell_s, ell_d and a learning
+   observed accuracy over all (trained regime, task) cells (with `decomposition`, also the
+   observed p, q1, q2 per task where the table measures them: analysis.fit_decomposition).
+   Free: ell_s, ell_d and a learning
    rate per trained regime (the "amount of training" at a fixed number of steps; SGD: a
    fraction of its stability bound), analysis.fit_model names them; optionally beta.
    `lr_mode = "no-refl-bound"` (default): the SFT (no reflection) row, equal to the Base row

@@ -1,13 +1,18 @@
 """The fit's observations beyond accuracy (DESIGN §4): per-task (p, q1, q2) of the trained rows.
 
-Accuracy alone does not identify the decomposition: one number per task cannot fix three, and
-in the Table 1 fits the amount of RL training trades against the sampling length scale
-(correlation -0.98; docs/results/simulator/fit_settings_compared.md). A table that also
-measures p, q1 and q2 per task (a real run's calibration.csv: p_hat, q1_hat, q2_hat, DESIGN §4;
-or an accuracy table with columns p, q1, q2) pins them. With FitConfig.decomposition the fit's
+Accuracy alone does not identify the decomposition: one number per task cannot fix three (fits
+of Table 1 of equal quality put RL's q2 anywhere from 0.25 to 0.93, and in the masked global-
+decisions fit the amount of RL training trades against the sampling length scale, correlation
+-0.98; docs/results/simulator/fit_settings_compared.md). A table that also measures p, q1 and q2
+per task (a real run's calibration.csv: p_hat, q1_hat, q2_hat, DESIGN §4; or an accuracy table
+with columns p, q1, q2) constrains them directly. With FitConfig.decomposition the fit's
 residuals are the accuracy cells followed by every observed (p, q1, q2) cell of the trained
-rows, each weighted as an accuracy cell (all are proportions); the reported RMSE stays the
-accuracy cells'.
+rows, weighted by how many observations each rests on relative to an accuracy cell
+(`component_weights`): p̂ as an accuracy (one first attempt per query), q̂1 by sqrt(p̂) (the
+decisions after a correct first candidate are about n p̂ of n) and q̂2 by sqrt(1 - p̂);
+unweighted, the q̂ cells read from a handful of decisions (q̂1 where p is a few percent)
+dominate the SSE (on a table drawn from a known fit, scripts/fit_recovery.py: 0.77 at the
+unweighted optimum, 0.085 at the weighted one). The reported RMSE stays the accuracy cells'.
 """
 
 from __future__ import annotations
@@ -37,17 +42,28 @@ def observed_components(observed: Any, ladder: Ladder, regimes: list[str]
     return out
 
 
+def component_weights(comp: np.ndarray) -> np.ndarray:
+    """Weights of observed (p, q1, q2) cells (tasks, 3), module docstring: 1, sqrt(p̂),
+    sqrt(1 - p̂) per task (the share of the n queries each estimate rests on); 1 where p̂ is
+    not observed."""
+    p = comp[:, :1]
+    share = np.where(np.isnan(p), 1.0, np.hstack([np.ones_like(p), p, 1 - p]))
+    return np.sqrt(np.clip(share, 0.0, 1.0))
+
+
 def fit_residuals(observed: Any, ladder: Ladder, regimes: list[str], b_s: np.ndarray,
                   cfg: FitConfig, names: list[str]) -> Callable[[np.ndarray], np.ndarray]:
     """The fit's residual function (x: log values of `names`): fitted minus observed accuracy
     over the observed cells of `regimes`, then, with cfg.decomposition, fitted minus observed
-    p, q1, q2 over theirs (module docstring); FitError where the table has none."""
+    p, q1, q2 over theirs, weighted (`component_weights`); FitError where the table has
+    none."""
     accuracy = trained_residuals(regimes, ladder, b_s, cfg, names,
                                  observed_rows(observed, ladder, regimes))
     if not cfg.decomposition:
         return accuracy
     comp = observed_components(observed, ladder, regimes)
     seen = np.isfinite(np.concatenate([comp[r].ravel() for r in regimes]))
+    weights = np.concatenate([component_weights(comp[r]).ravel() for r in regimes])[seen]
     if not seen.any():
         raise FitError("--decomposition needs observed p, q1 or q2 of a trained row (columns "
                        "p/q1/q2, or a real run's calibration.csv); this table has none")
@@ -56,6 +72,6 @@ def fit_residuals(observed: Any, ladder: Ladder, regimes: list[str], b_s: np.nda
         vals = {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
         out = np.concatenate([(simulate_regime(r, ladder, b_s, cfg, vals)[:, :3]
                                - comp[r]).ravel() for r in regimes])
-        return np.concatenate([accuracy(x), np.nan_to_num(out[seen], nan=1.0)])
+        return np.concatenate([accuracy(x), weights * np.nan_to_num(out[seen], nan=1.0)])
 
     return residuals

@@ -187,10 +187,22 @@ def find_cached_fit(observed: pd.DataFrame, cfg: FitConfig,
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if (data.get("config") == want and data.get("observed_source") == source
+        if (_same_config(data.get("config"), want) and data.get("observed_source") == source
                 and data.get("observed_sha256") == digest):
             return path, fit_from_json(data)
     return None
+
+
+def _same_config(saved: object, want: dict) -> bool:
+    """A saved fit's config is `want` once the settings added since it was saved take their
+    defaults (they did not exist, so the fit ran as their defaults do)."""
+    if not isinstance(saved, dict):
+        return False
+    try:
+        filled = json.loads(json.dumps(finite_json(asdict(FitConfig(**saved)))))
+    except (TypeError, ValueError):  # a field this version does not know, or a bad value
+        return False
+    return filled == want
 
 
 def cached_or_new_fit(observed: pd.DataFrame, cfg: FitConfig, cache: Path,

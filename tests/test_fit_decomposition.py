@@ -75,9 +75,20 @@ def test_with_the_option_each_measured_cell_is_a_residual():
     assert res.size == n_acc + 6
     vals = dict(zip(names, np.exp(x), strict=True))
     sim = simulate_regime(RL, ladder, b_s, cfg, vals)[:2, :3]
-    np.testing.assert_allclose(res[n_acc:], (sim - [[0.8, 0.95, 0.5], [0.6, 0.9, 0.4]]).ravel())
+    # each cell weighted by the share of queries it rests on: 1, sqrt(p̂), sqrt(1 - p̂)
+    weights = np.sqrt([[1, 0.8, 0.2], [1, 0.6, 0.4]])
+    np.testing.assert_allclose(res[n_acc:], (weights * (sim - [[0.8, 0.95, 0.5],
+                                                               [0.6, 0.9, 0.4]])).ravel())
     comp = observed_components(observed, ladder, [RL])[RL]
     assert comp.shape == (7, 3) and np.isnan(comp[2:]).all()
+
+
+def test_component_weights_follow_the_share_of_queries():
+    from analysis.fit_decomposition import component_weights
+
+    comp = np.array([[0.25, 0.5, 0.5], [np.nan, 0.5, 0.5], [1.0, 0.9, np.nan]])
+    np.testing.assert_allclose(component_weights(comp),
+                               [[1, 0.5, np.sqrt(0.75)], [1, 1, 1], [1, 1, 0]])
 
 
 def test_the_option_without_measurements_is_a_one_line_error():
@@ -146,3 +157,27 @@ def test_the_recovery_script_writes_a_measured_table_and_compares(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT), "write", str(tmp_path / "nope"),
                           str(out)], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_a_fit_saved_before_the_new_settings_is_still_found_in_the_cache(tmp_path):
+    """Settings added since a fit was saved ran as their defaults: the cache still matches it;
+    a saved setting that differs does not."""
+    import json
+
+    from analysis.fit_io import find_cached_fit
+
+    observed = load_paper_table1()
+    cfg = FitConfig(**SMALL)
+    res = fit_observed(observed, cfg)
+    save_fit(res, tmp_path / "old")
+    path = tmp_path / "old" / "fit.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for new in ("mask_wrong_attempts", "decomposition"):
+        del data["config"][new]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert find_cached_fit(observed, cfg, [tmp_path]) is not None
+    assert find_cached_fit(observed, FitConfig(mask_wrong_attempts=True, **SMALL),
+                           [tmp_path]) is None
+    data["config"]["unknown_setting"] = 1
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert find_cached_fit(observed, cfg, [tmp_path]) is None
