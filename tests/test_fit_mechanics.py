@@ -70,7 +70,13 @@ def test_max_attempts_reaches_the_trained_dynamics():
         FitConfig(max_attempts=MAX_FIT_ATTEMPTS + 1)
 
 
-def test_max_attempts_option_reaches_the_config(tmp_path, monkeypatch):
+@pytest.mark.parametrize("args, want", [
+    (["--max-attempts", "12", "--lr-mode", "sft-shared", "--transfer", "single"],
+     {"max_attempts": 12, "lr_mode": "sft-shared", "transfer": "single"}),
+    (["--mask-wrong-attempts", "--transfer", "global-decisions", "--decomposition"],
+     {"mask_wrong_attempts": True, "transfer": "global-decisions", "decomposition": True}),
+])
+def test_fit_options_reach_the_config(tmp_path, monkeypatch, args, want):
     from cli import main
 
     seen = {}
@@ -81,11 +87,9 @@ def test_max_attempts_option_reaches_the_config(tmp_path, monkeypatch):
 
     monkeypatch.setattr("analysis.fit_io.fit_and_save", fake_fit)
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(main, ["fit", "--max-attempts", "12", "--lr-mode", "sft-shared",
-                                    "--transfer", "single", "--name", "k"])
+    res = CliRunner().invoke(main, ["fit", *args, "--name", "k"])
     assert "stop here" in res.output
-    assert seen["cfg"].max_attempts == 12 and seen["cfg"].lr_mode == "sft-shared"
-    assert seen["cfg"].transfer == "single"
+    assert {k: getattr(seen["cfg"], k) for k in want} == want
 
 
 def test_update_budget_reaches_the_dynamics():
