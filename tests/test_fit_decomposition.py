@@ -181,3 +181,25 @@ def test_a_fit_saved_before_the_new_settings_is_still_found_in_the_cache(tmp_pat
     data["config"]["unknown_setting"] = 1
     path.write_text(json.dumps(data), encoding="utf-8")
     assert find_cached_fit(observed, cfg, [tmp_path]) is None
+
+
+def test_a_real_run_folder_is_fitted_with_its_measured_decomposition(tmp_path):
+    """cli.py fit --observed <real runs> --decomposition: the calibration's p_hat, q1_hat,
+    q2_hat become residuals (a base and an RL run, three tasks each)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from analysis.observed import load_observed
+    from cli import main
+    from tests.test_report_fixtures import write_real
+
+    real = write_real(tmp_path / "outputs")
+    observed = load_observed(real)
+    rl = observed[observed["regime"] == RL]
+    assert rl[["p", "q1", "q2"]].notna().all().all()
+    res = CliRunner().invoke(main, ["fit", "--observed", str(real), "--decomposition", "--quick",
+                                    "--out", str(tmp_path / "fits"), "--name", "dec"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "fits" / "dec" / "fit.json").read_text(encoding="utf-8"))
+    assert saved["config"]["decomposition"] is True and np.isfinite(saved["budget"])
