@@ -189,10 +189,10 @@ def test_a_real_run_folder_is_fitted_with_its_measured_decomposition(tmp_path):
     import json
 
     from click.testing import CliRunner
+    from test_report_fixtures import write_real
 
     from analysis.observed import load_observed
     from cli import main
-    from tests.test_report_fixtures import write_real
 
     real = write_real(tmp_path / "outputs")
     observed = load_observed(real)
