@@ -94,14 +94,9 @@ def base_shape(base: str, x: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.logaddexp(line, logit(np.exp(x[2])))
 
 
-def fitted_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any, tuple[str, ...]]:
-    """b_s(t) of the shape `cfg.base` ("linear" or "floored", base_shape) with d(t) = t (the
-    ladder's position), least squares of Acc_K in log space against the untrained rows
-    `base_acc` (one row per task, or (rows, tasks); NaN = not observed): (b_s per task,
-    scipy's solution, the parameters' names)."""
-    from scipy.optimize import least_squares
-
-    names = FITTED_BASES[cfg.base]
+def base_residuals(base_acc: np.ndarray, cfg: FitConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """x (log parameters of the shape `cfg.base`) -> fitted minus observed Acc_K of the
+    untrained rows `base_acc` (one row per task, or (rows, tasks); NaN = not observed)."""
     acc = np.atleast_2d(np.asarray(base_acc, float))
     d = np.arange(1, acc.shape[1] + 1, dtype=float)
     seen = np.isfinite(acc)
@@ -111,6 +106,18 @@ def fitted_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any, 
         fitted = accuracy_forced_stop(p, cfg.q1_base, cfg.q2_base, cfg.max_attempts)
         return (fitted[None, :] - acc)[seen]
 
+    return residuals
+
+
+def fitted_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any, tuple[str, ...]]:
+    """b_s(t) of the shape `cfg.base` ("linear" or "floored", base_shape) with d(t) = t (the
+    ladder's position), least squares of Acc_K in log space against the untrained rows
+    `base_acc` (`base_residuals`): (b_s per task, scipy's solution, the parameters' names)."""
+    from scipy.optimize import least_squares
+
+    names = FITTED_BASES[cfg.base]
+    d = np.arange(1, np.atleast_2d(base_acc).shape[1] + 1, dtype=float)
+    residuals = base_residuals(base_acc, cfg)
     lo = np.log([BOUNDS[n][0] for n in names])
     hi = np.log([BOUNDS[n][1] for n in names])
     start = np.log([1.5, 1.5, 0.01][:len(names)])

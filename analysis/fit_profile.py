@@ -24,18 +24,31 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.fit import FitConfig, FitResult, Ladder, ladder_of
-from analysis.fit_config import MAX_CI_RATIO, FitError
+from analysis.fit import (
+    JAC_STEPS,
+    FitConfig,
+    FitResult,
+    Ladder,
+    central_jacobian,
+    ladder_of,
+)
+from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitError
 from analysis.fit_decomposition import fit_residuals
 from analysis.fit_model import (
+    FITTED_BASES,
     TRAINED_REGIMES,
     base_offsets,
+    base_residuals,
+    base_shape,
     bounds_of,
     free_parameter_names,
     lr_name,
+    observed_rows,
     sse_budget,
+    untrained_regimes,
 )
 from analysis.observed import BASE
+from core.calibration import Z95
 
 # log offsets from the optimum (both signs): factors 1.1 ... 5
 PROFILE_OFFSETS = (0.1, 0.25, 0.5, 0.8, 1.15, 1.6)
@@ -172,6 +185,66 @@ def profile_spans(table: pd.DataFrame) -> pd.DataFrame:
                     "outside_high": out_hi, "span_at_most": span,
                     "identified": span < MAX_CI_RATIO})
     return pd.DataFrame(out)
+
+
+def joint_intervals(observed: pd.DataFrame, result: FitResult,
+                    steps: tuple[float, ...] = JAC_STEPS) -> pd.DataFrame:
+    """Delta-method intervals of a saved fit's free training parameters that carry the base
+    shape's uncertainty (module docstring: the fit's own, and the profile, hold the base shape
+    at its fit). Two blocks of residuals: the untrained rows (depending on the base shape
+    only) and the trained rows (on both); J by central differences in log space at each of
+    `steps` (the widest interval kept, as in the fit), each block scaled by its own
+    s = sqrt(SSE / (n - k)), cov = (J^T J)^+. Returns name,
+    value, conditional_span (the fit's), joint_low, joint_high, joint_span, identified."""
+    cfg = FitConfig(**result.config)
+    if cfg.base not in FITTED_BASES:
+        raise FitError(f"joint intervals need a fitted base shape (--base {', '.join(FITTED_BASES)}"
+                       f"), not {cfg.base!r}")
+    problem = SavedFitProblem.of(observed, result, cfg)
+    fitted = result.params.set_index("name")
+    base_names = list(FITTED_BASES[cfg.base])
+    xb = np.log([float(fitted.loc[n, "value"]) for n in base_names])
+    untrained = untrained_regimes(observed, cfg)
+    rows = observed_rows(observed, problem.ladder, untrained)
+    base_res = base_residuals(np.array([rows[r] for r in untrained]), cfg)
+    trained = [r for r in problem.regimes if r not in untrained]
+    d = np.arange(1, len(problem.ladder.names) + 1, dtype=float)
+
+    def trained_res(x: np.ndarray) -> np.ndarray:  # x = (base, training), log space
+        b_s = base_shape(cfg.base, x[:len(xb)], d)
+        return fit_residuals(observed, problem.ladder, trained, b_s, cfg,
+                             problem.names)(x[len(xb):])
+
+    x = np.concatenate([xb, problem.x0])
+    lo = np.concatenate([np.log([BOUNDS[n][0] for n in base_names]), problem.lo])
+    hi = np.concatenate([np.log([BOUNDS[n][1] for n in base_names]), problem.hi])
+    r_b, r_t = base_res(xb), trained_res(x)
+    s_b = math.sqrt(float(r_b @ r_b) / max(r_b.size - len(xb), 1))
+    s_t = math.sqrt(float(r_t @ r_t) / max(r_t.size - len(problem.names), 1))
+    ses = []
+    for step in steps:
+        j_b = np.hstack([central_jacobian(base_res, xb, lo[:len(xb)], hi[:len(xb)], step),
+                         np.zeros((r_b.size, len(problem.names)))]) / s_b
+        jac = np.vstack([j_b, central_jacobian(trained_res, x, lo, hi, step) / s_t])
+        ses.append(np.sqrt(np.clip(np.diag(np.linalg.pinv(jac.T @ jac)), 0, None)))
+    se = np.max(ses, axis=0)[len(xb):]
+    out = []
+    for i, name in enumerate(problem.names):
+        value = math.exp(problem.x0[i])
+        half = Z95 * float(se[i])  # log space; a huge one would overflow
+        span = _exp_capped(2 * half)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            conditional = float(np.float64(fitted.loc[name, "ci_high"])
+                                / np.float64(fitted.loc[name, "ci_low"]))
+        out.append({"name": name, "value": value, "conditional_span": conditional,
+                    "joint_low": value * math.exp(-min(half, 700.0)),
+                    "joint_high": value * _exp_capped(half), "joint_span": span,
+                    "identified": bool(span < MAX_CI_RATIO)})
+    return pd.DataFrame(out)
+
+
+def _exp_capped(v: float) -> float:
+    return math.exp(v) if v < 700 else math.inf
 
 
 def _put(x: np.ndarray, idx: list[int], z: np.ndarray) -> np.ndarray:

@@ -203,3 +203,37 @@ def test_a_real_run_folder_is_fitted_with_its_measured_decomposition(tmp_path):
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "fits" / "dec" / "fit.json").read_text(encoding="utf-8"))
     assert saved["config"]["decomposition"] is True and np.isfinite(saved["budget"])
+
+
+def test_joint_intervals_carry_the_base_shapes_uncertainty(tmp_path):
+    """The joint covariance's training block is the conditional one plus a Schur complement
+    term: never narrower at one difference step, and wider where the trained rows depend on
+    the base shape (they all do: training starts from it)."""
+    from analysis.fit import central_jacobian
+    from analysis.fit_model import untrained_regimes
+    from analysis.fit_profile import joint_intervals
+
+    observed = load_paper_table1()
+    cfg = FitConfig(**SMALL)
+    res = fit_observed(observed, cfg)
+    joint = joint_intervals(observed, res, steps=(0.01,))
+    problem = SavedFitProblem.of(observed, res, cfg)
+    trained = [r for r in problem.regimes if r not in untrained_regimes(observed, cfg)]
+    f = fit_residuals(observed, problem.ladder, trained, problem.b_s, cfg, problem.names)
+    r = f(problem.x0)
+    jac = central_jacobian(f, problem.x0, problem.lo, problem.hi, 0.01)
+    s2 = float(r @ r) / (r.size - len(problem.names))
+    se = np.sqrt(np.diag(s2 * np.linalg.pinv(jac.T @ jac)))
+    joint_se = np.log(joint["joint_high"] / joint["value"]).to_numpy() / 1.959963984540054
+    assert list(joint["name"]) == problem.names
+    assert (joint_se >= se * (1 - 1e-9)).all() and (joint_se > se * 1.01).any()
+    with pytest.raises(FitError, match="fitted base shape"):
+        joint_intervals(observed, fit_observed(observed, FitConfig(base="exact", **SMALL)))
+    save_fit(res, tmp_path / "fit")
+    script = SCRIPT.parent / "fit_joint_intervals.py"
+    ok = subprocess.run([sys.executable, str(script), str(tmp_path / "fit"), "--truth",
+                         str(tmp_path / "fit")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert len(lines) == len(problem.names)
+    assert all(line.endswith(" in") for line in lines)  # a fit's own values lie inside
