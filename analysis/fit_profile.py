@@ -195,7 +195,8 @@ def joint_intervals(observed: pd.DataFrame, result: FitResult,
     only) and the trained rows (on both); J by central differences in log space at each of
     `steps` (the widest interval kept, as in the fit), each block scaled by its own
     s = sqrt(SSE / (n - k)), cov = (J^T J)^+. Returns name,
-    value, conditional_span (the fit's), joint_low, joint_high, joint_span, identified."""
+    value, conditional_span (the fit's), joint_low, joint_high, joint_span, at_bound (the
+    fit's: the interval is then half outside the search range) and identified."""
     cfg = FitConfig(**result.config)
     if cfg.base not in FITTED_BASES:
         raise FitError(f"joint intervals need a fitted base shape (--base {', '.join(FITTED_BASES)}"
@@ -239,7 +240,9 @@ def joint_intervals(observed: pd.DataFrame, result: FitResult,
         out.append({"name": name, "value": value, "conditional_span": conditional,
                     "joint_low": value * math.exp(-min(half, 700.0)),
                     "joint_high": value * _exp_capped(half), "joint_span": span,
-                    "identified": bool(span < MAX_CI_RATIO)})
+                    "at_bound": bool(fitted.loc[name, "at_bound"]),
+                    "identified": bool(span < MAX_CI_RATIO
+                                       and not fitted.loc[name, "at_bound"])})
     return pd.DataFrame(out)
 
 

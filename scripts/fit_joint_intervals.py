@@ -42,6 +42,7 @@ def main() -> None:
     for r in table.itertuples():
         line = (f"{r.name:<24} {r.value:<10.4g} conditional x{r.conditional_span:<8.3g} "
                 f"joint [{r.joint_low:.3g}, {r.joint_high:.3g}] x{r.joint_span:.3g}"
+                f"{' (at its search bound)' if r.at_bound else ''}"
                 f"{'' if r.identified else ': NOT identified'}")
         if truth is not None:
             t = float(truth[r.name])

@@ -226,6 +226,9 @@ def test_joint_intervals_carry_the_base_shapes_uncertainty(tmp_path):
     se = np.sqrt(np.diag(s2 * np.linalg.pinv(jac.T @ jac)))
     joint_se = np.log(joint["joint_high"] / joint["value"]).to_numpy() / 1.959963984540054
     assert list(joint["name"]) == problem.names
+    at_bound = res.params.set_index("name").loc[problem.names, "at_bound"].to_numpy(bool)
+    assert (joint["at_bound"].to_numpy(bool) == at_bound).all()
+    assert not joint.loc[joint["at_bound"], "identified"].any()
     assert (joint_se >= se * (1 - 1e-9)).all() and (joint_se > se * 1.01).any()
     with pytest.raises(FitError, match="fitted base shape"):
         joint_intervals(observed, fit_observed(observed, FitConfig(base="exact", **SMALL)))
