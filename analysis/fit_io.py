@@ -158,6 +158,14 @@ def load_fit(path: str | Path) -> FitResult:
 # ----------------------------------------------------------------------------- the cache
 
 
+def add_saved_fit_arguments(parser: Any) -> None:
+    """The arguments of the scripts that re-read a fit (`load_saved_fit`): the fit's folder
+    and, optionally, the table it was fitted to (an argparse parser)."""
+    parser.add_argument("fit_dir", type=Path, help="a fit's folder (with fit.json)")
+    parser.add_argument("--observed", type=Path, default=None,
+                        help="the table the fit was fitted to (default: the paper's Table 1)")
+
+
 def load_saved_fit(fit_dir: Path, observed_path: Path | None = None
                    ) -> tuple[FitResult, pd.DataFrame]:
     """A fit folder's result and the table it was fitted to (default: the paper's Table 1),

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.fit_config import FitError  # noqa: E402
-from analysis.fit_io import load_saved_fit  # noqa: E402
+from analysis.fit_io import add_saved_fit_arguments, load_saved_fit  # noqa: E402
 from analysis.fit_model import ROUGH_LIMIT  # noqa: E402
 from analysis.fit_profile import (  # noqa: E402
     PROFILE_OFFSETS,
@@ -33,9 +33,7 @@ from analysis.fit_profile import (  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("fit_dir", type=Path, help="a fit's folder (with fit.json)")
-    ap.add_argument("--observed", type=Path, default=None,
-                    help="the table the fit was fitted to (default: the paper's Table 1)")
+    add_saved_fit_arguments(ap)
     ap.add_argument("--csv", type=Path, default=None, help="write the grid table here")
     ap.add_argument("--offsets", type=float, nargs="+", default=list(PROFILE_OFFSETS),
                     help="log offsets from the fit, both signs: a finer grid bounds a span "

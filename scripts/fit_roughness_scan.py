@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.fit import FitConfig  # noqa: E402
 from analysis.fit_config import FitError  # noqa: E402
-from analysis.fit_io import load_saved_fit  # noqa: E402
+from analysis.fit_io import add_saved_fit_arguments, load_saved_fit  # noqa: E402
 from analysis.fit_model import (  # noqa: E402
     ROUGH_OFFSETS,
     max_jump,
@@ -35,9 +35,7 @@ from analysis.observed import RL  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("fit_dir", type=Path, help="a fit's folder (with fit.json)")
-    ap.add_argument("--observed", type=Path, default=None,
-                    help="the table the fit was fitted to (default: the paper's Table 1)")
+    add_saved_fit_arguments(ap)
     ap.add_argument("--regime", default=RL, help="a trained row with a free learning rate")
     ap.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     ap.add_argument("--max-grad-norm", type=float, default=None)

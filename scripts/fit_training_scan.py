@@ -25,16 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.fit import FitConfig  # noqa: E402
 from analysis.fit_config import FitError  # noqa: E402
-from analysis.fit_io import load_saved_fit  # noqa: E402
+from analysis.fit_io import add_saved_fit_arguments, load_saved_fit  # noqa: E402
 from analysis.fit_profile import SavedFitProblem  # noqa: E402
 from analysis.observed import SFT_REFLECTION  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("fit_dir", type=Path, help="a fit's folder (with fit.json)")
-    ap.add_argument("--observed", type=Path, default=None,
-                    help="the table the fit was fitted to (default: the paper's Table 1)")
+    add_saved_fit_arguments(ap)
     ap.add_argument("--regime", default=SFT_REFLECTION, help="a trained row")
     ap.add_argument("--amounts", type=float, nargs="+", default=[25, 50, 100, 200, 400],
                     help="amounts of training lr x steps")
