@@ -40,6 +40,7 @@ from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitError
 from analysis.fit_decomposition import fit_residuals
 from analysis.fit_model import (
     FITTED_BASES,
+    ROUGH_LIMIT,
     TRAINED_REGIMES,
     base_offsets,
     base_residuals,
@@ -200,7 +201,8 @@ def joint_intervals(observed: pd.DataFrame, result: FitResult,
     `steps` (the widest interval kept, as in the fit), each block scaled by its own
     s = sqrt(SSE / (n - k)), cov = (J^T J)^+. Returns name,
     value, conditional_span (the fit's), joint_low, joint_high, joint_span, at_bound (the
-    fit's: the interval is then half outside the search range) and identified."""
+    fit's: the interval is then half outside the search range) and identified (as the fit
+    counts it: under MAX_CI_RATIO, not at a bound, SSE roughness at most ROUGH_LIMIT)."""
     cfg = FitConfig(**result.config)
     if cfg.base not in FITTED_BASES:
         raise FitError(f"joint intervals need a fitted base shape (--base {', '.join(FITTED_BASES)}"
@@ -245,8 +247,9 @@ def joint_intervals(observed: pd.DataFrame, result: FitResult,
                     "joint_low": value * math.exp(-min(half, 700.0)),
                     "joint_high": value * _exp_capped(half), "joint_span": span,
                     "at_bound": bool(fitted.loc[name, "at_bound"]),
-                    "identified": bool(span < MAX_CI_RATIO
-                                       and not fitted.loc[name, "at_bound"])})
+                    # as the fit: not at a bound, and on an SSE smooth enough to read
+                    "identified": bool(span < MAX_CI_RATIO and not fitted.loc[name, "at_bound"]
+                                       and not fitted.loc[name, "sse_roughness"] > ROUGH_LIMIT)})
     return pd.DataFrame(out)
 
 
