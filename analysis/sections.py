@@ -309,6 +309,14 @@ def base_text(cfg: FitConfig, n_offsets: int) -> str:
             f"d_half and floor fitted to the untrained rows, with {fixed}")
 
 
+def transfer_text(cfg: FitConfig) -> str:
+    """How the fit's agent carries training to OOD tasks (DESIGN §1; FitConfig.transfer)."""
+    if cfg.transfer == "global-decisions":
+        return ("OOD transfer: sampling through the kernel of DESIGN §1 (one length scale), "
+                "each decision one logit shared by every task.")
+    return f"OOD transfer only through the kernel of DESIGN §1 ({cfg.transfer} length scales)."
+
+
 def trained_text(cfg: FitConfig) -> str:
     """Which regimes the fit trains and with what objective (DESIGN §2, §5), from its
     config and the objectives it builds (analysis.fit.regime_objective)."""
@@ -316,7 +324,8 @@ def trained_text(cfg: FitConfig) -> str:
     beta = f"beta fitted from {cfg.beta:g}" if cfg.fit_beta else f"beta {cfg.beta:g}"
     rl_text = (f"RL = surrogate + beta·KL ({beta}, {rl.kl_estimator} estimator "
                f"{_words(rl.kl_placement)}, {rl.token_model} model)")
-    sft_refl = f"SFT (reflection) on data with an F→T share of {cfg.ft_share:g}"
+    sft_refl = (f"SFT (reflection) on data with an F→T share of {cfg.ft_share:g}"
+                + (", no loss on its wrong first attempts" if cfg.mask_wrong_attempts else ""))
     untrained = ("SFT (no reflection) is not trained (its row is the base model's; the fit "
                  "gives a 95% upper bound on its lr)")
     if cfg.lr_mode == "sft-limits":
@@ -342,11 +351,12 @@ def fit(inp: ReportInputs) -> Section:
         charts_accuracy.fit_overlay(labelled(result.curves), _domain(inp),
                                     subtitle=quality.lines()),
         f"Least-squares fit (scipy, bounded, log-parameters) of the simulator to "
-        f"{result.observed_source}: {base_text(fit_cfg, n_offsets)}. Each trained regime is "
+        f"{result.observed_source}"
+        f"{' (accuracy and the measured p, q1, q2)' if fit_cfg.decomposition else ''}: "
+        f"{base_text(fit_cfg, n_offsets)}. Each trained regime is "
         f"re-trained from the base for {fit_cfg.effective_steps} steps of exact "
         f"expected-gradient {fit_cfg.optimiser.upper()}{clip} (K = {fit_cfg.max_attempts}, "
-        f"L = {fit_cfg.length:g}): {trained_text(fit_cfg)}. OOD transfer only through the "
-        f"kernel of DESIGN §1 ({fit_cfg.transfer} length scales). Fitted: "
+        f"L = {fit_cfg.length:g}): {trained_text(fit_cfg)}. {transfer_text(fit_cfg)} Fitted: "
         f"{params_text(result)}. {counted} for {result.n_obs} cells (RMSE and "
         f"identification in the chart's subtitle, from {quality.source.name}). "
         "Uncertainties: s²(JᵀJ)⁻¹ at the optimum (delta method); a parameter at its bound is "

@@ -120,3 +120,23 @@ def test_page_escapes_and_embeds_every_section(inputs):
         "const SPECS = "))].replace("<\\/", "</"))
     assert list(specs) == ["attribution", "dynamics"] and "t &lt;x&gt;" in page
     assert html.escape(built[0].caption) in page
+
+
+def test_the_fit_caption_states_the_fits_data_and_transfer_options():
+    """A fit with masked wrong attempts, global decisions or the measured decomposition is
+    described as run, not as the default (analysis.fit_config)."""
+    from analysis.fit_config import FitConfig
+
+    default = FitConfig()
+    masked = FitConfig(mask_wrong_attempts=True, transfer="global-decisions")
+    assert "wrong first attempts" not in sections.trained_text(default)
+    assert "no loss on its wrong first attempts" in sections.trained_text(masked)
+    assert "(shared length scales)" in sections.transfer_text(default)
+    assert "each decision one logit shared by every task" in sections.transfer_text(masked)
+
+
+def test_a_decomposition_fit_says_it_fitted_the_measured_p_and_q(inputs):
+    fit = replace(inputs.fit, config={**inputs.fit.config, "decomposition": True})
+    text = sections.fit(replace(inputs, fit=fit)).caption
+    assert "(accuracy and the measured p, q1, q2)" in text
+    assert "measured p, q1, q2" not in sections.fit(inputs).caption
