@@ -22,41 +22,40 @@ Model (DESIGN.md §1, §2, §4):
    shared second moment, global gradient-norm clip 1.0 as in TRL and verl, 2000 steps at a
    learning rate of at most 0.05 (fit_config.ADAM_SMALL_STEP_LR: larger steps make the trained
    endpoint sensitive to its parameters), K = 16: the paper does not fix K,
-   FitConfig.max_attempts says how 16 was chosen):
-   SFT (no reflection) = sft on SFTData("no-reflection"), SFT (reflection) = sft on
-   SFTData("reflection", ft_share; `mask_wrong_attempts`: no loss on the wrong first
-   attempts, which otherwise pin p near 1/(1 + ft_share)), RL = the paper's run,
-   surrogate + beta * KL with verl's
-   low_var_kl (k3) in the loss, beta = 0.001 (core.regimes.PAPER_RL_KL). Transfer to OOD tasks
-   goes only through the kernel of §1 (shared w_x frozen), with one length scale for sampling
-   (ell_s) and one for both decisions (ell_d = ell_1 = ell_2), shared by all regimes: the
-   network is the same, the objectives differ. `transfer = "global-decisions"`: ell_d = inf,
-   each decision one trained logit shared by every task. A run in which a step moves p or q by more
-   than 0.5 is chaos, not a result (DESIGN §2): it is flagged and its lr is not identified.
+   FitConfig.max_attempts says how 16 was chosen): SFT (no reflection) = sft on
+   SFTData("no-reflection"), SFT (reflection) = sft on SFTData("reflection", ft_share;
+   `mask_wrong_attempts`: no loss on the wrong first attempts, which otherwise pin p near 1/(1 +
+   ft_share)), RL = the paper's run, surrogate + beta * KL with verl's low_var_kl (k3) in the
+   loss, beta = 0.001 (core.regimes.PAPER_RL_KL). Transfer to OOD tasks goes only through the
+   kernel of §1 (shared w_x frozen), with one length scale for sampling (ell_s) and one for both
+   decisions (ell_d = ell_1 = ell_2), shared by all regimes: the network is the same, the
+   objectives differ. `transfer = "global-decisions"`: ell_d = inf, each decision one trained
+   logit shared by every task. A run in which a step moves p or q by more than 0.5 is chaos, not
+   a result (DESIGN §2): it is flagged and its lr is not identified.
 3. Least squares (scipy.optimize.least_squares, bounded, in log space, from the coarse grid's
    three best starts, keeping the best whose training is not chaos) of Acc_K against the
    observed accuracy over all (trained regime, task) cells (with `decomposition`, also the
-   observed p, q1, q2 per task where the table measures them: analysis.fit_decomposition).
-   Free: ell_s, ell_d and a learning
-   rate per trained regime (the "amount of training" at a fixed number of steps; SGD: a
-   fraction of its stability bound), analysis.fit_model names them; optionally beta.
+   observed p, q1, q2 per task where the table measures them: analysis.fit_decomposition). Free:
+   ell_s, ell_d and a learning rate per trained regime (the "amount of training" at a fixed
+   number of steps; SGD: a fraction of its stability bound), analysis.fit_model names them;
+   optionally beta.
    `lr_mode = "no-refl-bound"` (default): the SFT (no reflection) row, equal to the Base row
-   within its intervals, identifies no learning rate, only an upper bound; it is not trained
-   and the bound is reported (analysis.fit_bounds). `lr_mode = "sft-limits"`: that, and the
-   SFT (reflection) row, whose SSE falls only slowly once trained past lr x steps ~ 50 (its
-   free lr's interval spans 10^4x and more), is trained at the top of its lr range, the
-   lower bound is reported with the row's SSE at half and twice the training
-   (fit_bounds.plateau_check); the other parameters' intervals then hold at that amount of training
-   only (ell_d trades against it). Uncertainty: cov = s^2 (J^T J)^+ in log
-   space (J by central differences at the optimum, at each of JAC_STEPS, the widest interval
-   kept; s^2 = SSR / (n - k)), a standard error by the delta method and a 95% interval
-   exp(log x ± 1.96 se); a parameter at its bound has no standard error. Identified: inside
-   its bounds with a 95% interval spanning less than 10x (MAX_CI_RATIO), on an SSE smooth
-   enough at the 1% scale for an interval to mean anything (fit_model.sse_roughness, at most
-   ROUGH_LIMIT of the interval's SSE budget; a shape no local interval can read). The base shape's
-   parameters get their intervals from its own fit to the untrained rows (the training
-   parameters' intervals are conditional on it). analysis.fit_profile checks the intervals
-   without derivatives (profile likelihood).
+   within its intervals, identifies no learning rate, only an upper bound; it is not trained and
+   the bound is reported (analysis.fit_bounds). `lr_mode = "sft-limits"`: that, and the SFT
+   (reflection) row, whose SSE falls only slowly once trained past lr x steps ~ 50 (its free
+   lr's interval spans 10^4x and more), is trained at the top of its lr range, the lower bound
+   is reported with the row's SSE at half and twice the training (fit_bounds.plateau_check); the
+   other parameters' intervals then hold at that amount of training only (ell_d trades against
+   it). Uncertainty: cov = s^2 (J^T J)^+ in log space (J by central differences at the optimum,
+   at each of JAC_STEPS, the widest interval kept; s^2 = SSR / (n - k)), a standard error by the
+   delta method and a 95% interval exp(log x ± 1.96 se); a parameter at its bound has no
+   standard error. Identified: inside its bounds with a 95% interval spanning less than 10x
+   (MAX_CI_RATIO), on an SSE smooth enough at the 1% scale for an interval to mean anything
+   (fit_model.sse_roughness, at most ROUGH_LIMIT of the interval's SSE budget; a shape no local
+   interval can read). The base shape's parameters get their intervals from its own fit to the
+   untrained rows (the training parameters' intervals are conditional on it;
+   analysis.fit_profile.joint_intervals carries its uncertainty too).
+   analysis.fit_profile checks the intervals without derivatives (profile likelihood).
 """
 
 from __future__ import annotations
@@ -376,8 +375,8 @@ def parameter_table(names: list[str], sol: object, lo: np.ndarray, hi: np.ndarra
     for i, n in enumerate(names):
         v = float(np.exp(x[i]))
         ok = not at_bound[i] and np.isfinite(se_log[i]) and se_log[i] > 0
-        lo_ci = v * _exp(-Z95 * se_log[i]) if ok else float("nan")
-        hi_ci = v * _exp(Z95 * se_log[i]) if ok else float("nan")
+        lo_ci = v * exp_capped(-Z95 * se_log[i]) if ok else float("nan")
+        hi_ci = v * exp_capped(Z95 * se_log[i]) if ok else float("nan")
         smooth = not rough[i] > ROUGH_LIMIT
         rows.append({"name": n, "value": v, "se": v * se_log[i] if ok else float("nan"),
                      "ci_low": lo_ci, "ci_high": hi_ci,
@@ -416,5 +415,6 @@ def _curves(observed: pd.DataFrame, ladder: Ladder, b_s: np.ndarray, cfg: FitCon
     return curves
 
 
-def _exp(x: float) -> float:
+def exp_capped(x: float) -> float:
+    """exp(x), inf where it would overflow (a huge interval's end)."""
     return math.exp(x) if x < 700 else math.inf

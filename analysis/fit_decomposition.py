@@ -24,9 +24,7 @@ import numpy as np
 
 from analysis.fit_config import FitConfig, FitError
 from analysis.fit_model import Ladder, observed_rows, simulate_regime, trained_residuals
-
-# the tidy observed table's optional columns, in simulate_regime's order
-COMPONENTS = ("p", "q1", "q2")
+from analysis.observed import DECOMPOSITION  # (p, q1, q2): simulate_regime's column order
 
 
 def observed_components(observed: Any, ladder: Ladder, regimes: list[str]
@@ -37,7 +35,7 @@ def observed_components(observed: Any, ladder: Ladder, regimes: list[str]
     out = {}
     for r in regimes:
         rows = [[float(obs.loc[(r, t), c]) if (r, t) in obs.index and c in obs.columns
-                 else np.nan for c in COMPONENTS] for t in ladder.names]
+                 else np.nan for c in DECOMPOSITION] for t in ladder.names]
         out[r] = np.array(rows, float)
     return out
 

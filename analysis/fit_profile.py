@@ -34,6 +34,7 @@ from analysis.fit import (
     FitResult,
     Ladder,
     central_jacobian,
+    exp_capped,
     ladder_of,
 )
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitError
@@ -239,22 +240,18 @@ def joint_intervals(observed: pd.DataFrame, result: FitResult,
     for i, name in enumerate(problem.names):
         value = math.exp(problem.x0[i])
         half = Z95 * float(se[i])  # log space; a huge one would overflow
-        span = _exp_capped(2 * half)
+        span = exp_capped(2 * half)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             conditional = float(np.float64(fitted.loc[name, "ci_high"])
                                 / np.float64(fitted.loc[name, "ci_low"]))
         out.append({"name": name, "value": value, "conditional_span": conditional,
                     "joint_low": value * math.exp(-min(half, 700.0)),
-                    "joint_high": value * _exp_capped(half), "joint_span": span,
+                    "joint_high": value * exp_capped(half), "joint_span": span,
                     "at_bound": bool(fitted.loc[name, "at_bound"]),
                     # as the fit: not at a bound, and on an SSE smooth enough to read
                     "identified": bool(span < MAX_CI_RATIO and not fitted.loc[name, "at_bound"]
                                        and not fitted.loc[name, "sse_roughness"] > ROUGH_LIMIT)})
     return pd.DataFrame(out)
-
-
-def _exp_capped(v: float) -> float:
-    return math.exp(v) if v < 700 else math.inf
 
 
 def _put(x: np.ndarray, idx: list[int], z: np.ndarray) -> np.ndarray:

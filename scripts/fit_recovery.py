@@ -25,7 +25,6 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.fit import FitConfig  # noqa: E402
 from analysis.fit_config import FitError  # noqa: E402
 from analysis.fit_io import load_fit, load_saved_fit  # noqa: E402
 from analysis.fit_model import simulate_regime  # noqa: E402
@@ -37,7 +36,7 @@ from core.calibration import Z95  # noqa: E402
 def synthetic_table(fit_dir: Path, n: int, seed: int) -> pd.DataFrame:
     """The saved fit's rows, measured on n queries per task (module docstring)."""
     result, observed = load_saved_fit(fit_dir)
-    problem = SavedFitProblem.of(observed, result, FitConfig(**result.config))
+    problem = SavedFitProblem.of(observed, result)
     values = dict(zip(problem.names, np.exp(problem.x0), strict=True))
     rng = np.random.default_rng(seed)
     rows = []
