@@ -72,7 +72,7 @@ from scipy.optimize import least_squares
 
 from analysis.fit_bounds import fixed_lr_rows
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
-from analysis.fit_decomposition import fit_residuals
+from analysis.fit_decomposition import fit_residuals, observed_components, regime_residuals
 from analysis.fit_model import (
     FITTED_BASES,
     ROUGH_LIMIT,
@@ -234,9 +234,14 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     def values_of(x: np.ndarray) -> dict[str, float]:
         return {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
 
+    comps = observed_components(observed, ladder, regimes) if cfg.decomposition else {}
+
     def sse(rows: list[str], vals: dict[str, float], run_cfg: FitConfig = cfg) -> float:
-        return sum(float(np.nansum((simulate_regime(r, ladder, b_s, run_cfg, vals)[:, 3]
-                                    - y[r])**2)) for r in rows)
+        # over the cells the least squares sees (with decomposition, the p, q1, q2 cells
+        # too), so that the start grid and the one-sided bounds read the budget's own SSE
+        return sum(float(np.nansum(regime_residuals(
+            simulate_regime(r, ladder, b_s, run_cfg, vals), y[r], comps.get(r))**2))
+            for r in rows)
 
     def _chaotic(vals: dict[str, float]) -> bool:
         return any(max_jump(r, ladder, b_s, cfg, vals) > UNSTABLE_JUMP for r in regimes)

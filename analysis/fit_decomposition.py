@@ -49,6 +49,19 @@ def component_weights(comp: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(share, 0.0, 1.0))
 
 
+def regime_residuals(simulated: np.ndarray, accuracy: np.ndarray,
+                     components: np.ndarray | None) -> np.ndarray:
+    """One regime's residuals, fitted minus observed, NaN where unobserved: accuracy per task
+    (`simulated`: simulate_regime's (tasks, 4) p, q1, q2, Acc_K), then, where `components`
+    (observed (p, q1, q2) per task) is given, the weighted (p, q1, q2) cells, as
+    `fit_residuals` weighs them."""
+    acc = simulated[:, 3] - accuracy
+    if components is None:
+        return acc
+    return np.concatenate([acc, (component_weights(components)
+                                 * (simulated[:, :3] - components)).ravel()])
+
+
 def fit_residuals(observed: Any, ladder: Ladder, regimes: list[str], b_s: np.ndarray,
                   cfg: FitConfig, names: list[str]) -> Callable[[np.ndarray], np.ndarray]:
     """The fit's residual function (x: log values of `names`): fitted minus observed accuracy

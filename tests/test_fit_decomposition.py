@@ -13,7 +13,7 @@ import pytest
 
 from analysis.fit import FitConfig, fit_observed, ladder_of
 from analysis.fit_config import FitError
-from analysis.fit_decomposition import fit_residuals, observed_components
+from analysis.fit_decomposition import fit_residuals, observed_components, regime_residuals
 from analysis.fit_io import fit_from_json, fit_to_json, save_fit
 from analysis.fit_model import (
     TRAINED_REGIMES,
@@ -81,6 +81,25 @@ def test_with_the_option_each_measured_cell_is_a_residual():
                                                                [0.6, 0.9, 0.4]])).ravel())
     comp = observed_components(observed, ladder, [RL])[RL]
     assert comp.shape == (7, 3) and np.isnan(comp[2:]).all()
+
+
+def test_per_row_residuals_give_the_least_squares_own_sse():
+    # the start grid and the one-sided lr bounds sum rows' SSEs: with the option, they must
+    # read the same cells (and weights) as the least squares, or the bounds use a wrong budget
+    observed = _with_rl_components(load_paper_table1())
+    for decomposition in (False, True):
+        cfg = FitConfig(decomposition=decomposition, **SMALL)
+        ladder, regimes, b_s, names = _problem(observed, cfg)
+        x = np.log([2.0, 3.0, 0.01, 0.02])
+        res = fit_residuals(observed, ladder, regimes, b_s, cfg, names)(x)
+        vals = dict(zip(names, np.exp(x), strict=True))
+        y = observed_rows(observed, ladder, regimes)
+        comps = observed_components(observed, ladder, regimes) if decomposition else {}
+        rows = [regime_residuals(simulate_regime(r, ladder, b_s, cfg, vals), y[r],
+                                 comps.get(r)) for r in regimes]
+        assert sum(np.isfinite(r).sum() for r in rows) == res.size
+        np.testing.assert_allclose(sum(float(np.nansum(r**2)) for r in rows),
+                                   float(res @ res), rtol=1e-12)
 
 
 def test_component_weights_follow_the_share_of_queries():
