@@ -259,3 +259,20 @@ def test_joint_intervals_carry_the_base_shapes_uncertainty(tmp_path):
     lines = ok.stdout.splitlines()
     assert len(lines) == len(problem.names)
     assert all(line.endswith(" in") for line in lines)  # a fit's own values lie inside
+
+
+def test_the_stated_q2_example_is_table1_plus_rls_q2_cells():
+    # examples/paper_table1_rl_q2_stated.csv: the paper's Table 1 unchanged, and q2 = 0.50 (the
+    # centre of the stated 40-60%) on RL's tasks only; a drifted copy would fit another table
+    path = Path(__file__).resolve().parent.parent / "examples" / "paper_table1_rl_q2_stated.csv"
+    stated = load_accuracy_table(path)
+    check_observed(stated, path)
+    table1 = load_paper_table1()
+    cols = ["regime", "task", "accuracy", "ci_low", "ci_high", "n"]
+    pd.testing.assert_frame_equal(stated[cols].reset_index(drop=True),
+                                  table1[cols].reset_index(drop=True))
+    rl = stated["regime"] == RL
+    np.testing.assert_array_equal(stated.loc[rl, "q2"], 0.5)
+    assert stated.loc[~rl, "q2"].isna().all() and "p" not in stated and "q1" not in stated
+    comp = observed_components(stated, ladder_of(stated), [RL])[RL]
+    assert np.isnan(comp[:, :2]).all() and (comp[:, 2] == 0.5).all()
