@@ -30,8 +30,10 @@ Model (DESIGN.md §1, §2, §4):
    kernel of §1 (shared w_x frozen), with one length scale for sampling (ell_s) and one for both
    decisions (ell_d = ell_1 = ell_2), shared by all regimes: the network is the same, the
    objectives differ. `transfer = "global-decisions"`: ell_d = inf, each decision one trained
-   logit shared by every task. A run in which a step moves p or q by more than 0.5 is chaos, not
-   a result (DESIGN §2): it is flagged and its lr is not identified.
+   logit shared by every task; `"flat-decisions"`: ell_d at the kernel's flat limit (the fit
+   reports a lower bound on it: analysis.fit_bounds). A run in which a step moves p or q by
+   more than 0.5 is chaos, not a result (DESIGN §2): it is flagged and its lr is not
+   identified.
 3. Least squares (scipy.optimize.least_squares, bounded, in log space, from the coarse grid's
    three best starts, keeping the best whose training is not chaos) of Acc_K against the
    observed accuracy over all (trained regime, task) cells (with `decomposition`, also the
@@ -70,7 +72,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.fit_bounds import fixed_lr_rows
+from analysis.fit_bounds import fixed_lr_rows, flat_decisions_row
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
 from analysis.fit_decomposition import fit_residuals, observed_components, regime_residuals
 from analysis.fit_model import (
@@ -272,6 +274,9 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
     vals = values_of(sol.x)
     rows, bound_notes = fixed_lr_rows(regimes, observed, ladder, base_acc, vals, sse, cfg,
                                       budget)
+    if cfg.transfer == "flat-decisions":
+        row, note = flat_decisions_row(regimes, vals, sse, cfg, budget)
+        rows, bound_notes = [*rows, row], [*bound_notes, note]
     params = pd.concat([params, *rows], ignore_index=True)
     notes.extend(bound_notes)
     jumps = {r: max_jump(r, ladder, b_s, cfg, vals) for r in regimes}

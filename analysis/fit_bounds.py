@@ -1,7 +1,8 @@
 """One-sided bounds of the learning rates a fit fixes at one end of their range (DESIGN §4;
 analysis.fit_model.fixed_lr): SFT (no reflection) untrained (lr 0), bounded above; with lr_mode
-"sft-limits", SFT (reflection) trained at the top of its range, bounded below. Each is a
-one-parameter profile with the other values held at the fit: the lr at which the row's SSE has
+"sft-limits", SFT (reflection) trained at the top of its range, bounded below; and, with
+transfer "flat-decisions", ell_d at the kernel's flat limit, bounded below. Each is a
+one-parameter profile with the other values held at the fit: the value at which the SSE has
 risen by the fit's 95% budget (fit_model.sse_budget)."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
 
-from analysis.fit_config import FitConfig
+from analysis.fit_config import BOUNDS, FLAT_ELL_D, FitConfig
 from analysis.fit_model import Ladder, bounds_of, fixed_lr, lr_name
 from analysis.observed import SFT_NO_REFLECTION, SFT_REFLECTION
 
@@ -109,3 +110,26 @@ def bound_row(regime: str, cfg: FitConfig, low: float, high: float) -> pd.DataFr
                           "value": fixed_lr(regime, cfg), "se": float("nan"),
                           "ci_low": low, "ci_high": high, "identified": False,
                           "at_bound": False, "free": False}])
+
+
+def flat_decisions_row(regimes: list[str], vals: dict[str, float], sse: Callable[..., float],
+                       cfg: FitConfig, budget: float) -> tuple[pd.DataFrame, str]:
+    """(the parameter table's ell_d row, a note) of a fit with transfer "flat-decisions"
+    (ell_d = FLAT_ELL_D, DESIGN §1): its 95% lower bound, the ell_d below which the trained
+    rows' SSE (`sse(rows, values, cfg)`, run with ell_d free, transfer "shared") has risen by
+    `budget` over the fit's; 0 where even the search range's bottom stays within it."""
+    shared = replace(cfg, transfer="shared")
+    limit = sse(regimes, {**vals, "ell_d": FLAT_ELL_D}, shared) + budget
+
+    def excess(z: float) -> float:
+        return sse(regimes, {**vals, "ell_d": math.exp(z)}, shared) - limit
+
+    lo, hi = math.log(BOUNDS["ell_d"][0]), math.log(FLAT_ELL_D)
+    bound = 0.0 if excess(lo) <= 0 else float(np.exp(brentq(excess, lo, hi, xtol=1e-3)))
+    row = pd.DataFrame([{"name": "ell_d", "value": FLAT_ELL_D, "se": float("nan"),
+                         "ci_low": bound, "ci_high": math.inf, "identified": False,
+                         "at_bound": False, "free": False}])
+    return row, (f"ell_d at the kernel's flat limit ({FLAT_ELL_D:g}: each decision transfers "
+                 f"to every task alike); the data bound it below only: ell_d >= {bound:.3g} "
+                 "(95%, profile: the SSE may grow by 1.96^2 s^2)")
+

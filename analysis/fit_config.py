@@ -17,7 +17,12 @@ from core.regimes import PAPER_RL_KL
 from sim.model import Coupling, parse_coupling
 from sim.optim import SECOND_MOMENTS, OptimiserConfig
 
-TRANSFER_MODES = ("shared", "single", "per-regime", "global-decisions")
+TRANSFER_MODES = ("shared", "single", "per-regime", "global-decisions", "flat-decisions")
+# transfer "flat-decisions": ell_d far beyond the ladder's span, so each decision's kernel
+# exp(-gap / ell_d) is flat over every task (within span / 1e4 of 1: the kernel agent's
+# large-ell limit; at the masked fit of docs/results/simulator/fit_settings_compared.md q2
+# moves by 0.001 from ell_d 1e3 to 1e4)
+FLAT_ELL_D = 1e4
 LR_MODES = ("per-regime", "sft-shared", "no-refl-bound", "sft-limits")
 # the learning-rate modes that leave SFT (no reflection) untrained (lr 0) and the one that
 # trains SFT (reflection) at its lr's upper bound (analysis.fit_model.fixed_lr)
@@ -97,8 +102,10 @@ class FitConfig:
         "observed accuracies are clipped to [floor, 1 - floor] to solve b_s; in (0, 0.5)", "§1"))
     transfer: str = field(default="shared", metadata=doc(
         "length scales: shared (ell_s, ell_d), single (one ell: ell_d = ell_s), per-regime "
-        "(one ell each) or global-decisions (ell_s; ell_d = inf: each decision is one logit "
-        "shared by every task, sim.model's logit agent)", "§1", TRANSFER_MODES))
+        "(one ell each), global-decisions (ell_s; ell_d = inf: each decision is one logit "
+        "shared by every task, sim.model's logit agent) or flat-decisions (ell_s; ell_d at "
+        "the kernel's flat limit, 1e4, the fit reports a 95% lower bound on it)", "§1",
+        TRANSFER_MODES))
     base: str = field(default="floored", metadata=doc(
         "base offsets b_s(t): floored (p falls linearly in logit down to a floor: b_s = "
         "logaddexp(slope * (d_half - d(t)), logit(floor)), three parameters fitted to the "

@@ -8,7 +8,9 @@ Free parameters, by name (`free_parameter_names`):
   ell            one length scale for both (transfer "single": ell_d = ell_s)
   ell[<row>]     one length scale per regime (transfer "per-regime")
   ell_s          alone with transfer "global-decisions": ell_d = inf, each decision (q1, q2)
-                 is one trained logit shared by every task (sim.model's logit agent)
+                 is one trained logit shared by every task (sim.model's logit agent); with
+                 "flat-decisions": ell_d = FLAT_ELL_D, the kernel flat over the ladder (its
+                 data bound it below only: analysis.fit_bounds.flat_decisions_row)
   lr[<row>]      Adam's learning rate of a regime; with lr_mode "sft-shared" the two SFT rows
                  share lr[SFT] (the paper trains both with one SFT recipe, DESIGN §5)
   lr_frac[<row>] plain SGD: the learning rate as a fraction of the regime's stability bound
@@ -35,6 +37,7 @@ from scipy.special import logit
 
 from analysis.fit_config import (
     BOUNDS,
+    FLAT_ELL_D,
     REFLECTION_AT_TOP_LR_MODES,
     UNTRAINED_NO_REFLECTION_MODES,
     FitConfig,
@@ -322,6 +325,8 @@ def length_scales(regime: str, cfg: FitConfig, values: dict[str, float]) -> tupl
         return values["ell"], values["ell"]
     if cfg.transfer == "global-decisions":
         return values["ell_s"], math.inf
+    if cfg.transfer == "flat-decisions":
+        return values["ell_s"], FLAT_ELL_D
     return values["ell_s"], values["ell_d"]
 
 
@@ -374,7 +379,7 @@ def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
         names = [column("ell", r) for r in regimes if lr_name(r, cfg) is not None]
     elif cfg.transfer == "single":
         names = ["ell"]
-    elif cfg.transfer == "global-decisions":
+    elif cfg.transfer in ("global-decisions", "flat-decisions"):
         names = ["ell_s"]
     else:
         names = ["ell_s", "ell_d"]
@@ -398,7 +403,7 @@ def grid_starts(regimes: list[str], cfg: FitConfig, start: dict[str, float],
         combos = [{"ell_s": a, "ell_d": b} for a in GRID_ELL for b in GRID_ELL_D]
     elif cfg.transfer == "single":
         combos = [{"ell": a} for a in (*GRID_ELL, GRID_ELL_D[-1])]
-    elif cfg.transfer == "global-decisions":
+    elif cfg.transfer in ("global-decisions", "flat-decisions"):
         combos = [{"ell_s": a} for a in GRID_ELL]
     else:
         combos = [{}]

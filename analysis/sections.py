@@ -314,6 +314,9 @@ def transfer_text(cfg: FitConfig) -> str:
     if cfg.transfer == "global-decisions":
         return ("OOD transfer: sampling through the kernel of DESIGN §1 (one length scale), "
                 "each decision one logit shared by every task.")
+    if cfg.transfer == "flat-decisions":
+        return ("OOD transfer through the kernel of DESIGN §1: sampling with a fitted length "
+                "scale, each decision's kernel flat over every task (ell_d at its limit).")
     return f"OOD transfer only through the kernel of DESIGN §1 ({cfg.transfer} length scales)."
 
 

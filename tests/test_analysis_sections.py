@@ -133,6 +133,8 @@ def test_the_fit_caption_states_the_fits_data_and_transfer_options():
     assert "no loss on its wrong first attempts" in sections.trained_text(masked)
     assert "(shared length scales)" in sections.transfer_text(default)
     assert "each decision one logit shared by every task" in sections.transfer_text(masked)
+    flat = sections.transfer_text(FitConfig(transfer="flat-decisions"))
+    assert "kernel flat over every task" in flat and "one logit" not in flat
 
 
 def test_a_decomposition_fit_says_it_fitted_the_measured_p_and_q(inputs):

@@ -1,5 +1,6 @@
 """The fit's SFT-data and decision-transfer options (DESIGN §1, §2): masked wrong attempts
-and decisions shared by every task (transfer "global-decisions")."""
+and decisions shared by every task (transfer "global-decisions": one logit each;
+"flat-decisions": the kernel's flat limit, ell_d bounded below by the data)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from analysis.fit import FitConfig, Ladder, base_sampling_logits
+from analysis.fit_bounds import flat_decisions_row
+from analysis.fit_config import FLAT_ELL_D
 from analysis.fit_model import (
     agent_spec,
     free_parameter_names,
@@ -80,3 +83,44 @@ def test_an_unknown_transfer_is_refused_with_the_choices(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = CliRunner().invoke(main, ["fit", "--transfer", "nope", "--name", "g"])
     assert bad.exit_code != 0 and "global-decisions" in bad.output
+
+
+def test_flat_decisions_are_the_shared_kernel_at_its_flat_limit():
+    """ell_d = FLAT_ELL_D in the kernel agent: q equal on every task, the shared transfer's
+    run at that ell_d exactly, and not the logit agent of global-decisions (which trains the
+    decisions at another rate: docs/results/simulator/fit_settings_compared.md)."""
+    cfg = FitConfig(transfer="flat-decisions", steps=50)
+    assert free_parameter_names(REGIMES, cfg) == ["ell_s", f"lr[{SFT_REFLECTION}]", "lr[RL]"]
+    assert length_scales(RL, cfg, {"ell_s": 2.0}) == (2.0, FLAT_ELL_D)
+    vals = {"ell_s": 1.0, "lr[RL]": 0.05}
+    flat = simulate_regime(RL, LADDER, _offsets(cfg), cfg, vals)
+    shared = simulate_regime(RL, LADDER, _offsets(cfg), FitConfig(steps=50),
+                             {**vals, "ell_d": FLAT_ELL_D})
+    np.testing.assert_array_equal(flat, shared)
+    # kernel weights exp(-gap / ell_d) within 4 / FLAT_ELL_D of 1 on this ladder
+    np.testing.assert_allclose(flat[:, 1:3], flat[0, 1:3] + 0 * flat[:, 1:3], atol=1e-3)
+    assert abs(flat[0, 2] - FitConfig().q2_base) > 0.05  # trained: the check above has teeth
+    logit_agent = simulate_regime(RL, LADDER, _offsets(cfg),
+                                  FitConfig(transfer="global-decisions", steps=50), vals)
+    assert abs(logit_agent[0, 2] - flat[0, 2]) > 1e-3
+
+
+def test_flat_decisions_lower_bound_is_where_the_sse_has_risen_by_the_budget():
+    """A known SSE, 1 / ell_d over the rows (falling toward the flat limit): the bound solves
+    1 / ell_d = 1 / FLAT_ELL_D + budget; read with ell_d free (transfer shared)."""
+    calls = []
+
+    def sse(rows, vals, run_cfg):
+        calls.append(run_cfg.transfer)
+        return len(rows) / vals["ell_d"]
+
+    cfg = FitConfig(transfer="flat-decisions")
+    row, note = flat_decisions_row([SFT_REFLECTION, RL], {"ell_s": 1.0}, sse, cfg, 0.1)
+    want = 2 / (2 / FLAT_ELL_D + 0.1)
+    assert row.loc[0, "ci_low"] == pytest.approx(want, rel=2e-3)
+    assert row.loc[0, "value"] == FLAT_ELL_D and row.loc[0, "ci_high"] == math.inf
+    assert not row.loc[0, "free"] and not row.loc[0, "identified"]
+    assert set(calls) == {"shared"} and f"ell_d >= {want:.3g}" in note
+    flat_sse = flat_decisions_row([RL], {}, lambda rows, vals, c: 0.3, cfg, 0.1)[0]
+    assert flat_sse.loc[0, "ci_low"] == 0.0  # no ell_d in the range is ruled out
+

@@ -75,6 +75,7 @@ def test_max_attempts_reaches_the_trained_dynamics():
      {"max_attempts": 12, "lr_mode": "sft-shared", "transfer": "single"}),
     (["--mask-wrong-attempts", "--transfer", "global-decisions", "--decomposition"],
      {"mask_wrong_attempts": True, "transfer": "global-decisions", "decomposition": True}),
+    (["--transfer", "flat-decisions"], {"transfer": "flat-decisions"}),
 ])
 def test_fit_options_reach_the_config(tmp_path, monkeypatch, args, want):
     from cli import main
