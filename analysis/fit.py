@@ -141,6 +141,8 @@ class FitResult:
             if not r.free:  # a fixed setting, or a fixed lr with its one-sided bound
                 what = ("(fixed)" if np.isnan(r.ci_high)
                         else f"(not trained; 95% upper bound {r.ci_high:.3g})" if r.value == 0
+                        else f"(at the kernel's flat limit; 95% lower bound {r.ci_low:.3g})"
+                        if r.name == "ell_d"
                         else f"(trained at the top of its range; 95% lower bound {r.ci_low:.3g})")
                 lines.append(f"  {r.name:<26} {r.value:.4g} {what}")
                 continue

@@ -124,3 +124,18 @@ def test_flat_decisions_lower_bound_is_where_the_sse_has_risen_by_the_budget():
     flat_sse = flat_decisions_row([RL], {}, lambda rows, vals, c: 0.3, cfg, 0.1)[0]
     assert flat_sse.loc[0, "ci_low"] == 0.0  # no ell_d in the range is ruled out
 
+
+def test_a_flat_decisions_fit_reports_ell_d_as_bounded_below():
+    from analysis.fit import fit_observed
+    from analysis.observed import load_paper_table1
+
+    res = fit_observed(load_paper_table1(), FitConfig(
+        transfer="flat-decisions", steps=3, max_attempts=3, max_nfev=2, starts=1))
+    params = res.params.set_index("name")
+    assert "ell_d" in params.index and not params.loc["ell_d", "free"]
+    assert params.loc["ell_d", "value"] == FLAT_ELL_D
+    assert 0 <= params.loc["ell_d", "ci_low"] < FLAT_ELL_D
+    assert "ell_d" not in set(params.index[params["free"]])
+    line = next(x for x in res.summary().splitlines() if x.strip().startswith("ell_d"))
+    assert "flat limit; 95% lower bound" in line and "trained" not in line
+
