@@ -112,6 +112,8 @@ def params_text(result: FitResult) -> str:
         if r.free:
             unc = "at bound" if r.at_bound or not np.isfinite(r.se) else f"± {r.se:.2g}"
             parts.append(f"{r.name} = {r.value:.3g} ({unc})")
+        elif np.isinf(r.ci_high):  # at the top of its range (sft-limits, flat-decisions)
+            parts.append(f"{r.name} = {r.value:g} (>= {r.ci_low:.2g})")
         elif pd.notna(r.ci_high):  # an untrained row's lr: an upper bound only
             parts.append(f"{r.name} = {r.value:g} (<= {r.ci_high:.2g})")
         else:

@@ -138,4 +138,7 @@ def test_a_flat_decisions_fit_reports_ell_d_as_bounded_below():
     assert "ell_d" not in set(params.index[params["free"]])
     line = next(x for x in res.summary().splitlines() if x.strip().startswith("ell_d"))
     assert "flat limit; 95% lower bound" in line and "trained" not in line
+    from analysis.fit_io import params_text  # the report's caption: a lower bound, not "<= inf"
+    caption = params_text(res)
+    assert f"ell_d = {FLAT_ELL_D:g} (>= " in caption and "<= inf" not in caption
 
