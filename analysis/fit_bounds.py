@@ -68,12 +68,19 @@ def one_sided_lr_bound(regime: str, vals: dict[str, float],
         return sse([regime], {**vals, name: math.exp(z)}) - limit
 
     lo, hi = np.log(bounds_of(name, cfg))
-    near, far = (hi, lo) if fixed_lr(regime, cfg) else (lo, hi)  # the fixed end first
+    return bound_along(excess, *((hi, lo) if fixed_lr(regime, cfg) else (lo, hi)))
+
+
+def bound_along(excess: Callable[[float], float], near: float, far: float) -> float:
+    """A one-sided 95% bound (module docstring): the root in log space of `excess` (the SSE
+    with the parameter at exp(z), minus the SSE at its fixed end, minus the budget) between
+    `near` (the search range's end beside the fixed one) and `far`; where even `far` stays
+    within the budget, the range bounds nothing: 0 (a lower bound) or inf (an upper one)."""
     if excess(far) <= 0:
-        return 0.0 if far == lo else math.inf
+        return 0.0 if far < near else math.inf
     if excess(near) > 0:
         return float(np.exp(near))
-    return float(np.exp(brentq(excess, lo, hi, xtol=1e-3)))
+    return float(np.exp(brentq(excess, min(near, far), max(near, far), xtol=1e-3)))
 
 
 def plateau_check(regime: str, vals: dict[str, float],
@@ -124,8 +131,7 @@ def flat_decisions_row(regimes: list[str], vals: dict[str, float], sse: Callable
     def excess(z: float) -> float:
         return sse(regimes, {**vals, "ell_d": math.exp(z)}, shared) - limit
 
-    lo, hi = math.log(BOUNDS["ell_d"][0]), math.log(FLAT_ELL_D)
-    bound = 0.0 if excess(lo) <= 0 else float(np.exp(brentq(excess, lo, hi, xtol=1e-3)))
+    bound = bound_along(excess, math.log(FLAT_ELL_D), math.log(BOUNDS["ell_d"][0]))
     row = pd.DataFrame([{"name": "ell_d", "value": FLAT_ELL_D, "se": float("nan"),
                          "ci_low": bound, "ci_high": math.inf, "identified": False,
                          "at_bound": False, "free": False}])

@@ -23,6 +23,8 @@ TRANSFER_MODES = ("shared", "single", "per-regime", "global-decisions", "flat-de
 # large-ell limit; at the masked fit of docs/results/simulator/fit_settings_compared.md q2
 # moves by 0.001 from ell_d 1e3 to 1e4)
 FLAT_ELL_D = 1e4
+# the transfers whose decisions have no free length scale: ell_s is their only one
+ELL_S_ONLY_TRANSFERS = ("global-decisions", "flat-decisions")
 LR_MODES = ("per-regime", "sft-shared", "no-refl-bound", "sft-limits")
 # the learning-rate modes that leave SFT (no reflection) untrained (lr 0) and the one that
 # trains SFT (reflection) at its lr's upper bound (analysis.fit_model.fixed_lr)

@@ -49,17 +49,25 @@ def component_weights(comp: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(share, 0.0, 1.0))
 
 
+def component_residuals(simulated: np.ndarray, components: np.ndarray,
+                        fitted_nan: float = np.nan) -> np.ndarray:
+    """Fitted minus observed (p, q1, q2) per task (`simulated`: simulate_regime's (tasks, 4)
+    p, q1, q2, Acc_K; `components`: the observed (tasks, 3)), weighted (`component_weights`),
+    raveled task by task; NaN where unobserved. A fitted NaN counts as `fitted_nan` before
+    weighting (the least squares: 1, as fit_model.trained_residuals counts it)."""
+    diff = np.where(np.isnan(simulated[:, :3]), fitted_nan, simulated[:, :3] - components)
+    return (component_weights(components) * diff).ravel()
+
+
 def regime_residuals(simulated: np.ndarray, accuracy: np.ndarray,
                      components: np.ndarray | None) -> np.ndarray:
-    """One regime's residuals, fitted minus observed, NaN where unobserved: accuracy per task
-    (`simulated`: simulate_regime's (tasks, 4) p, q1, q2, Acc_K), then, where `components`
-    (observed (p, q1, q2) per task) is given, the weighted (p, q1, q2) cells, as
-    `fit_residuals` weighs them."""
+    """One regime's residuals, fitted minus observed, NaN where unobserved (or fitted NaN):
+    accuracy per task (`simulated`: simulate_regime's (tasks, 4) p, q1, q2, Acc_K), then,
+    where `components` (observed (p, q1, q2) per task) is given, `component_residuals`."""
     acc = simulated[:, 3] - accuracy
     if components is None:
         return acc
-    return np.concatenate([acc, (component_weights(components)
-                                 * (simulated[:, :3] - components)).ravel()])
+    return np.concatenate([acc, component_residuals(simulated, components)])
 
 
 def fit_residuals(observed: Any, ladder: Ladder, regimes: list[str], b_s: np.ndarray,
@@ -74,15 +82,14 @@ def fit_residuals(observed: Any, ladder: Ladder, regimes: list[str], b_s: np.nda
         return accuracy
     comp = observed_components(observed, ladder, regimes)
     seen = np.isfinite(np.concatenate([comp[r].ravel() for r in regimes]))
-    weights = np.concatenate([component_weights(comp[r]).ravel() for r in regimes])[seen]
     if not seen.any():
         raise FitError("--decomposition needs observed p, q1 or q2 of a trained row (columns "
                        "p/q1/q2, or a real run's calibration.csv); this table has none")
 
     def residuals(x: np.ndarray) -> np.ndarray:
         vals = {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
-        out = np.concatenate([(simulate_regime(r, ladder, b_s, cfg, vals)[:, :3]
-                               - comp[r]).ravel() for r in regimes])
-        return np.concatenate([accuracy(x), weights * np.nan_to_num(out[seen], nan=1.0)])
+        out = np.concatenate([component_residuals(simulate_regime(r, ladder, b_s, cfg, vals),
+                                                  comp[r], fitted_nan=1.0) for r in regimes])
+        return np.concatenate([accuracy(x), out[seen]])
 
     return residuals

@@ -37,6 +37,7 @@ from scipy.special import logit
 
 from analysis.fit_config import (
     BOUNDS,
+    ELL_S_ONLY_TRANSFERS,
     FLAT_ELL_D,
     REFLECTION_AT_TOP_LR_MODES,
     UNTRAINED_NO_REFLECTION_MODES,
@@ -379,7 +380,7 @@ def free_parameter_names(regimes: list[str], cfg: FitConfig) -> list[str]:
         names = [column("ell", r) for r in regimes if lr_name(r, cfg) is not None]
     elif cfg.transfer == "single":
         names = ["ell"]
-    elif cfg.transfer in ("global-decisions", "flat-decisions"):
+    elif cfg.transfer in ELL_S_ONLY_TRANSFERS:
         names = ["ell_s"]
     else:
         names = ["ell_s", "ell_d"]
@@ -403,7 +404,7 @@ def grid_starts(regimes: list[str], cfg: FitConfig, start: dict[str, float],
         combos = [{"ell_s": a, "ell_d": b} for a in GRID_ELL for b in GRID_ELL_D]
     elif cfg.transfer == "single":
         combos = [{"ell": a} for a in (*GRID_ELL, GRID_ELL_D[-1])]
-    elif cfg.transfer in ("global-decisions", "flat-decisions"):
+    elif cfg.transfer in ELL_S_ONLY_TRANSFERS:
         combos = [{"ell_s": a} for a in GRID_ELL]
     else:
         combos = [{}]
