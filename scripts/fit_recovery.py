@@ -30,7 +30,7 @@ from analysis.fit_io import load_fit, load_saved_fit  # noqa: E402
 from analysis.fit_model import simulate_regime  # noqa: E402
 from analysis.fit_profile import SavedFitProblem  # noqa: E402
 from analysis.observed import BASE  # noqa: E402
-from core.calibration import Z95  # noqa: E402
+from core.calibration import normal_ci  # noqa: E402
 
 
 def synthetic_table(fit_dir: Path, n: int, seed: int) -> pd.DataFrame:
@@ -45,11 +45,11 @@ def synthetic_table(fit_dir: Path, n: int, seed: int) -> pd.DataFrame:
         for i, task in enumerate(problem.ladder.names):
             p, q1, q2, acc = (float(v) for v in sim[i])
             first_right = int(rng.binomial(n, p))
-            a = rng.binomial(n, acc) / n
-            half = Z95 * np.sqrt(a * (1 - a) / n)
+            a = normal_ci(rng.binomial(n, acc), n)  # the paper's interval (DESIGN §4)
             rows.append({"regime": regime, "task": task, "task_index": i + 1,
                          "in_distribution": problem.ladder.in_distribution[i],
-                         "accuracy": a, "ci_low": a - half, "ci_high": a + half, "n": n,
+                         "accuracy": a.estimate, "ci_low": a.ci_low, "ci_high": a.ci_high,
+                         "n": n,
                          "p": first_right / n,
                          "q1": rng.binomial(first_right, q1) / first_right
                          if first_right else np.nan,
