@@ -72,17 +72,15 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from analysis.fit_bounds import fixed_lr_rows, flat_decisions_row
+from analysis.fit_base import FITTED_BASES, base_offsets, base_sampling_logits
+from analysis.fit_bounds import fixed_lr_rows, flat_decisions_row, one_sided_bound
 from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitConfig, FitError
 from analysis.fit_decomposition import fit_residuals, observed_components, regime_residuals
 from analysis.fit_model import (
-    FITTED_BASES,
     ROUGH_LIMIT,
     TRAINED_REGIMES,
     UNSTABLE_JUMP,
     Ladder,
-    base_offsets,
-    base_sampling_logits,
     bounds_of,
     free_parameter_names,
     grid_starts,
@@ -138,12 +136,13 @@ class FitResult:
         lines = [f"fit of the simulator to {self.observed_source or 'the observed table'} "
                  f"({self.n_obs} cells, {self.wall_s:.1f} s)", "parameters (95% interval):"]
         for r in self.params.itertuples():
-            if not r.free:  # a fixed setting, or a fixed lr with its one-sided bound
-                what = ("(fixed)" if np.isnan(r.ci_high)
-                        else f"(not trained; 95% upper bound {r.ci_high:.3g})" if r.value == 0
-                        else f"(at the kernel's flat limit; 95% lower bound {r.ci_low:.3g})"
+            if not r.free:  # a fixed setting, or a fixed value with its one-sided bound
+                bound = one_sided_bound(r)
+                what = ("(fixed)" if bound is None
+                        else f"(not trained; 95% upper bound {bound[1]:.3g})" if bound[0] == "<="
+                        else f"(at the kernel's flat limit; 95% lower bound {bound[1]:.3g})"
                         if r.name == "ell_d"
-                        else f"(trained at the top of its range; 95% lower bound {r.ci_low:.3g})")
+                        else f"(trained at the top of its range; 95% lower bound {bound[1]:.3g})")
                 lines.append(f"  {r.name:<26} {r.value:.4g} {what}")
                 continue
             if r.at_bound or not np.isfinite(r.se):
@@ -242,7 +241,8 @@ def fit_observed(observed: pd.DataFrame, cfg: FitConfig | None = None,
 
     def sse(rows: list[str], vals: dict[str, float], run_cfg: FitConfig = cfg) -> float:
         # over the cells the least squares sees (with decomposition, the p, q1, q2 cells
-        # too), so that the start grid and the one-sided bounds read the budget's own SSE
+        # too), counted as it counts them (a fitted NaN misses by 1), so that the start grid
+        # and the one-sided bounds read the budget's own SSE
         return sum(float(np.nansum(regime_residuals(
             simulate_regime(r, ladder, b_s, run_cfg, vals), y[r], comps.get(r))**2))
             for r in rows)

@@ -119,6 +119,18 @@ def bound_row(regime: str, cfg: FitConfig, low: float, high: float) -> pd.DataFr
                           "at_bound": False, "free": False}])
 
 
+def one_sided_bound(row: Any) -> tuple[str, float] | None:
+    """How a row of the parameter table that is not free reads (module docstring): ("<=",
+    its 95% upper bound) for an untrained lr (value 0), (">=", its 95% lower bound) for a
+    value fixed at the top of its range (ci_high inf), None for a fixed setting without an
+    interval. Every caption and summary of a fit reads its fixed rows through this."""
+    if pd.isna(row.ci_high):
+        return None
+    if row.value == 0:
+        return "<=", float(row.ci_high)
+    return ">=", float(row.ci_low)
+
+
 def flat_decisions_row(regimes: list[str], vals: dict[str, float], sse: Callable[..., float],
                        cfg: FitConfig, budget: float) -> tuple[pd.DataFrame, str]:
     """(the parameter table's ell_d row, a note) of a fit with transfer "flat-decisions"

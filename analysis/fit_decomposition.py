@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from analysis.fit_config import FitConfig, FitError
-from analysis.fit_model import Ladder, observed_rows, simulate_regime, trained_residuals
+from analysis.fit_model import (
+    Ladder,
+    fitted_minus_observed,
+    observed_rows,
+    simulate_regime,
+    trained_residuals,
+)
 from analysis.observed import DECOMPOSITION  # (p, q1, q2): simulate_regime's column order
 
 
@@ -49,22 +55,22 @@ def component_weights(comp: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(share, 0.0, 1.0))
 
 
-def component_residuals(simulated: np.ndarray, components: np.ndarray,
-                        fitted_nan: float = np.nan) -> np.ndarray:
+def component_residuals(simulated: np.ndarray, components: np.ndarray) -> np.ndarray:
     """Fitted minus observed (p, q1, q2) per task (`simulated`: simulate_regime's (tasks, 4)
     p, q1, q2, Acc_K; `components`: the observed (tasks, 3)), weighted (`component_weights`),
-    raveled task by task; NaN where unobserved. A fitted NaN counts as `fitted_nan` before
-    weighting (the least squares: 1, as fit_model.trained_residuals counts it)."""
-    diff = np.where(np.isnan(simulated[:, :3]), fitted_nan, simulated[:, :3] - components)
+    raveled task by task (fit_model.fitted_minus_observed: NaN where unobserved, a fitted
+    NaN counts 1 before weighting)."""
+    diff = fitted_minus_observed(simulated[:, :3], components)
     return (component_weights(components) * diff).ravel()
 
 
 def regime_residuals(simulated: np.ndarray, accuracy: np.ndarray,
                      components: np.ndarray | None) -> np.ndarray:
-    """One regime's residuals, fitted minus observed, NaN where unobserved (or fitted NaN):
-    accuracy per task (`simulated`: simulate_regime's (tasks, 4) p, q1, q2, Acc_K), then,
-    where `components` (observed (p, q1, q2) per task) is given, `component_residuals`."""
-    acc = simulated[:, 3] - accuracy
+    """One regime's residuals as the least squares counts them (fit_model.fitted_minus_observed:
+    NaN where unobserved, a fitted NaN counts 1): accuracy per task (`simulated`:
+    simulate_regime's (tasks, 4) p, q1, q2, Acc_K), then, where `components` (observed (p, q1,
+    q2) per task) is given, `component_residuals`. Their squares' nansum is the row's SSE."""
+    acc = fitted_minus_observed(simulated[:, 3], accuracy)
     if components is None:
         return acc
     return np.concatenate([acc, component_residuals(simulated, components)])
@@ -89,7 +95,7 @@ def fit_residuals(observed: Any, ladder: Ladder, regimes: list[str], b_s: np.nda
     def residuals(x: np.ndarray) -> np.ndarray:
         vals = {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
         out = np.concatenate([component_residuals(simulate_regime(r, ladder, b_s, cfg, vals),
-                                                  comp[r], fitted_nan=1.0) for r in regimes])
+                                                  comp[r]) for r in regimes])
         return np.concatenate([accuracy(x), out[seen]])
 
     return residuals

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import FitConfig, FitError, FitResult, fit_observed, observed_digest
+from analysis.fit_bounds import one_sided_bound
 from analysis.observed import BASE
 from core.provenance import finite_json, json_default
 from core.records import finish_record, record_outcome, start_record
@@ -112,12 +113,10 @@ def params_text(result: FitResult) -> str:
         if r.free:
             unc = "at bound" if r.at_bound or not np.isfinite(r.se) else f"± {r.se:.2g}"
             parts.append(f"{r.name} = {r.value:.3g} ({unc})")
-        elif np.isinf(r.ci_high):  # at the top of its range (sft-limits, flat-decisions)
-            parts.append(f"{r.name} = {r.value:g} (>= {r.ci_low:.2g})")
-        elif pd.notna(r.ci_high):  # an untrained row's lr: an upper bound only
-            parts.append(f"{r.name} = {r.value:g} (<= {r.ci_high:.2g})")
-        else:
-            parts.append(f"{r.name} = {r.value:g}")
+        else:  # a fixed value, with its one-sided bound where it has one
+            bound = one_sided_bound(r)
+            parts.append(f"{r.name} = {r.value:g}"
+                         + (f" ({bound[0]} {bound[1]:.2g})" if bound else ""))
     return "; ".join(parts)
 
 

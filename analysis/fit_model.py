@@ -1,5 +1,5 @@
-"""The model the fit evaluates (DESIGN §1, §2, §4): base offsets from the Base row, the
-simulator objective of each trained regime, and the trained agent's per-task (p, q1, q2,
+"""The model the fit evaluates (DESIGN §1, §2, §4), from the base offsets (analysis.fit_base):
+the simulator objective of each trained regime, and the trained agent's per-task (p, q1, q2,
 Acc_K) for given values of the free parameters. analysis.fit does the least squares; the
 module docstring there states the model.
 
@@ -32,7 +32,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import logit
 
 from analysis.fit_config import (
@@ -61,82 +60,19 @@ GRID_ELL_D = (1.0, 4.0, 16.0)
 GRID_LR = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 0.5), "lr_frac": (0.01, 0.03, 0.1, 0.3, 1.0)}
 
 
+def task_difficulty(n_tasks: int) -> np.ndarray:
+    """d(t) = t, the task's position on the ladder (DESIGN §1): the fit's difficulty axis,
+    which the base shape (`base_shape`) and the transfer kernels read."""
+    return np.arange(1, n_tasks + 1, dtype=float)
+
+
 @dataclass(frozen=True)
 class Ladder:
-    """The observed task ladder: names in order, difficulty = position, ID flags."""
+    """The observed task ladder: names in order, difficulty = position (`task_difficulty`),
+    ID flags."""
 
     names: tuple[str, ...]
     in_distribution: tuple[bool, ...]
-
-
-def base_sampling_logits(base_acc: np.ndarray, cfg: FitConfig) -> np.ndarray:
-    """b_s(t) with Acc_K(sigmoid(b_s), q1_base, q2_base) = clip(observed base accuracy)."""
-    out = []
-    k = cfg.max_attempts
-    lo_acc = float(accuracy_forced_stop(1e-9, cfg.q1_base, cfg.q2_base, k))
-    hi_acc = float(accuracy_forced_stop(1 - 1e-9, cfg.q1_base, cfg.q2_base, k))
-    for a in np.clip(np.asarray(base_acc, float), cfg.acc_floor, 1 - cfg.acc_floor):
-        a = float(np.clip(a, lo_acc + 1e-9, hi_acc - 1e-9))
-        f = lambda z, a=a: float(accuracy_forced_stop(1 / (1 + math.exp(-z)), cfg.q1_base,  # noqa: E731
-                                                      cfg.q2_base, k)) - a
-        out.append(brentq(f, -25.0, 25.0, xtol=1e-10))
-    return np.array(out)
-
-
-# the base shapes fitted to the untrained rows (FitConfig.base), with their parameters' names
-FITTED_BASES = {"linear": ("base_d_half", "base_slope"),
-                "floored": ("base_d_half", "base_slope", "base_floor")}
-
-
-def base_shape(base: str, x: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """b_s(t) of a fitted base shape (DESIGN §1) at log-parameters x = log(d_half, slope[,
-    floor]) over difficulties d: linear, slope * (d_half - d); floored, the smooth maximum
-    logaddexp(slope * (d_half - d), logit(floor)), i.e. p falls with d down to a floor."""
-    line = np.exp(x[1]) * (np.exp(x[0]) - d)
-    if base == "linear":
-        return line
-    return np.logaddexp(line, logit(np.exp(x[2])))
-
-
-def base_residuals(base_acc: np.ndarray, cfg: FitConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """x (log parameters of the shape `cfg.base`) -> fitted minus observed Acc_K of the
-    untrained rows `base_acc` (one row per task, or (rows, tasks); NaN = not observed)."""
-    acc = np.atleast_2d(np.asarray(base_acc, float))
-    d = np.arange(1, acc.shape[1] + 1, dtype=float)
-    seen = np.isfinite(acc)
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        p = 1 / (1 + np.exp(-base_shape(cfg.base, x, d)))
-        fitted = accuracy_forced_stop(p, cfg.q1_base, cfg.q2_base, cfg.max_attempts)
-        return (fitted[None, :] - acc)[seen]
-
-    return residuals
-
-
-def fitted_base(base_acc: np.ndarray, cfg: FitConfig) -> tuple[np.ndarray, Any, tuple[str, ...]]:
-    """b_s(t) of the shape `cfg.base` ("linear" or "floored", base_shape) with d(t) = t (the
-    ladder's position), least squares of Acc_K in log space against the untrained rows
-    `base_acc` (`base_residuals`): (b_s per task, scipy's solution, the parameters' names)."""
-    from scipy.optimize import least_squares
-
-    names = FITTED_BASES[cfg.base]
-    d = np.arange(1, np.atleast_2d(base_acc).shape[1] + 1, dtype=float)
-    residuals = base_residuals(base_acc, cfg)
-    lo = np.log([BOUNDS[n][0] for n in names])
-    hi = np.log([BOUNDS[n][1] for n in names])
-    start = np.log([1.5, 1.5, 0.01][:len(names)])
-    sol = least_squares(residuals, start, bounds=(lo, hi), method="trf")
-    return base_shape(cfg.base, sol.x, d), sol, names
-
-
-BASE_NOTES = {
-    "floored": "base offsets: b_s(t) = logaddexp(slope * (d_half - t), logit(floor)), fitted "
-               "to the untrained rows: p falls with the task's position down to a floor (the "
-               "Base and SFT no-reflection rows score 13 of 800 on T4-T7, where a line without "
-               "a floor predicts about 3)",
-    "linear": "base offsets: b_s(t) = slope * (d_half - t), fitted to the untrained rows (the "
-              "Base row's OOD cells of 1-5% are binomial noise at n = 100)",
-}
 
 
 def observed_rows(observed: Any, ladder: Ladder, regimes: list[str]) -> dict[str, np.ndarray]:
@@ -152,16 +88,26 @@ def trained_residuals(regimes: list[str], ladder: Ladder, b_s: np.ndarray, cfg: 
                       ) -> Callable[[np.ndarray], np.ndarray]:
     """The fit's residual function: x (log values of the free parameters `names`) -> fitted
     minus observed Acc_K over every observed cell of `regimes` (y: observed_rows), in
-    regime-then-task order; a fitted NaN counts as a residual of 1."""
+    regime-then-task order (`fitted_minus_observed`: a fitted NaN counts as a residual of 1)."""
     seen = np.isfinite(np.concatenate([y[r] for r in regimes]))
 
     def residuals(x: np.ndarray) -> np.ndarray:
         vals = {n: float(np.exp(v)) for n, v in zip(names, x, strict=True)}
-        out = np.concatenate([simulate_regime(r, ladder, b_s, cfg, vals)[:, 3] - y[r]
+        out = np.concatenate([fitted_minus_observed(simulate_regime(r, ladder, b_s, cfg,
+                                                                    vals)[:, 3], y[r])
                               for r in regimes])
-        return np.nan_to_num(out[seen], nan=1.0)
+        return out[seen]
 
     return residuals
+
+
+def fitted_minus_observed(fitted: np.ndarray, observed: np.ndarray,
+                          fitted_nan: float = 1.0) -> np.ndarray:
+    """The fit's residuals, fitted minus observed: NaN where a cell is not observed, and
+    `fitted_nan` where it is but the simulation gave NaN (a training that overflowed counts as
+    a miss of 1, the largest a probability can miss by, so that no search reads it as a fit)."""
+    diff = np.asarray(fitted, float) - observed
+    return np.where(np.isnan(fitted) & ~np.isnan(observed), fitted_nan, diff)
 
 
 def sse_budget(sse: float, n_cells: int, n_free: int) -> float:
@@ -206,33 +152,6 @@ def sse_roughness(residuals: Callable[[np.ndarray], np.ndarray], x: np.ndarray, 
     return out
 
 
-def untrained_regimes(observed: Any, cfg: FitConfig) -> list[str]:
-    """The rows the model says are the untrained base model's (DESIGN §1, §4): Base, and SFT
-    (no reflection) where the lr_mode leaves it untrained (`fixed_lr`)."""
-    present = set(observed["regime"])
-    return [BASE] + ([SFT_NO_REFLECTION] if fixed_lr(SFT_NO_REFLECTION, cfg) == 0
-                     and SFT_NO_REFLECTION in present else [])
-
-
-def base_offsets(observed: Any, ladder: Ladder, cfg: FitConfig
-                 ) -> tuple[np.ndarray, Any, tuple[str, ...], list[str]]:
-    """b_s(t) per task of `ladder` from an observed table (analysis.observed layout) under
-    cfg.base: (b_s, the base shape's scipy solution or None, its parameters' names, notes)."""
-    obs = observed.set_index(["regime", "task"])
-    if cfg.base not in FITTED_BASES:  # exact: one offset per task from the Base row
-        base_acc = np.array([obs.loc[(BASE, t), "accuracy"] for t in ladder.names], float)
-        return base_sampling_logits(base_acc, cfg), None, (), []
-    untrained = untrained_regimes(observed, cfg)
-    rows = observed_rows(observed, ladder, untrained)
-    b_s, sol, names = fitted_base(np.array([rows[r] for r in untrained]), cfg)
-    notes = []
-    if len(untrained) > 1:
-        notes.append(f"the base shape is fitted to both untrained rows ({', '.join(untrained)})"
-                     f": with lr_mode {cfg.lr_mode} the {SFT_NO_REFLECTION} row is the base "
-                     "model's")
-    return b_s, sol, names, [*notes, BASE_NOTES[cfg.base]]
-
-
 def regime_objective(regime: str, cfg: FitConfig, beta: float) -> Any:
     """The simulator objective reproducing a trained regime, given by its paper row: the
     regime table's term spec (core.regimes) with the KL weight `beta`, the KL estimator and
@@ -262,7 +181,7 @@ def agent_spec(ladder: Ladder, b_s: tuple[float, ...], cfg: FitConfig, ell_s: fl
     from sim.model import AgentSpec, TaskLadder, TransferConfig
 
     b1, b2 = logit(cfg.q1_base), logit(cfg.q2_base)
-    lad = TaskLadder(ladder.names, tuple(float(i + 1) for i in range(len(ladder.names))),
+    lad = TaskLadder(ladder.names, tuple(task_difficulty(len(ladder.names)).tolist()),
                      ladder.in_distribution, tuple((b, b1, b2) for b in b_s))
     scales = (ell_s, ell_d, ell_d)  # ell = inf: one shared logit, trained (sim.model)
     return AgentSpec(ladder=lad, transfer=TransferConfig(scales,

@@ -37,21 +37,24 @@ from analysis.fit import (
     exp_capped,
     ladder_of,
 )
-from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitError
-from analysis.fit_decomposition import fit_residuals
-from analysis.fit_model import (
+from analysis.fit_base import (
     FITTED_BASES,
-    ROUGH_LIMIT,
-    TRAINED_REGIMES,
     base_offsets,
     base_residuals,
     base_shape,
+    untrained_regimes,
+)
+from analysis.fit_config import BOUNDS, MAX_CI_RATIO, FitError
+from analysis.fit_decomposition import fit_residuals
+from analysis.fit_model import (
+    ROUGH_LIMIT,
+    TRAINED_REGIMES,
     bounds_of,
     free_parameter_names,
     lr_name,
     observed_rows,
     sse_budget,
-    untrained_regimes,
+    task_difficulty,
 )
 from analysis.observed import BASE
 from core.calibration import Z95
@@ -216,7 +219,7 @@ def joint_intervals(observed: pd.DataFrame, result: FitResult,
     rows = observed_rows(observed, problem.ladder, untrained)
     base_res = base_residuals(np.array([rows[r] for r in untrained]), cfg)
     trained = [r for r in problem.regimes if r not in untrained]
-    d = np.arange(1, len(problem.ladder.names) + 1, dtype=float)
+    d = task_difficulty(len(problem.ladder.names))
 
     def trained_res(x: np.ndarray) -> np.ndarray:  # x = (base, training), log space
         b_s = base_shape(cfg.base, x[:len(xb)], d)

@@ -140,5 +140,36 @@ def test_a_flat_decisions_fit_reports_ell_d_as_bounded_below():
     assert "flat limit; 95% lower bound" in line and "trained" not in line
     from analysis.fit_io import params_text  # the report's caption: a lower bound, not "<= inf"
     caption = params_text(res)
-    assert f"ell_d = {FLAT_ELL_D:g} (>= " in caption and "<= inf" not in caption
+    assert f"ell_d = {FLAT_ELL_D:g} (>= " in caption and "ell_d = 10000 (<=" not in caption
+    assert "lr[SFT (no reflection)] = 0 (<= " in caption  # the untrained row: an upper bound
 
+
+
+def test_fixed_rows_read_the_same_in_the_summary_and_the_caption():
+    # one reading of a fixed row (fit_bounds.one_sided_bound) for both formatters: an untrained
+    # lr whose upper bound is inf (nothing in the range ruled out) is still an upper bound
+    import pandas as pd
+
+    from analysis.fit_bounds import one_sided_bound
+    from analysis.fit_io import params_text
+
+    params = pd.DataFrame([
+        {"name": "lr[SFT (no reflection)]", "value": 0.0, "ci_low": 0.0, "ci_high": math.inf},
+        {"name": "lr[SFT (reflection)]", "value": 0.05, "ci_low": 0.012, "ci_high": math.inf},
+        {"name": "ell_d", "value": FLAT_ELL_D, "ci_low": 0.0, "ci_high": math.inf},
+        {"name": "beta", "value": 0.001, "ci_low": math.nan, "ci_high": math.nan}])
+    params = params.assign(se=math.nan, identified=False, at_bound=False, free=False)
+    rows = list(params.itertuples())
+    assert [one_sided_bound(r) for r in rows] == [("<=", math.inf), (">=", 0.012),
+                                                  (">=", 0.0), None]
+    from analysis.fit import FitResult
+
+    res = FitResult(params, pd.DataFrame(columns=["regime", "task", "task_index", "residual"]),
+                    0.05, 0.04, 0, 0, 0, {})
+    assert params_text(res) == ("lr[SFT (no reflection)] = 0 (<= inf); lr[SFT (reflection)] = "
+                                "0.05 (>= 0.012); ell_d = 10000 (>= 0); beta = 0.001")
+    lines = [x.strip() for x in res.summary().splitlines()[2:6]]
+    assert lines[0].endswith("(not trained; 95% upper bound inf)")
+    assert lines[1].endswith("(trained at the top of its range; 95% lower bound 0.012)")
+    assert lines[2].endswith("(at the kernel's flat limit; 95% lower bound 0)")
+    assert lines[3].endswith("0.001 (fixed)")

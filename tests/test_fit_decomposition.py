@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from analysis.fit import FitConfig, fit_observed, ladder_of
+from analysis.fit_base import base_offsets
 from analysis.fit_config import FitError
 from analysis.fit_decomposition import fit_residuals, observed_components, regime_residuals
 from analysis.fit_io import fit_from_json, fit_to_json, save_fit
 from analysis.fit_model import (
     TRAINED_REGIMES,
-    base_offsets,
     free_parameter_names,
     observed_rows,
     simulate_regime,
@@ -100,6 +100,41 @@ def test_per_row_residuals_give_the_least_squares_own_sse():
         assert sum(np.isfinite(r).sum() for r in rows) == res.size
         np.testing.assert_allclose(sum(float(np.nansum(r**2)) for r in rows),
                                    float(res @ res), rtol=1e-12)
+
+
+def test_a_fitted_nan_misses_by_one_in_the_row_sse_as_in_the_least_squares(monkeypatch):
+    # a training that overflowed (NaN) must not read as a perfect fit to the start grid or
+    # the one-sided bounds (they sum rows' SSEs), while the least squares counts it as 1
+    import analysis.fit_decomposition as fd
+    import analysis.fit_model as fm
+
+    real = fm.simulate_regime
+
+    def overflowing(regime, *args, **kwargs):
+        out = real(regime, *args, **kwargs).copy()
+        if regime == RL:
+            out[0, :] = np.nan  # T1: accuracy and p, q1, q2 all NaN, every cell observed
+            out[5, 3] = np.nan  # T6's accuracy
+        return out
+
+    monkeypatch.setattr(fm, "simulate_regime", overflowing)
+    monkeypatch.setattr(fd, "simulate_regime", overflowing)
+    observed = _with_rl_components(load_paper_table1())
+    cfg = FitConfig(decomposition=True, **SMALL)
+    ladder, regimes, b_s, names = _problem(observed, cfg)
+    x = np.log([2.0, 3.0, 0.01, 0.02])
+    res = fit_residuals(observed, ladder, regimes, b_s, cfg, names)(x)
+    vals = dict(zip(names, np.exp(x), strict=True))
+    y = observed_rows(observed, ladder, regimes)
+    comps = observed_components(observed, ladder, regimes)
+    rows = {r: regime_residuals(overflowing(r, ladder, b_s, cfg, vals), y[r], comps.get(r))
+            for r in regimes}
+    # RL's T1 accuracy, T6 accuracy and T1's p, q1, q2 (weights 1, sqrt .8, sqrt .2) miss by 1
+    np.testing.assert_allclose(rows[RL][[0, 5]], 1.0)
+    np.testing.assert_allclose(rows[RL][7:10], np.sqrt([1.0, 0.8, 0.2]))
+    assert np.isnan(rows[RL][13:]).all()  # T3..T7's p, q1, q2: not observed, not counted
+    np.testing.assert_allclose(sum(float(np.nansum(r**2)) for r in rows.values()),
+                               float(res @ res), rtol=1e-12)
 
 
 def test_component_weights_follow_the_share_of_queries():
@@ -229,7 +264,7 @@ def test_joint_intervals_carry_the_base_shapes_uncertainty(tmp_path):
     term: never narrower at one difference step, and wider where the trained rows depend on
     the base shape (they all do: training starts from it)."""
     from analysis.fit import central_jacobian
-    from analysis.fit_model import untrained_regimes
+    from analysis.fit_base import untrained_regimes
     from analysis.fit_profile import joint_intervals
 
     observed = load_paper_table1()

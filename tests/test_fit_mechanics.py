@@ -185,7 +185,7 @@ def test_fit_folder_has_params_and_residuals(tmp_path):
 
 
 def test_fitted_bases_are_least_squares_optima_of_the_base_row():
-    from analysis.fit_model import base_shape, fitted_base
+    from analysis.fit_base import base_shape, fitted_base
     from core.twostage import accuracy_forced_stop
 
     acc = np.array([0.74, 0.34, 0.05, 0.01, 0.04, 0.03, 0.01])
@@ -390,7 +390,7 @@ def test_per_regime_length_scales_fit_runs():
 
 def test_the_base_shape_is_fitted_to_every_untrained_row():
     """Stacked rows (NaN = not observed) are the same least squares as their cells pooled."""
-    from analysis.fit_model import fitted_base
+    from analysis.fit_base import fitted_base
 
     cfg = FitConfig(base="floored")
     base = np.array([0.74, 0.34, 0.05, 0.01, 0.04, 0.03, 0.01])
