@@ -83,20 +83,28 @@ def test_with_the_option_each_measured_cell_is_a_residual():
     assert comp.shape == (7, 3) and np.isnan(comp[2:]).all()
 
 
+def _least_squares_and_row_residuals(decomposition: bool, simulate):
+    """(the least squares' residuals, each row's regime_residuals) at one point of the small
+    problem, on Table 1 with RL's measured components; `simulate`: simulate_regime or a
+    stand-in patched into the fit's modules."""
+    observed = _with_rl_components(load_paper_table1())
+    cfg = FitConfig(decomposition=decomposition, **SMALL)
+    ladder, regimes, b_s, names = _problem(observed, cfg)
+    x = np.log([2.0, 3.0, 0.01, 0.02])
+    res = fit_residuals(observed, ladder, regimes, b_s, cfg, names)(x)
+    vals = dict(zip(names, np.exp(x), strict=True))
+    y = observed_rows(observed, ladder, regimes)
+    comps = observed_components(observed, ladder, regimes) if decomposition else {}
+    return res, {r: regime_residuals(simulate(r, ladder, b_s, cfg, vals), y[r], comps.get(r))
+                 for r in regimes}
+
+
 def test_per_row_residuals_give_the_least_squares_own_sse():
     # the start grid and the one-sided lr bounds sum rows' SSEs: with the option, they must
     # read the same cells (and weights) as the least squares, or the bounds use a wrong budget
-    observed = _with_rl_components(load_paper_table1())
     for decomposition in (False, True):
-        cfg = FitConfig(decomposition=decomposition, **SMALL)
-        ladder, regimes, b_s, names = _problem(observed, cfg)
-        x = np.log([2.0, 3.0, 0.01, 0.02])
-        res = fit_residuals(observed, ladder, regimes, b_s, cfg, names)(x)
-        vals = dict(zip(names, np.exp(x), strict=True))
-        y = observed_rows(observed, ladder, regimes)
-        comps = observed_components(observed, ladder, regimes) if decomposition else {}
-        rows = [regime_residuals(simulate_regime(r, ladder, b_s, cfg, vals), y[r],
-                                 comps.get(r)) for r in regimes]
+        res, rows = _least_squares_and_row_residuals(decomposition, simulate_regime)
+        rows = list(rows.values())
         assert sum(np.isfinite(r).sum() for r in rows) == res.size
         np.testing.assert_allclose(sum(float(np.nansum(r**2)) for r in rows),
                                    float(res @ res), rtol=1e-12)
@@ -119,16 +127,7 @@ def test_a_fitted_nan_misses_by_one_in_the_row_sse_as_in_the_least_squares(monke
 
     monkeypatch.setattr(fm, "simulate_regime", overflowing)
     monkeypatch.setattr(fd, "simulate_regime", overflowing)
-    observed = _with_rl_components(load_paper_table1())
-    cfg = FitConfig(decomposition=True, **SMALL)
-    ladder, regimes, b_s, names = _problem(observed, cfg)
-    x = np.log([2.0, 3.0, 0.01, 0.02])
-    res = fit_residuals(observed, ladder, regimes, b_s, cfg, names)(x)
-    vals = dict(zip(names, np.exp(x), strict=True))
-    y = observed_rows(observed, ladder, regimes)
-    comps = observed_components(observed, ladder, regimes)
-    rows = {r: regime_residuals(overflowing(r, ladder, b_s, cfg, vals), y[r], comps.get(r))
-            for r in regimes}
+    res, rows = _least_squares_and_row_residuals(True, overflowing)
     # RL's T1 accuracy, T6 accuracy and T1's p, q1, q2 (weights 1, sqrt .8, sqrt .2) miss by 1
     np.testing.assert_allclose(rows[RL][[0, 5]], 1.0)
     np.testing.assert_allclose(rows[RL][7:10], np.sqrt([1.0, 0.8, 0.2]))
