@@ -310,3 +310,28 @@ def test_the_stated_q2_example_is_table1_plus_rls_q2_cells():
     assert stated.loc[~rl, "q2"].isna().all() and "p" not in stated and "q1" not in stated
     comp = observed_components(stated, ladder_of(stated), [RL])[RL]
     assert np.isnan(comp[:, :2]).all() and (comp[:, 2] == 0.5).all()
+
+
+def test_the_stated_q2_table_at_another_level_changes_rls_q2_only(tmp_path):
+    # scripts/stated_q2_table.py: the example read at another level of the stated 40-60%
+    script = Path(__file__).resolve().parent.parent / "scripts" / "stated_q2_table.py"
+    out = tmp_path / "q2.csv"
+    ok = subprocess.run([sys.executable, str(script), "0.6", str(out)], capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stderr
+    example = pd.read_csv(script.parent.parent / "examples" / "paper_table1_rl_q2_stated.csv")
+    table = load_accuracy_table(out)
+    check_observed(table, out)
+    rl = table["regime"] == RL
+    np.testing.assert_array_equal(table.loc[rl, "q2"], 0.6)
+    assert table.loc[~rl, "q2"].isna().all()
+    written = pd.read_csv(out)
+    pd.testing.assert_frame_equal(written.drop(columns=["q2", "q2_source"]),
+                                  example.drop(columns=["q2", "q2_source"]))
+    assert written.loc[written["q2"].notna(), "q2_source"].str.endswith("[read as 0.6]").all()
+    outside = subprocess.run([sys.executable, str(script), "0.8", str(out)],
+                             capture_output=True, text=True)
+    assert outside.returncode == 0 and "outside the stated range" in pd.read_csv(out).iloc[-1, -1]
+    bad = subprocess.run([sys.executable, str(script), "1.5", str(out)], capture_output=True,
+                         text=True)
+    assert bad.returncode != 0 and "must lie in (0, 1)" in bad.stderr
