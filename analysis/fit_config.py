@@ -97,8 +97,9 @@ class FitConfig:
         "no SFT loss on the reflection data's wrong first attempts (sim.objectives.SFTData); "
         "trained on, they pin SFT reflection's ID p near 1/(1 + F->T share)", "§2"))
     decomposition: bool = field(default=False, metadata=doc(
-        "fit the observed p, q1, q2 per task too (columns p/q1/q2, or a real run's "
-        "calibration.csv): accuracy alone does not identify them (analysis.fit_decomposition)",
+        "fit the observed p, q1, q2 per task too (columns p/q1/q2, a stated range "
+        "<name>_low/<name>_high, or a real run's calibration.csv): accuracy alone does not "
+        "identify them (analysis.fit_decomposition)",
         "§4"))
     acc_floor: float = field(default=0.005, metadata=doc(
         "observed accuracies are clipped to [floor, 1 - floor] to solve b_s; in (0, 0.5)", "§1"))

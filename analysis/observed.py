@@ -42,6 +42,9 @@ ACCURACY_COLUMNS = ("accuracy_pct", "accuracy", "observed_accuracy", "acc")
 # optional columns of an accuracy table: the measured decomposition per task (DESIGN §4; a
 # calibration's p_hat, q1_hat, q2_hat), fractions, used by the fit with --decomposition
 DECOMPOSITION = ("p", "q1", "q2")
+# a stated range instead of a measured value ("between 40-60%", "below 20%"): columns
+# <name>_low and <name>_high, either may be empty (0 or 1 then), never beside a value
+DECOMPOSITION_BOUNDS = tuple(f"{n}_{end}" for n in DECOMPOSITION for end in ("low", "high"))
 CALIBRATION_STATS = ("observed_accuracy", "p_hat", "p_pooled", "q1_hat", "q2_hat",
                      "predicted_accuracy", "echo_p_ft")
 
@@ -136,6 +139,9 @@ def load_accuracy_table(path: str | Path, source: str | None = None) -> pd.DataF
         col = cols.get(name) or cols.get(f"{name}_hat")
         if col is not None:
             out[name] = pd.to_numeric(raw[col], errors="coerce")
+    for name in DECOMPOSITION_BOUNDS:  # optional stated ranges of them (fractions)
+        if name in cols:
+            out[name] = pd.to_numeric(raw[cols[name]], errors="coerce")
     if "in_distribution" in cols:
         out["in_distribution"] = raw[cols["in_distribution"]].map(_truthy)
     else:
@@ -193,7 +199,8 @@ def _raw_accuracy(path: Path) -> tuple[pd.Series, bool] | None:
 def check_observed(observed: pd.DataFrame, path: str | Path | None = None) -> None:
     """Refuse an observed accuracy table the fit (analysis.fit) cannot use (DESIGN §4, §6):
     an accuracy that is not a number or lies outside [0, 1] (outside [0, 100] in a percent
-    table), a measured p, q1 or q2 outside [0, 1], a Base row without an accuracy for every
+    table), a measured p, q1 or q2 (or a stated range's end) outside [0, 1], a range whose low
+    end is above its high end or given beside a value, a Base row without an accuracy for every
     task, a (regime, task) given twice. A
     one-line ObservedDataError naming the file (`path`, else the table's source), the row
     and the value; rows are counted from 1 below the header of a CSV table."""
@@ -230,12 +237,23 @@ def check_observed(observed: pd.DataFrame, path: str | Path | None = None) -> No
             shown = written or (f"{value * 100:.4g}" if pct else f"{value:.4g}")
             unit = "[0, 100] (the table is in percent)" if pct else "[0, 1]"
             raise ObservedDataError(f"{where(i)}: accuracy {shown} is outside {unit}")
-    for name in (n for n in DECOMPOSITION if n in observed.columns):
+    for name in (n for n in DECOMPOSITION + DECOMPOSITION_BOUNDS if n in observed.columns):
         values = observed[name].to_numpy(float)
         bad = np.flatnonzero(~((values >= 0) & (values <= 1)) & ~np.isnan(values))
         if len(bad):
             raise ObservedDataError(f"{where(int(bad[0]))}: {name} {values[bad[0]]:.4g} is "
                                     "outside [0, 1] (a proportion)")
+    for name in DECOMPOSITION:
+        low, high = (observed[f"{name}_{end}"].to_numpy(float) if f"{name}_{end}" in observed
+                     else np.full(len(observed), np.nan) for end in ("low", "high"))
+        ranged = ~np.isnan(low) | ~np.isnan(high)
+        if name in observed.columns and (both := ranged & ~observed[name].isna()).any():
+            raise ObservedDataError(f"{where(int(np.argmax(both)))}: {name} has a value and a "
+                                    f"range ({name}_low/{name}_high); give one")
+        if (inverted := low > high).any():
+            i = int(np.argmax(inverted))
+            raise ObservedDataError(f"{where(i)}: {name}_low {low[i]:.4g} is above {name}_high "
+                                    f"{high[i]:.4g}")
     dup = observed.duplicated(["regime", "task"], keep=False).to_numpy()
     if dup.any():
         i = int(np.argmax(dup))

@@ -80,7 +80,8 @@ def test_with_the_option_each_measured_cell_is_a_residual():
     np.testing.assert_allclose(res[n_acc:], (weights * (sim - [[0.8, 0.95, 0.5],
                                                                [0.6, 0.9, 0.4]])).ravel())
     comp = observed_components(observed, ladder, [RL])[RL]
-    assert comp.shape == (7, 3) and np.isnan(comp[2:]).all()
+    assert comp.shape == (7, 3, 2) and np.isnan(comp[2:]).all()
+    np.testing.assert_array_equal(comp[:2, :, 0], comp[:2, :, 1])  # a value v is [v, v]
 
 
 def _least_squares_and_row_residuals(decomposition: bool, simulate):
@@ -140,8 +141,11 @@ def test_component_weights_follow_the_share_of_queries():
     from analysis.fit_decomposition import component_weights
 
     comp = np.array([[0.25, 0.5, 0.5], [np.nan, 0.5, 0.5], [1.0, 0.9, np.nan]])
-    np.testing.assert_allclose(component_weights(comp),
+    bounds = np.stack([comp, comp], axis=-1)
+    np.testing.assert_allclose(component_weights(bounds),
                                [[1, 0.5, np.sqrt(0.75)], [1, 1, 1], [1, 1, 0]])
+    bounds[0, 0] = [0.0, 0.2]  # p stated as a range: no p̂ to weigh the q's by
+    np.testing.assert_allclose(component_weights(bounds)[0], [1, 1, 1])
 
 
 def test_the_option_without_measurements_is_a_one_line_error():
@@ -309,7 +313,7 @@ def test_the_stated_q2_example_is_table1_plus_rls_q2_cells():
     np.testing.assert_array_equal(stated.loc[rl, "q2"], 0.5)
     assert stated.loc[~rl, "q2"].isna().all() and "p" not in stated and "q1" not in stated
     comp = observed_components(stated, ladder_of(stated), [RL])[RL]
-    assert np.isnan(comp[:, :2]).all() and (comp[:, 2] == 0.5).all()
+    assert np.isnan(comp[:, :2]).all() and (comp[:, 2] == 0.5).all()  # [0.5, 0.5] each
 
 
 def test_the_stated_q2_table_at_another_level_changes_rls_q2_only(tmp_path):
@@ -335,3 +339,53 @@ def test_the_stated_q2_table_at_another_level_changes_rls_q2_only(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "1.5", str(out)], capture_output=True,
                          text=True)
     assert bad.returncode != 0 and "must lie in (0, 1)" in bad.stderr
+
+
+RANGES = Path(__file__).resolve().parent.parent / "examples" / "paper_table1_rl_stated_ranges.csv"
+
+
+def test_the_stated_ranges_example_is_table1_plus_rls_two_ranges():
+    # the paper's two quantified statements on RL's decomposition (§4.2), as ranges: q2 in
+    # [0.4, 0.6] on every task, p <= 0.2 on the hardest; Table 1 otherwise unchanged
+    stated = load_accuracy_table(RANGES)
+    check_observed(stated, RANGES)
+    cols = ["regime", "task", "accuracy", "ci_low", "ci_high", "n"]
+    table1 = load_paper_table1()
+    pd.testing.assert_frame_equal(stated[cols].reset_index(drop=True),
+                                  table1[cols].reset_index(drop=True))
+    comp = observed_components(stated, ladder_of(stated), [RL, "SFT (reflection)"])
+    rl = comp[RL]
+    np.testing.assert_array_equal(rl[:, 2], [[0.4, 0.6]] * 7)
+    np.testing.assert_array_equal(rl[6, 0], [0.0, 0.2])  # an empty low end is 0
+    assert np.isnan(rl[:6, 0]).all() and np.isnan(rl[:, 1]).all()
+    assert np.isnan(comp["SFT (reflection)"]).all()
+
+
+def test_a_stated_range_costs_only_the_distance_outside_it():
+    from analysis.fit_decomposition import component_residuals
+
+    bounds = np.full((4, 3, 2), np.nan)
+    bounds[:, 2] = [0.4, 0.6]
+    simulated = np.array([[0.5, 0.9, 0.5, 0.7], [0.5, 0.9, 0.7, 0.7], [0.5, 0.9, 0.25, 0.7],
+                          [0.5, 0.9, np.nan, 0.7]])
+    res = component_residuals(simulated, bounds).reshape(4, 3)
+    assert np.isnan(res[:, :2]).all()  # p, q1 not observed
+    # inside: 0; above: fitted - high; below: fitted - low; a fitted NaN misses by 1
+    np.testing.assert_allclose(res[:, 2], [0.0, 0.1, -0.15, 1.0])
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"q2_low": 0.7, "q2_high": 0.6}, "q2_low 0.7 is above q2_high 0.6"),
+    ({"q2": 0.5, "q2_low": 0.4}, "q2 has a value and a range"),
+    ({"p_high": 1.2}, r"p_high 1.2 is outside \[0, 1\]"),
+])
+def test_a_bad_stated_range_is_refused_with_its_row(tmp_path, extra, message):
+    table = pd.read_csv(RANGES).drop(columns=["p_low", "p_high", "q2_low", "q2_high"])
+    for col, value in extra.items():
+        table[col] = np.nan
+        table.loc[table["model"] == "RL", col] = value
+    path = tmp_path / "bad.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(ObservedDataError, match=message) as err:
+        check_observed(load_accuracy_table(path), path)
+    assert "RL, T1" in str(err.value)
