@@ -112,9 +112,15 @@ def plateau_check(regime: str, vals: dict[str, float],
 
 def bound_row(regime: str, cfg: FitConfig, low: float, high: float) -> pd.DataFrame:
     """The parameter table's row of a fixed learning rate and its one-sided 95% bound
-    (`one_sided_lr_bound`): not free, not identified, trained at fit_model.fixed_lr."""
-    return pd.DataFrame([{"name": lr_name(regime, cfg, bounded=True),
-                          "value": fixed_lr(regime, cfg), "se": float("nan"),
+    (`one_sided_lr_bound`): trained at fit_model.fixed_lr (`fixed_row`)."""
+    return fixed_row(lr_name(regime, cfg, bounded=True), fixed_lr(regime, cfg), low, high)
+
+
+def fixed_row(name: str, value: float, low: float, high: float) -> pd.DataFrame:
+    """The parameter table's row of a value the fit fixes at one end of its range, with its
+    one-sided 95% interval [low, high] (0 or inf at the open end): not free, not
+    identified, no standard error (`one_sided_bound` reads it)."""
+    return pd.DataFrame([{"name": name, "value": value, "se": float("nan"),
                           "ci_low": low, "ci_high": high, "identified": False,
                           "at_bound": False, "free": False}])
 
@@ -144,10 +150,7 @@ def flat_decisions_row(regimes: list[str], vals: dict[str, float], sse: Callable
         return sse(regimes, {**vals, "ell_d": math.exp(z)}, shared) - limit
 
     bound = bound_along(excess, math.log(FLAT_ELL_D), math.log(BOUNDS["ell_d"][0]))
-    row = pd.DataFrame([{"name": "ell_d", "value": FLAT_ELL_D, "se": float("nan"),
-                         "ci_low": bound, "ci_high": math.inf, "identified": False,
-                         "at_bound": False, "free": False}])
-    return row, (f"ell_d at the kernel's flat limit ({FLAT_ELL_D:g}: each decision transfers "
-                 f"to every task alike); the data bound it below only: ell_d >= {bound:.3g} "
-                 "(95%, profile: the SSE may grow by 1.96^2 s^2)")
-
+    note = (f"ell_d at the kernel's flat limit ({FLAT_ELL_D:g}: each decision transfers to "
+            f"every task alike); the data bound it below only: ell_d >= {bound:.3g} (95%, "
+            "profile: the SSE may grow by 1.96^2 s^2)")
+    return fixed_row("ell_d", FLAT_ELL_D, bound, math.inf), note

@@ -62,7 +62,7 @@ GRID_LR = {"lr": (0.003, 0.01, 0.03, 0.1, 0.3, 0.5), "lr_frac": (0.01, 0.03, 0.1
 
 def task_difficulty(n_tasks: int) -> np.ndarray:
     """d(t) = t, the task's position on the ladder (DESIGN §1): the fit's difficulty axis,
-    which the base shape (`base_shape`) and the transfer kernels read."""
+    which the base shape (analysis.fit_base.base_shape) and the transfer kernels read."""
     return np.arange(1, n_tasks + 1, dtype=float)
 
 
@@ -101,13 +101,12 @@ def trained_residuals(regimes: list[str], ladder: Ladder, b_s: np.ndarray, cfg: 
     return residuals
 
 
-def fitted_minus_observed(fitted: np.ndarray, observed: np.ndarray,
-                          fitted_nan: float = 1.0) -> np.ndarray:
-    """The fit's residuals, fitted minus observed: NaN where a cell is not observed, and
-    `fitted_nan` where it is but the simulation gave NaN (a training that overflowed counts as
-    a miss of 1, the largest a probability can miss by, so that no search reads it as a fit)."""
+def fitted_minus_observed(fitted: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """The fit's residuals, fitted minus observed: NaN where a cell is not observed, and 1
+    where it is but the simulation gave NaN (a training that overflowed counts as a miss of 1,
+    the largest a probability can miss by, so that no search reads it as a fit)."""
     diff = np.asarray(fitted, float) - observed
-    return np.where(np.isnan(fitted) & ~np.isnan(observed), fitted_nan, diff)
+    return np.where(np.isnan(fitted) & ~np.isnan(observed), 1.0, diff)
 
 
 def sse_budget(sse: float, n_cells: int, n_free: int) -> float:
